@@ -1,0 +1,123 @@
+"""The BiT ResNet-v2 architecture as pure data: channel plan and compute cost.
+
+No framework import: these rules are shared by the Keras model, the checkpoint
+reader (which infers an architecture from a file) and the benchmarks.
+"""
+
+import dataclasses
+import math
+
+GROUPS = 32
+"""GroupNorm groups in every BiT normalisation layer."""
+
+ROOT_CHANNELS = 64
+"""Root convolution filters at width factor 1."""
+
+STAGE_STRIDES = (1, 2, 2, 2)
+"""Stride of the first unit of block1..block4."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A BiT ResNet-v2: units per block and a width factor.
+
+    `width_factor` may be fractional (e.g. 0.5 for test models) as long as every
+    channel count is a whole multiple of the 32 GroupNorm groups.
+    """
+
+    block_units: tuple
+    width_factor: float
+
+    def __post_init__(self):
+        units = tuple(self.block_units)
+        if len(units) != 4 or any(
+            not isinstance(count, int) or count < 1 for count in units
+        ):
+            raise ValueError(
+                f"block_units must be four positive integers (units in block1..block4), "
+                f"e.g. (3, 4, 6, 3) for R50; got {self.block_units!r}"
+            )
+        object.__setattr__(self, "block_units", units)
+        if not self.width_factor > 0:
+            raise ValueError(f"width_factor must be positive; got {self.width_factor!r}")
+        channels = ROOT_CHANNELS * self.width_factor
+        if channels != int(channels) or int(channels) % GROUPS:
+            raise ValueError(
+                f"width_factor={self.width_factor!r} gives {channels:g} root channels, which "
+                f"is not a whole multiple of the {GROUPS} GroupNorm groups: use a width "
+                f"factor that is a multiple of 0.5 (0.5, 1, 2, 3, 4, ...)"
+            )
+
+    @property
+    def root_channels(self):
+        return int(ROOT_CHANNELS * self.width_factor)
+
+    def mid_channels(self, block):
+        """Bottleneck channels of block 1..4: 64 * w * 2**(block - 1)."""
+        return self.root_channels * 2 ** (block - 1)
+
+    def out_channels(self, block):
+        return 4 * self.mid_channels(block)
+
+    @property
+    def feature_channels(self):
+        """Size of the pooled pre-logits features: 2048 * w."""
+        return self.out_channels(4)
+
+    def units(self):
+        """Yields (block, unit, in_channels, mid_channels, out_channels, stride, projection)."""
+        in_channels = self.root_channels
+        for block, count in enumerate(self.block_units, start=1):
+            mid, out = self.mid_channels(block), self.out_channels(block)
+            for unit in range(1, count + 1):
+                stride = STAGE_STRIDES[block - 1] if unit == 1 else 1
+                yield block, unit, in_channels, mid, out, stride, unit == 1
+                in_channels = out
+
+    def multiply_adds(self, image_size, num_classes=0):
+        """Multiply-accumulates of one forward pass on a square image.
+
+        Counts the convolutions and the head (the work a FLOP count is made of);
+        normalisation, activations and pooling are left out, as is customary.
+        """
+        size = _conv_size(image_size + 6, 7, 2)
+        total = size * size * 7 * 7 * 3 * self.root_channels
+        size = _conv_size(size + 2, 3, 2)  # max-pool
+        for _, _, cin, mid, out, stride, projection in self.units():
+            out_size = _conv_size(size + 2, 3, stride)
+            total += size * size * cin * mid  # conv a, 1x1
+            total += out_size * out_size * 9 * mid * mid  # conv b, 3x3
+            total += out_size * out_size * mid * out  # conv c, 1x1
+            if projection:
+                total += out_size * out_size * cin * out
+            size = out_size
+        return total + self.feature_channels * num_classes
+
+
+def unit_name(block, unit):
+    """Layer name of a bottleneck unit, mirroring the checkpoint's `block1/unit01`."""
+    return f"block{block}_unit{unit:02d}"
+
+
+def _conv_size(padded_size, kernel, stride):
+    """Output size of a VALID convolution."""
+    return math.floor((padded_size - kernel) / stride) + 1
+
+
+ARCHITECTURES = {
+    "R50x1": Architecture((3, 4, 6, 3), 1),
+    "R50x3": Architecture((3, 4, 6, 3), 3),
+    "R101x1": Architecture((3, 4, 23, 3), 1),
+    "R101x3": Architecture((3, 4, 23, 3), 3),
+    "R152x2": Architecture((3, 8, 36, 3), 2),
+    "R152x4": Architecture((3, 8, 36, 3), 4),
+}
+"""The published BiT architectures by name."""
+
+
+def architecture_name(architecture):
+    """The published name ('R50x1', ...) of an architecture, or None."""
+    for name, known in ARCHITECTURES.items():
+        if known == architecture:
+            return name
+    return None

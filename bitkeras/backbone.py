@@ -1,0 +1,100 @@
+"""BiTBackbone: images in [0, 1] -> pooled pre-logits features (2048 * w)."""
+
+import keras
+
+from bitkeras import checkpoint, presets
+from bitkeras.weights import resolve_weights
+from bitkeras.architecture import Architecture, unit_name
+from bitkeras.images import ImageModel
+from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class BiTBackbone(ImageModel):
+    """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
+
+    Takes NHWC RGB images of any size, float in [0, 1] or uint8 (see
+    `bitkeras.images`), rescales them to [-1, 1] itself, and returns the pooled
+    pre-logits features, shape (batch, 2048 * width_factor).
+
+    `pyramid_outputs` maps "block1".."block4" to the symbolic feature map after
+    each block (strides 4, 8, 16, 32), for detection or segmentation heads:
+    `keras.Model(backbone.input, backbone.pyramid_outputs)`.
+
+    Example:
+
+    >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
+    >>> backbone(np.zeros((2, 64, 64, 3), "float32")).shape
+    (2, 1024)
+    >>> r50 = BiTBackbone.from_preset("BiT-M-R50x1", weights="auto")  # downloads
+    """
+
+    def __init__(self, block_units=(3, 4, 6, 3), width_factor=1, **kwargs):
+        architecture = Architecture(tuple(block_units), width_factor)
+        images = keras.Input(shape=(None, None, 3), name="images")
+        # The released weights expect x / 127.5 - 1 on 0..255 pixels.
+        x = keras.layers.Rescaling(scale=2.0, offset=-1.0, name="rescale")(images)
+        x = keras.layers.ZeroPadding2D(3, name="root_pad")(x)
+        x = StandardizedConv2D(
+            architecture.root_channels, 7, strides=2, name="root_conv"
+        )(x)
+        x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="root_pool")(x)
+        pyramid_outputs = {}
+        for block, unit, _, mid, out, stride, projection in architecture.units():
+            x = PreActBottleneck(
+                out_channels=out,
+                mid_channels=mid,
+                strides=stride,
+                projection=projection,
+                name=unit_name(block, unit),
+            )(x)
+            pyramid_outputs[f"block{block}"] = x
+        x = group_normalization(name="final_norm")(x)
+        x = keras.layers.ReLU(name="final_relu")(x)
+        features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        kwargs.setdefault("name", "bit_backbone")
+        super().__init__(inputs=images, outputs=features, **kwargs)
+        self.architecture = architecture
+        self.block_units = architecture.block_units
+        self.width_factor = width_factor
+        self.pyramid_outputs = pyramid_outputs
+
+    @property
+    def feature_channels(self):
+        """Size of the pooled features: 2048 * width_factor."""
+        return self.architecture.feature_channels
+
+    def get_config(self):
+        return {
+            "block_units": list(self.block_units),
+            "width_factor": self.width_factor,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name, weights=None, **kwargs):
+        """A backbone of a named architecture or released model.
+
+        `name`: an architecture ("R50x1", ...) or a released model
+        ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
+        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.presets.list_presets()`).
+        `weights`: None (random initialisation), a path to a `.npz` file in the
+        released format, or "auto" (the preset's released file, from the cache
+        or downloaded). The file's head, if any, is not part of a backbone.
+        """
+        preset = presets.get_preset(name)
+        backbone = cls(
+            block_units=preset.architecture.block_units,
+            width_factor=preset.architecture.width_factor,
+            **kwargs,
+        )
+        path = resolve_weights(preset, weights)
+        if path is not None:
+            checkpoint.load_npz(backbone, path)
+        return backbone

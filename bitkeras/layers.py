@@ -1,0 +1,151 @@
+"""Keras 3 layers of BiT: weight-standardized convolution, GroupNorm, bottleneck.
+
+Every layer uses `keras.ops` only, so it builds under any Keras backend, and is
+registered as serializable so `.keras` files reload it.
+"""
+
+import keras
+from keras import ops
+
+from bitkeras.architecture import GROUPS
+
+GROUP_NORM_EPSILON = 1e-5
+"""BiT's GroupNorm epsilon (Keras's own layer defaults to 1e-3)."""
+
+STANDARDIZATION_EPSILON = 1e-10
+"""Added to the kernel variance before the square root in weight standardization."""
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class StandardizedConv2D(keras.layers.Conv2D):
+    """Conv2D whose kernel is weight-standardized before every use.
+
+    Per output channel, the kernel is standardized over (height, width, in):
+    `(kernel - mean) / sqrt(variance + epsilon)` with the population variance.
+    The stored kernel stays unstandardized (that is what BiT checkpoints hold);
+    there is no bias by default and no learnable scale.
+
+    Example:
+
+    >>> layer = StandardizedConv2D(64, 3, padding="same")
+    >>> layer(np.zeros((1, 8, 8, 3), "float32")).shape
+    (1, 8, 8, 64)
+    """
+
+    def __init__(self, filters, kernel_size, use_bias=False,
+                 standardization_epsilon=STANDARDIZATION_EPSILON, **kwargs):
+        super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
+        self.standardization_epsilon = standardization_epsilon
+
+    def convolution_op(self, inputs, kernel):
+        # Standardize in float32 whatever the compute dtype: the statistics of
+        # small kernels lose too much in half precision.
+        kernel = ops.cast(kernel, "float32")
+        mean, variance = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
+        kernel = (kernel - mean) * ops.rsqrt(variance + self.standardization_epsilon)
+        return super().convolution_op(inputs, ops.cast(kernel, self.compute_dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config["standardization_epsilon"] = self.standardization_epsilon
+        return config
+
+
+def group_normalization(name=None, **kwargs):
+    """Keras's GroupNormalization with BiT's settings: 32 groups, epsilon 1e-5."""
+    return keras.layers.GroupNormalization(
+        groups=GROUPS, epsilon=GROUP_NORM_EPSILON, name=name, **kwargs
+    )
+
+
+def pad_symmetric(inputs, amount):
+    """Zero-pads height and width by `amount` on every side (NHWC).
+
+    BiT pads explicitly and convolves VALID; TensorFlow's "same" pads 0 before
+    and 1 after for stride 2 on even sizes, which is a different function.
+    """
+    return ops.pad(inputs, [[0, 0], [amount, amount], [amount, amount], [0, 0]])
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class PreActBottleneck(keras.layers.Layer):
+    """The pre-activation bottleneck unit of ResNet-v2 with GroupNorm + WS.
+
+    For an input `x` (NHWC):
+    `p = relu(GN_a(x))`; the shortcut is `x`, or `proj(p)` (1x1, strided) when
+    `projection` is set; the residual branch is `conv_a` (1x1) ->
+    `relu(GN_b)` -> `conv_b` (3x3, strided, zero-pad 1, VALID) -> `relu(GN_c)`
+    -> `conv_c` (1x1 to `out_channels`); the output is their sum.
+
+    Example:
+
+    >>> unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2,
+    ...                         projection=True)
+    >>> unit(np.zeros((2, 9, 9, 64), "float32")).shape
+    (2, 5, 5, 128)
+    """
+
+    def __init__(self, out_channels, mid_channels, strides=1, projection=False, **kwargs):
+        super().__init__(**kwargs)
+        self.out_channels = out_channels
+        self.mid_channels = mid_channels
+        self.strides = strides
+        self.projection = projection
+        self.norm_a = group_normalization(name="norm_a")
+        self.conv_a = StandardizedConv2D(mid_channels, 1, name="conv_a")
+        self.norm_b = group_normalization(name="norm_b")
+        self.conv_b = StandardizedConv2D(mid_channels, 3, strides=strides, name="conv_b")
+        self.norm_c = group_normalization(name="norm_c")
+        self.conv_c = StandardizedConv2D(out_channels, 1, name="conv_c")
+        self.proj = (
+            StandardizedConv2D(out_channels, 1, strides=strides, name="proj")
+            if projection else None
+        )
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError("PreActBottleneck needs a known channel count (last axis)")
+        if not self.projection and (in_channels != self.out_channels or self.strides != 1):
+            raise ValueError(
+                f"{self.name}: an identity shortcut needs in_channels == out_channels and "
+                f"stride 1, got in_channels={in_channels}, out_channels={self.out_channels}, "
+                f"strides={self.strides}: set projection=True"
+            )
+        batch, height, width = input_shape[:3]
+        self.norm_a.build(input_shape)
+        self.conv_a.build(input_shape)
+        if self.proj is not None:
+            self.proj.build(input_shape)
+        mid_shape = (batch, height, width, self.mid_channels)
+        self.norm_b.build(mid_shape)
+        self.conv_b.build(mid_shape)
+        self.norm_c.build(mid_shape)
+        self.conv_c.build(mid_shape)
+
+    def call(self, inputs):
+        preactivated = ops.relu(self.norm_a(inputs))
+        shortcut = inputs if self.proj is None else self.proj(preactivated)
+        hidden = self.conv_a(preactivated)
+        hidden = ops.relu(self.norm_b(hidden))
+        hidden = self.conv_b(pad_symmetric(hidden, 1))
+        hidden = self.conv_c(ops.relu(self.norm_c(hidden)))
+        return hidden + shortcut
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width = input_shape[:3]
+
+        def strided(size):
+            return None if size is None else (size - 1) // self.strides + 1
+
+        return (batch, strided(height), strided(width), self.out_channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            out_channels=self.out_channels,
+            mid_channels=self.mid_channels,
+            strides=self.strides,
+            projection=self.projection,
+        )
+        return config

@@ -1,0 +1,129 @@
+"""Released weights on disk: the cache folder, downloads, and file checks.
+
+The cache folder is `$BITKERAS_CACHE_DIR`, else `~/.cache/bitkeras`; a
+preset's file keeps its bucket path there (e.g. `distill/R50x1_224.npz`).
+"""
+
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+
+import keras
+
+CACHE_ENV = "BITKERAS_CACHE_DIR"
+DOWNLOAD_TIMEOUT_SECONDS = 30
+_CHUNK_BYTES = 1 << 20
+
+
+class WeightsUnavailableError(OSError):
+    """Weights that could not be found locally nor downloaded."""
+
+
+class CorruptWeightsError(ValueError):
+    """A weights file that is truncated, damaged or not a BiT `.npz`."""
+
+
+def cache_dir():
+    """The folder that holds downloaded weights."""
+    return pathlib.Path(
+        os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "bitkeras"
+    ).expanduser()
+
+
+def resolve_weights(preset, weights):
+    """The local path of the weights a user asked for, or None for no weights.
+
+    `weights`: None, a path to a `.npz` file, or "auto" for the preset's
+    released file (cached, else downloaded and verified).
+    """
+    if weights is None:
+        return None
+    if weights == "auto":
+        if preset.weights_file is None:
+            raise ValueError(
+                f"preset {preset.name!r} is a bare architecture with no released weights: "
+                f"use weights=None, a path to a .npz file, or a released preset such as "
+                f"'BiT-M-{preset.name}'"
+            )
+        return fetch(preset.weights_file, preset.url)
+    path = pathlib.Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {str(weights)!r} does not exist: pass weights=None, 'auto', "
+            f"or the path of a BiT .npz checkpoint"
+        )
+    return path
+
+
+def fetch(relative_path, url):
+    """The cached copy of a released file, downloading it first if needed."""
+    target = cache_dir() / relative_path
+    if target.is_file():
+        verify_npz(target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download(url, target)
+    except (urllib.error.URLError, OSError) as error:
+        raise WeightsUnavailableError(
+            f"could not download {url} ({getattr(error, 'reason', error)}). On a machine "
+            f"with internet access download that file and put it at {target} (or set "
+            f"{CACHE_ENV} to the folder that holds {relative_path}), or pass "
+            f"weights='/path/to/{pathlib.Path(relative_path).name}'."
+        ) from error
+    return target
+
+
+def download(url, target):
+    """Downloads `url` to `target` with a progress bar, atomically and verified.
+
+    The bytes go to a temporary file beside `target`, which is checked (length,
+    zip CRCs, BiT keys) and only then renamed: an interrupted download never
+    leaves a partial file at `target`.
+    """
+    target = pathlib.Path(target)
+    print(f"Downloading {url} to {target}")
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        expected = response.headers.get("Content-Length")
+        expected = int(expected) if expected else None
+        progress = keras.utils.Progbar(expected, unit_name="byte")
+        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        try:
+            received = 0
+            with os.fdopen(handle, "wb") as out:
+                while chunk := response.read(_CHUNK_BYTES):
+                    out.write(chunk)
+                    received += len(chunk)
+                    progress.update(received)
+            if expected is not None and received != expected:
+                raise CorruptWeightsError(
+                    f"download of {url} stopped after {received} of {expected} bytes: "
+                    f"try again"
+                )
+            verify_npz(temporary, source=url)
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def verify_npz(path, source=None):
+    """Checks that `path` is an intact `.npz` archive of BiT (`resnet/...`) arrays."""
+    name = source or str(path)
+    fix = f"delete {path} and download it again" if source is None else "try again"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CorruptWeightsError(f"{name} is not a readable .npz archive ({error}): {fix}") from error
+    if damaged is not None:
+        raise CorruptWeightsError(f"{name} is damaged (bad CRC in {damaged}): {fix}")
+    if not members or not all(member.startswith("resnet/") for member in members):
+        raise CorruptWeightsError(
+            f"{name} is not a BiT checkpoint: its arrays should all be named 'resnet/...', "
+            f"found {members[:3]}"
+        )

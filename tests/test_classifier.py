@@ -1,0 +1,100 @@
+import keras
+import numpy as np
+import pytest
+
+from bitkeras import BiTBackbone, BiTClassifier, load_npz
+from tests import reference
+from tests.conftest import TINY
+
+
+@pytest.mark.parametrize("num_classes, parameters", [(1000, 25_549_352), (21843, 68_256_659)])
+def test_r50x1_classifier_parameter_counts(num_classes, parameters):
+    classifier = BiTClassifier(BiTBackbone(), num_classes)
+    assert classifier.count_params() == parameters
+
+
+def test_classifier_equals_the_documented_function(tiny_checkpoint, images):
+    path, arrays = tiny_checkpoint
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=5)
+    load_npz(classifier, path)
+    _, expected_logits, _ = reference.forward(arrays, images, TINY["block_units"])
+    np.testing.assert_allclose(classifier(images), expected_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_new_head_starts_at_zero(images):
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=7)
+    np.testing.assert_array_equal(classifier(images), np.zeros((2, 7)))
+
+
+def _tiny_preset(monkeypatch, path):
+    from bitkeras import presets
+    from bitkeras.architecture import Architecture
+
+    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY), "BiT-T-tiny.npz", "test model")
+    monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+    return preset.name
+
+
+def test_from_preset_keeps_the_checkpoint_head(monkeypatch, tiny_checkpoint, images):
+    path, arrays = tiny_checkpoint
+    name = _tiny_preset(monkeypatch, path)
+    classifier = BiTClassifier.from_preset(name, weights=path)
+    assert classifier.num_classes == 5  # read from the file
+    _, expected_logits, _ = reference.forward(arrays, images, TINY["block_units"])
+    np.testing.assert_allclose(classifier(images), expected_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_from_preset_with_num_classes_adds_a_zero_head(monkeypatch, tiny_checkpoint, images):
+    path, arrays = tiny_checkpoint
+    classifier = BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path,
+                                           num_classes=3)
+    np.testing.assert_array_equal(classifier(images), np.zeros((2, 3)))
+    expected_features, _, _ = reference.forward(arrays, images, TINY["block_units"])
+    np.testing.assert_allclose(classifier.backbone(images), expected_features, rtol=1e-4, atol=1e-4)
+
+
+def test_from_preset_without_weights_needs_num_classes():
+    with pytest.raises(ValueError, match="needs num_classes"):
+        BiTClassifier.from_preset("R50x1")
+
+
+def test_plain_keras_compile_and_fit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 32)
+    # Class 1 is bright, class 0 dark: learnable in a few steps.
+    images = (rng.uniform(0, 0.4, (32, 32, 32, 3)) + 0.5 * labels[:, None, None, None]).astype(np.float32)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    history = classifier.fit(images, labels, batch_size=8, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["accuracy"][-1] >= 0.9
+
+
+def test_compile_defaults_follow_bit():
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.compile()
+    assert isinstance(classifier.optimizer, keras.optimizers.SGD)
+    assert classifier.optimizer.momentum == 0.9
+    assert float(classifier.optimizer.learning_rate) == pytest.approx(0.003)
+
+
+def test_save_and_load_give_identical_outputs(tmp_path, tiny_checkpoint, images):
+    path, _ = tiny_checkpoint
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=5)
+    load_npz(classifier, path)
+    expected = keras.ops.convert_to_numpy(classifier(images))
+
+    classifier.save(tmp_path / "classifier.keras")
+    restored = keras.models.load_model(tmp_path / "classifier.keras")
+    assert isinstance(restored, BiTClassifier) and restored.num_classes == 5
+    np.testing.assert_array_equal(restored(images), expected)
+
+    classifier.save_weights(tmp_path / "classifier.weights.h5")
+    fresh = BiTClassifier(BiTBackbone(**TINY), num_classes=5)
+    fresh.load_weights(tmp_path / "classifier.weights.h5")
+    np.testing.assert_array_equal(fresh(images), expected)
+
+
+def test_num_classes_is_validated():
+    with pytest.raises(ValueError, match="num_classes must be a positive integer; got 0"):
+        BiTClassifier(BiTBackbone(**TINY), num_classes=0)

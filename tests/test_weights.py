@@ -1,0 +1,101 @@
+import functools
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from bitkeras import BiTBackbone, CorruptWeightsError, WeightsUnavailableError, presets
+from bitkeras.architecture import Architecture
+from tests import reference
+from tests.conftest import TINY
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests = []
+    truncate = False
+
+    def do_GET(self):
+        _Handler.requests.append(self.path)
+        if not _Handler.truncate:
+            return super().do_GET()
+        body = (self.directory + self.path)
+        with open(body, "rb") as source:
+            data = source.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A local HTTP server standing in for the public bucket, holding one tiny model."""
+    served = tmp_path / "bucket"
+    (served / "test").mkdir(parents=True)
+    arrays = reference.checkpoint_arrays(TINY["block_units"], TINY["width_factor"], num_classes=5)
+    reference.write_checkpoint(served / "test" / "tiny.npz", arrays)
+    handler = functools.partial(_Handler, directory=str(served))
+    _Handler.requests, _Handler.truncate = [], False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(presets, "BUCKET_URL", f"http://127.0.0.1:{server.server_port}/")
+    monkeypatch.setenv("BITKERAS_CACHE_DIR", str(tmp_path / "cache"))
+    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY), "test/tiny.npz", "test")
+    monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+    yield arrays
+    server.shutdown()
+    server.server_close()
+
+
+def test_auto_downloads_once_into_the_cache(bucket, tmp_path, capsys):
+    first = BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    assert "Downloading http://127.0.0.1" in capsys.readouterr().out
+    cached = tmp_path / "cache" / "test" / "tiny.npz"
+    with np.load(cached) as archive:
+        np.testing.assert_array_equal(archive["resnet/group_norm/beta"], bucket["resnet/group_norm/beta"])
+    second = BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    assert _Handler.requests == ["/test/tiny.npz"]
+    images = np.random.default_rng(0).uniform(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    expected, _, _ = reference.forward(bucket, images, TINY["block_units"])
+    np.testing.assert_allclose(second(images), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(first(images), second(images))
+
+
+def test_interrupted_download_leaves_nothing_behind(bucket, tmp_path):
+    _Handler.truncate = True
+    with pytest.raises((CorruptWeightsError, WeightsUnavailableError)):
+        BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    leftovers = list((tmp_path / "cache").rglob("*"))
+    assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_corrupt_cached_file_says_to_delete_it(bucket, tmp_path):
+    cached = tmp_path / "cache" / "test" / "tiny.npz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CorruptWeightsError, match=f"delete {cached} and download it again"):
+        BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+
+
+def test_offline_fails_fast_and_says_where_to_put_the_file(bucket, tmp_path, monkeypatch):
+    # A port nothing listens on: the connection is refused, as offline.
+    monkeypatch.setattr(presets, "BUCKET_URL", "http://127.0.0.1:9/")
+    with pytest.raises(WeightsUnavailableError) as error:
+        BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    message = str(error.value)
+    assert "could not download http://127.0.0.1:9/test/tiny.npz" in message
+    assert str(tmp_path / "cache" / "test" / "tiny.npz") in message
+    assert "BITKERAS_CACHE_DIR" in message and "weights='/path/to/tiny.npz'" in message
+
+
+def test_non_bit_archive_is_refused(tmp_path):
+    from bitkeras.weights import verify_npz
+
+    path = tmp_path / "other.npz"
+    np.savez(path, kernel=np.zeros(3))
+    with pytest.raises(CorruptWeightsError, match="is not a BiT checkpoint"):
+        verify_npz(path)
