@@ -53,9 +53,9 @@ def accuracy(classifier, images, labels):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/transfer_digits", help="output folder")
-    parser.add_argument("--upstream-epochs", type=int, default=6)
+    parser.add_argument("--upstream-epochs", type=int, default=10)
     parser.add_argument("--downstream-epochs", type=int, default=30)
-    parser.add_argument("--examples-per-class", type=int, default=10)
+    parser.add_argument("--examples-per-class", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = pathlib.Path(args.out)

@@ -76,6 +76,9 @@ def test_compile_defaults_follow_bit():
     assert isinstance(classifier.optimizer, keras.optimizers.SGD)
     assert classifier.optimizer.momentum == 0.9
     assert float(classifier.optimizer.learning_rate) == pytest.approx(0.003)
+    assert classifier.jit_compile is False
+    classifier.compile(jit_compile=True)
+    assert classifier.jit_compile is True
 
 
 def test_save_and_load_give_identical_outputs(tmp_path, tiny_checkpoint, images):
