@@ -60,6 +60,12 @@ class BiTClassifier(ImageModel):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
 
+    def compile_from_config(self, config):
+        """Restores the compile arguments saved in a `.keras` file."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),

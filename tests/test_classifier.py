@@ -101,3 +101,15 @@ def test_save_and_load_give_identical_outputs(tmp_path, tiny_checkpoint, images)
 def test_num_classes_is_validated():
     with pytest.raises(ValueError, match="num_classes must be a positive integer; got 0"):
         BiTClassifier(BiTBackbone(**TINY), num_classes=0)
+
+
+def test_compiled_classifier_reloads_compiled(tmp_path, images):
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.8), jit_compile=True)
+    classifier.fit(images, np.array([0, 1]), epochs=1, verbose=0)
+    classifier.save(tmp_path / "compiled.keras")
+    restored = keras.models.load_model(tmp_path / "compiled.keras")
+    assert restored.compiled and restored.jit_compile is True
+    assert float(restored.optimizer.learning_rate) == pytest.approx(0.05)
+    assert restored.optimizer.momentum == pytest.approx(0.8)
+    assert int(restored.optimizer.iterations) == 1
