@@ -4,6 +4,7 @@ The cache folder is `$BITKERAS_CACHE_DIR`, else `~/.cache/bitkeras`; a
 preset's file keeps its bucket path there (e.g. `distill/R50x1_224.npz`).
 """
 
+import http.client
 import os
 import pathlib
 import tempfile
@@ -67,7 +68,7 @@ def fetch(relative_path, url):
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         download(url, target)
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise WeightsUnavailableError(
             f"could not download {url} ({getattr(error, 'reason', error)}). On a machine "
             f"with internet access download that file and put it at {target} (or set "
