@@ -24,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 import bitkeras  # noqa: E402
 
 
-def best_seconds(run, steps, warmup=2):
+def median_seconds(run, steps, warmup=2):
     """Median seconds of `run()` over `steps` timed calls, after warm-up calls."""
     for _ in range(warmup):
         run()
@@ -44,7 +44,7 @@ def matmul_flops_per_second(size, steps):
     def run():
         matmul().numpy()
 
-    return 2 * size**3 / best_seconds(run, steps)
+    return 2 * size**3 / median_seconds(run, steps)
 
 
 def model_images_per_second(jit_compile, images, labels, steps, num_classes):
@@ -52,8 +52,8 @@ def model_images_per_second(jit_compile, images, labels, steps, num_classes):
     classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes)
     classifier.compile(jit_compile=jit_compile)
     batch = len(images)
-    train = best_seconds(lambda: classifier.train_on_batch(images, labels), steps)
-    infer = best_seconds(lambda: classifier.predict_on_batch(images), steps)
+    train = median_seconds(lambda: classifier.train_on_batch(images, labels), steps)
+    infer = median_seconds(lambda: classifier.predict_on_batch(images), steps)
     return batch / train, batch / infer
 
 

@@ -5,6 +5,7 @@ head a 1x1 conv). Loading never half-succeeds: a missing key, an unexpected key
 or a shape mismatch raises before any variable is touched.
 """
 
+import contextlib
 import os
 import pathlib
 import re
@@ -62,15 +63,33 @@ def model_variables(model):
     return entries
 
 
-def read_arrays(path):
-    """All arrays of a `.npz` file, read without pickle."""
+@contextlib.contextmanager
+def _open_npz(path):
+    """The lazily read archive, without pickle; read errors name the file."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            yield archive
     except (OSError, ValueError) as error:
         raise CheckpointMismatchError(
             f"cannot read checkpoint {str(path)!r} as a .npz archive: {error}"
         ) from error
+
+
+def read_arrays(path):
+    """All arrays of a `.npz` file."""
+    with _open_npz(path) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def read_head_classes(path):
+    """The head size of a checkpoint, or None if it has no head.
+
+    Reads only the head's bias: `np.load` opens members lazily, so this costs
+    nothing next to loading a large file's weights.
+    """
+    key = f"{HEAD_PREFIX}conv2d/bias"
+    with _open_npz(path) as archive:
+        return int(archive[key].shape[0]) if key in archive.files else None
 
 
 def describe_arrays(arrays):
@@ -138,11 +157,11 @@ def _listing(title, items, limit=5):
 def _mismatch_message(model, path, arrays, missing, unexpected, mismatched, not_float):
     backbone = getattr(model, "backbone", model)
     model_classes = None if backbone is model else model.num_classes
-    file_description = describe(*describe_arrays(arrays))
+    file_architecture, file_classes = describe_arrays(arrays)
     lines = [
         f"checkpoint {str(path)!r} does not fit {model.name} "
         f"({describe(backbone.architecture, model_classes)}); the file holds "
-        f"{file_description}."
+        f"{describe(file_architecture, file_classes)}."
     ]
     if missing:
         lines.append(_listing("missing keys", missing))
@@ -155,7 +174,6 @@ def _mismatch_message(model, path, arrays, missing, unexpected, mismatched, not_
         ))
     if not_float:
         lines.append(_listing("arrays that are not floating point", not_float))
-    file_architecture, file_classes = describe_arrays(arrays)
     if file_architecture is not None and file_architecture != backbone.architecture:
         lines.append(
             f"Build the file's architecture instead: block_units="

@@ -47,9 +47,9 @@ class BiTClassifier(ImageModel):
                 **kwargs):
         """Keras `compile` with BiT defaults for the arguments left at "auto".
 
-        XLA is off by default: on CPU it made the R50x1 training step about 17%
-        slower (benchmarks/throughput.py), though inference about 19% faster;
-        pass `jit_compile=True` for inference-heavy use.
+        XLA is off by default: on CPU it made the R50x1 training step slower
+        and inference faster (figures in README.md, from
+        benchmarks/throughput.py); pass `jit_compile=True` for inference-heavy use.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=BASE_LEARNING_RATE, momentum=0.9)
@@ -96,7 +96,7 @@ class BiTClassifier(ImageModel):
                 raise ValueError(
                     f"BiTClassifier.from_preset({name!r}) without weights needs num_classes"
                 )
-            _, num_classes = checkpoint.describe_arrays(checkpoint.read_arrays(path))
+            num_classes = checkpoint.read_head_classes(path)
             if num_classes is None:
                 raise ValueError(
                     f"checkpoint {str(path)!r} has no head: pass num_classes to add a new one"

@@ -113,3 +113,10 @@ def test_compiled_classifier_reloads_compiled(tmp_path, images):
     assert float(restored.optimizer.learning_rate) == pytest.approx(0.05)
     assert restored.optimizer.momentum == pytest.approx(0.8)
     assert int(restored.optimizer.iterations) == 1
+
+
+def test_from_preset_keeping_a_head_needs_one_in_the_file(monkeypatch, tmp_path):
+    arrays = reference.checkpoint_arrays(TINY["block_units"], TINY["width_factor"])
+    path = reference.write_checkpoint(tmp_path / "headless.npz", arrays)
+    with pytest.raises(ValueError, match="has no head: pass num_classes"):
+        BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path)
