@@ -12,6 +12,10 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.10",
         "numpy>=1.26",
+        # Reads image headers cheaply, and decodes what tf.io cannot (palette BMP, TIFF).
+        "pillow>=10",
+        # "tfds:NAME" data for fit/evaluate.
+        "tensorflow-datasets>=4.9",
     ],
     extras_require={
         # The example's data: scikit-learn ships the UCI handwritten digits.

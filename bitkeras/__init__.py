@@ -3,9 +3,12 @@
 from bitkeras.architecture import ARCHITECTURES, Architecture
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checkpoint import CheckpointMismatchError, load_npz, save_npz
-from bitkeras.classifier import BiTClassifier
+from bitkeras.classifier import BiTClassifier, Predictions, load_model
+from bitkeras.hyperrule import HyperRule
 from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 from bitkeras.presets import list_presets
+from bitkeras.schedules import WarmupStaircase
+from bitkeras.sources import BadImageError, DataUnavailableError
 from bitkeras.weights import CorruptWeightsError, WeightsUnavailableError
 
 __version__ = "0.1.0"
@@ -13,15 +16,21 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
+    "BadImageError",
     "BiTBackbone",
     "BiTClassifier",
     "CheckpointMismatchError",
     "CorruptWeightsError",
+    "DataUnavailableError",
+    "HyperRule",
+    "Predictions",
     "PreActBottleneck",
     "StandardizedConv2D",
+    "WarmupStaircase",
     "WeightsUnavailableError",
     "group_normalization",
     "list_presets",
+    "load_model",
     "load_npz",
     "save_npz",
 ]

@@ -57,6 +57,11 @@ def model_variables(model):
     entries = {key: (variable, tuple(variable.shape))
                for key, variable in backbone_variables(backbone).items()}
     if backbone is not model:
+        if model.head is None:
+            raise CheckpointMismatchError(
+                f"classifier {model.name!r} has no head yet: build it with num_classes, or "
+                f"load the checkpoint into its backbone (classifier.backbone)"
+            )
         kernel, bias = model.head.kernel, model.head.bias
         entries[f"{HEAD_PREFIX}conv2d/kernel"] = (kernel, (1, 1, *kernel.shape))
         entries[f"{HEAD_PREFIX}conv2d/bias"] = (bias, tuple(bias.shape))

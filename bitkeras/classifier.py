@@ -1,47 +1,96 @@
-"""BiTClassifier: a BiTBackbone with a dense head, images in [0, 1] -> logits."""
+"""BiTClassifier: a BiTBackbone with a dense head, images in [0, 1] -> logits.
+
+Fine-tuning (`fit`), evaluation and prediction take data in any form
+`bitkeras.sources` reads and run it through `bitkeras.pipeline`.
+"""
+
+import dataclasses
 
 import keras
+import numpy as np
 
-from bitkeras import checkpoint, presets
+from bitkeras import checkpoint, pipeline, presets, sources, training
 from bitkeras.backbone import BiTBackbone
-from bitkeras.images import ImageModel
+from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
+from bitkeras.images import standardize_images
 from bitkeras.weights import resolve_weights
 
-BASE_LEARNING_RATE = 0.003
-"""BiT-HyperRule learning rate at batch size 512 (SGD, momentum 0.9)."""
+EVAL_BATCH_SIZE = 32
+"""Images per batch in `evaluate` and `predict` (views, with ten-crop)."""
+
+TEST_TIME_AUGMENTATIONS = (None, "ten_crop")
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class BiTClassifier(ImageModel):
+class BiTClassifier(keras.Model):
     """A BiT backbone and a dense head returning logits, shape (batch, num_classes).
 
     The head is initialised to zeros (weights and bias), as BiT fine-tuning
-    starts. `compile()` with no arguments uses BiT's fine-tuning optimizer (SGD,
-    momentum 0.9, learning rate 0.003), sparse categorical cross-entropy on the
-    logits and accuracy.
+    starts. Without `num_classes` the classifier has no head until `fit`
+    reads the number of classes (and their names) from the data.
+
+    `fit(data)` fine-tunes with the BiT-HyperRule on a folder of class
+    sub-folders, a TFDS name, `(images, labels)` arrays or a tf.data dataset;
+    `evaluate(data)` returns accuracy and loss; `predict(images)` returns class
+    ids, probabilities and class names. Images follow `bitkeras.images`: float
+    in [0, 1] or uint8.
 
     Example:
 
     >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
-    >>> classifier = BiTClassifier(backbone, num_classes=10)
-    >>> classifier.compile()
-    >>> classifier.fit(images, labels, epochs=1)  # images in [0, 1] or uint8
+    >>> classifier = BiTClassifier(backbone)
+    >>> history = classifier.fit("flowers/", steps=50)   # one sub-folder per class
+    >>> classifier.predict(["rose.jpg"]).class_names
+    ('roses',)
     >>> imagenet = BiTClassifier.from_preset("BiT-M-R50x1-ILSVRC2012", weights="auto")
     """
 
-    def __init__(self, backbone, num_classes, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
-        images = keras.Input(shape=(None, None, 3), name="images")
-        features = backbone(images)
-        logits = keras.layers.Dense(
-            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
-        )(features)
+    def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None, **kwargs):
         kwargs.setdefault("name", "bit_classifier")
-        super().__init__(inputs=images, outputs=logits, **kwargs)
+        super().__init__(**kwargs)
         self.backbone = backbone
+        self.head = None
+        self.num_classes = None
+        self.class_names = None
+        if isinstance(hyperrule, dict):
+            hyperrule = HyperRule(**hyperrule)
+        self.hyperrule = hyperrule
+        if class_names is not None:
+            class_names = tuple(str(name) for name in class_names)
+            if num_classes is None:
+                num_classes = len(class_names)
+            elif len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names has {len(class_names)} names for num_classes={num_classes}"
+                )
+            self.class_names = class_names
+        if num_classes is not None:
+            self._add_head(num_classes)
+
+    def _add_head(self, num_classes):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+        self.head = keras.layers.Dense(
+            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
+        )
         self.num_classes = num_classes
-        self.head = self.get_layer("head")
+        self.build((None, None, None, 3))
+
+    def build(self, input_shape=None):
+        if self.head is None:
+            raise ValueError(
+                f"{self.name} has no head yet: pass num_classes, or fit it on data"
+            )
+        self.head.build((None, self.backbone.feature_channels))
+        self.built = True
+
+    def call(self, images, training=None):
+        if self.head is None:
+            raise ValueError(
+                f"{self.name} has no head yet: pass num_classes, or fit it on data"
+            )
+        images = standardize_images(images, self.name)
+        return self.head(self.backbone(images, training=training))
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile=False,
                 **kwargs):
@@ -66,10 +115,201 @@ class BiTClassifier(ImageModel):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def fit(self, data=None, validation_data=None, hyperrule=None, *, examples_per_class=None,
+            seed=0, trainable="all", batch_split=1, variant="paper", split=None,
+            class_names=None, on_bad_image="warn", callbacks=None, verbose="auto",
+            jit_compile=False, **overrides):
+        """Fine-tunes on `data` with the BiT-HyperRule; returns Keras's `History`.
+
+        `data`: a folder with one sub-folder of images per class (JPEG, PNG,
+        BMP, GIF, ...), "tfds:NAME" (or "tfds:NAME:SPLIT"; `split` defaults to
+        "train"), a tuple `(images, labels)` of NumPy arrays, or a
+        tf.data.Dataset of unbatched `(image, label)`. A classifier without a
+        head gets one sized (and named) from the data.
+
+        The rule (`bitkeras.HyperRule`) is computed from the number of
+        examples and their typical size, unless `hyperrule` is given; keyword
+        `overrides` replace its fields (`steps=`, `batch_size=`,
+        `crop_size=`, `mixup_alpha=`, `flip=False`, ...). It is printed at the
+        start, stored as `history.hyperrule` and on the classifier.
+
+        - `examples_per_class`, `seed`: few-shot training on K examples of each
+          class, drawn reproducibly; `seed` also seeds the augmentation.
+        - `trainable`: "all" (full fine-tuning), "head" (a linear probe on
+          frozen features) or "block1".."block4" (that block onwards).
+        - `batch_split`: accumulate gradients over this many micro-batches per
+          optimizer step (same update as the full batch, less memory).
+        - `validation_data`: any form `data` takes, evaluated each Keras epoch.
+        - `on_bad_image`: "warn" skips unreadable files with one warning that
+          names them, "raise" stops.
+
+        Keras epochs here are rounds of at least one pass over the data (at
+        most 20); training stops after exactly `steps` optimizer steps.
+        """
+        if data is None:
+            raise TypeError("fit() needs data: a folder, 'tfds:NAME', (images, labels) or a dataset")
+        if validation_data is not None and not (
+            isinstance(validation_data, (tuple, str)) or hasattr(validation_data, "element_spec")
+            or hasattr(validation_data, "__fspath__")
+        ):
+            raise TypeError(
+                f"validation_data must take a form fit's data takes; got "
+                f"{type(validation_data).__name__}. Training on arrays? pass them as one tuple: "
+                f"fit((images, labels))"
+            )
+        source = sources.open_source(data, split=split, class_names=class_names,
+                                     on_bad_image=on_bad_image)
+        if examples_per_class is not None:
+            source = source.few_shot(examples_per_class, seed)
+        source = self._adopt_classes(source)
+        rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
+                                     variant, **overrides)
+        training.check_batching(rule, source.num_examples, batch_split)
+        micro_batch = rule.batch_size // batch_split
+        train = pipeline.train_dataset(source, rule, self.num_classes, micro_batch, seed,
+                                       skip_bad_images=on_bad_image == "warn")
+        validation = None
+        if validation_data is not None:
+            validation_source = sources.open_source(
+                validation_data, class_names=self.class_names, on_bad_image=on_bad_image,
+                default_split="validation|test")
+            validation_source.check_labels(self.num_classes)
+            validation = pipeline.eval_dataset(validation_source, rule.crop_size, micro_batch,
+                                               one_hot_classes=self.num_classes)
+        if verbose:
+            print(rule.describe(source.num_examples))
+        total = rule.steps * batch_split
+        epochs, steps_per_epoch = training.keras_epochs(
+            total, -(-source.num_examples // micro_batch))
+        with training.trainable_from(self, trainable):
+            self.compile(
+                optimizer=training.make_optimizer(rule, batch_split),
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                metrics=self._fit_metrics(keras.metrics.CategoricalAccuracy,
+                                      keras.metrics.TopKCategoricalAccuracy),
+                jit_compile=jit_compile,
+            )
+            history = keras.Model.fit(
+                self, train, validation_data=validation, epochs=epochs,
+                steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
+                callbacks=[training.StopAfterSteps(total), *(callbacks or [])],
+            )
+        self.hyperrule = rule
+        history.hyperrule = rule
+        history.params["hyperrule"] = rule.get_config()
+        return history
+
+    def _adopt_classes(self, source):
+        """Sizes a missing head from the data, or checks the data against the head."""
+        if source.num_classes < 2:
+            raise ValueError(
+                f"{source.description} has a single class; a classifier needs at least 2"
+            )
+        if self.head is None:
+            self._add_head(source.num_classes)
+            self.class_names = source.class_names
+            return source
+        if source.named and source.num_classes != self.num_classes:
+            raise ValueError(
+                f"{source.description} has {source.num_classes} classes but {self.name} has a "
+                f"{self.num_classes}-class head; build a new classifier (or "
+                f"from_preset(..., num_classes={source.num_classes})) for this data"
+            )
+        if self.class_names is None:
+            self.class_names = source.class_names if source.named else tuple(
+                str(i) for i in range(self.num_classes))
+        source.check_labels(self.num_classes)
+        return source.relabel(self.class_names)
+
+    def _fit_metrics(self, accuracy, top_k):
+        metrics = [accuracy(name="accuracy")]
+        if self.num_classes > 5:
+            metrics.append(top_k(k=5, name="top5_accuracy"))
+        return metrics
+
+    def evaluate(self, data=None, *, split=None, test_time_augmentation=None, image_size=None,
+                 batch_size=EVAL_BATCH_SIZE, on_bad_image="warn", verbose="auto",
+                 **keras_arguments):
+        """Accuracy (top-1, and top-5 with more than 5 classes) and loss on `data`.
+
+        `data` takes the forms `fit` takes (TFDS defaults to the "test" split,
+        else "validation"). Images are resized to the crop size of the rule
+        the classifier was fine-tuned with (`image_size` to override; a
+        never-fitted classifier uses the HyperRule's size for the data).
+        `test_time_augmentation="ten_crop"` averages the probabilities of ten
+        crops. Unreadable files are skipped with a warning, or raise with
+        `on_bad_image="raise"`. Returns {"accuracy", ["top5_accuracy",] "loss"}, the loss being
+        the mean cross-entropy of the (averaged) probabilities.
+        """
+        if keras_arguments.get("_use_cached_eval_dataset"):
+            # Keras's own validation inside fit: its plain loop.
+            return super().evaluate(**keras_arguments)
+        if keras_arguments:
+            raise TypeError(f"unknown evaluate argument(s) {sorted(keras_arguments)}")
+        self._require_head()
+        source = sources.open_source(data, split=split, class_names=self.class_names,
+                                     on_bad_image=on_bad_image, default_split="test|validation")
+        source.check_labels(self.num_classes)
+        probabilities = self._probabilities(source, test_time_augmentation, image_size,
+                                            batch_size, verbose)
+        labels = source.labels
+        ranked = np.argsort(-probabilities, axis=1)
+        results = {"accuracy": float(np.mean(ranked[:, 0] == labels))}
+        if self.num_classes > 5:
+            results["top5_accuracy"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], 1)))
+        chosen = probabilities[np.arange(len(labels)), labels]
+        results["loss"] = float(-np.mean(np.log(np.maximum(chosen, np.finfo(np.float32).tiny))))
+        return results
+
+    def predict(self, images, *, test_time_augmentation=None, image_size=None,
+                batch_size=EVAL_BATCH_SIZE, verbose="auto"):
+        """Class ids, probabilities and class names for `images`.
+
+        `images`: an array (N, height, width, 3) (uint8, or float in [0, 1]),
+        a list of image file paths (or one path), or a tf.data.Dataset of
+        images or of (image, label). Preprocessing as in `evaluate`.
+        Returns a `Predictions` (class_ids (N,), probabilities (N, classes),
+        class_names: N names).
+        """
+        self._require_head()
+        source = sources.open_images(images)
+        probabilities = self._probabilities(source, test_time_augmentation, image_size,
+                                            batch_size, verbose)
+        class_ids = np.argmax(probabilities, axis=1)
+        names = self.class_names or tuple(str(i) for i in range(self.num_classes))
+        return Predictions(class_ids, probabilities, tuple(names[i] for i in class_ids))
+
+    def _require_head(self):
+        if self.head is None:
+            raise ValueError(f"{self.name} has no head yet: fit it first, or pass num_classes")
+
+    def _probabilities(self, source, test_time_augmentation, image_size, batch_size, verbose):
+        if test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
+            raise ValueError(
+                f"test_time_augmentation must be one of {list(TEST_TIME_AUGMENTATIONS)}; "
+                f"got {test_time_augmentation!r}"
+            )
+        rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
+        if image_size is not None:
+            rule = dataclasses.replace(rule, crop_size=image_size,
+                                       resize_size=max(image_size, rule.resize_size))
+        ten_crop = test_time_augmentation == "ten_crop"
+        views = 10 if ten_crop else 1
+        dataset = pipeline.eval_dataset(
+            source, rule.crop_size, max(1, batch_size // views),
+            resize_size=rule.resize_size, ten_crop=ten_crop)
+        dataset = dataset.map(lambda images, labels: keras.ops.reshape(
+            images, (-1, rule.crop_size, rule.crop_size, 3)))
+        logits = keras.Model.predict(self, dataset, verbose=verbose)
+        logits = logits.reshape(source.num_examples, views, self.num_classes)
+        return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)).mean(axis=1)
+
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "hyperrule": None if self.hyperrule is None else self.hyperrule.get_config(),
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -110,3 +350,24 @@ class BiTClassifier(ImageModel):
         if path is not None:
             checkpoint.load_npz(classifier if keep_head else backbone, path)
         return classifier
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """What `BiTClassifier.predict` returns, one entry per image."""
+
+    class_ids: np.ndarray
+    """Most probable class of each image, shape (N,)."""
+    probabilities: np.ndarray
+    """Softmax probabilities, shape (N, num_classes), averaged over views with ten-crop."""
+    class_names: tuple
+    """Name of each image's most probable class."""
+
+
+def load_model(path):
+    """A bitkeras model saved with `model.save(path)` (a `.keras` file).
+
+    Restores class names, the HyperRule (and so the preprocessing sizes) and,
+    for a compiled model, its optimizer state.
+    """
+    return keras.saving.load_model(path)

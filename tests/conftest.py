@@ -21,3 +21,42 @@ def tiny_checkpoint(tmp_path):
 @pytest.fixture
 def images():
     return np.random.default_rng(1).uniform(0, 1, (2, 35, 35, 3)).astype(np.float32)
+
+
+COLORS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}
+"""Classes of the synthetic image folders, told apart by colour."""
+
+
+def make_image_folder(root, per_class=10, seed=0, extras=True):
+    """A folder of class sub-folders of noisy colour images in several file formats.
+
+    With `extras`, the folder also holds a corrupt file (red/broken.jpg), a
+    grayscale PNG, a palette PNG, an RGBA PNG, a CMYK JPEG and a palette BMP.
+    Returns the folder.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    formats = ("jpg", "png", "bmp", "gif")
+    for name, colour in COLORS.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            size = (int(rng.integers(30, 60)), int(rng.integers(30, 60)))
+            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (*size, 3)), 0, 255)
+            image = Image.fromarray(pixels.astype(np.uint8))
+            image.save(folder / f"{index:03d}.{formats[index % len(formats)]}")
+    if extras:
+        red = Image.fromarray(np.full((40, 40, 3), COLORS["red"], np.uint8))
+        (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+        Image.fromarray(np.full((40, 40), 120, np.uint8)).save(root / "green" / "gray.png")
+        red.convert("P").save(root / "red" / "palette.png")
+        red.convert("RGBA").save(root / "red" / "alpha.png")
+        red.convert("CMYK").save(root / "red" / "cmyk.jpg")
+        red.convert("P").save(root / "red" / "palette.bmp")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"), per_class=12, seed=0)

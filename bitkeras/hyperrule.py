@@ -1,0 +1,178 @@
+"""The BiT-HyperRule: fine-tuning hyper-parameters from the size of the data.
+
+Pure Python (no TensorFlow): the rule is a table lookup plus batch-size
+arithmetic, testable without building a model. Numbers from the BiT paper and
+its released code (see ../shared/docs/bit-reference.md).
+"""
+
+import dataclasses
+import math
+
+REFERENCE_BATCH_SIZE = 512
+"""The batch size the rule's learning rate and step counts are stated for."""
+
+BASE_LEARNING_RATE = 0.003
+"""Learning rate at the reference batch size (SGD, momentum 0.9)."""
+
+SMALL_IMAGE_AREA = 96 * 96
+"""Images with a smaller typical area (pixels) get the low-resolution regime."""
+
+MIXUP_ALPHA = 0.1
+MIXUP_MIN_EXAMPLES = 20_000
+
+# (fewer than this many examples, steps, warm-up steps, decay boundaries), at batch 512.
+SCHEDULES = (
+    (20_000, 500, 100, (200, 300, 400)),
+    (500_000, 10_000, 500, (3_000, 6_000, 9_000)),
+    (math.inf, 20_000, 500, (6_000, 12_000, 18_000)),
+)
+
+# variant -> ((resize, crop) for small images, (resize, crop) for the others)
+RESOLUTIONS = {
+    "paper": ((160, 128), (448, 384)),
+    "released": ((160, 128), (512, 480)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperRule:
+    """Everything `BiTClassifier.fit` needs to fine-tune, as training uses it.
+
+    Fields (sizes in pixels, step counts in optimizer steps at `batch_size`):
+
+    - `resize_size`: training images are resized to this square, then
+    - `crop_size`: randomly cropped to this square (if `crop`); evaluation
+      images are resized to `crop_size` only.
+    - `steps`, `warmup_steps`, `decay_boundaries`: linear warm-up from 0 to
+      `base_learning_rate` over `warmup_steps`, then the rate divided by 10 at
+      each boundary, until `steps`.
+    - `base_learning_rate`: the peak learning rate of SGD (momentum 0.9, no
+      weight decay) at this `batch_size`.
+    - `mixup_alpha`: MixUp's Beta(alpha, alpha) parameter; 0 turns MixUp off.
+    - `flip`, `crop`: random horizontal flips and random crops; turn them off
+      for tasks they would break (orientation, position, counting). Without
+      `crop`, training images are resized straight to `crop_size`.
+
+    Change any field with `dataclasses.replace(rule, ...)`.
+    """
+
+    resize_size: int
+    crop_size: int
+    steps: int
+    warmup_steps: int
+    decay_boundaries: tuple
+    base_learning_rate: float
+    batch_size: int
+    mixup_alpha: float
+    flip: bool = True
+    crop: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "decay_boundaries", tuple(self.decay_boundaries))
+        for name in ("resize_size", "crop_size", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"HyperRule.{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(
+                f"HyperRule.warmup_steps must be an integer in [0, steps={self.steps}]; "
+                f"got {self.warmup_steps!r}"
+            )
+        boundaries = self.decay_boundaries
+        if any(not isinstance(b, int) for b in boundaries) or list(boundaries) != sorted(set(boundaries)) \
+                or any(not self.warmup_steps <= b <= self.steps for b in boundaries):
+            raise ValueError(
+                f"HyperRule.decay_boundaries must be increasing integers between warmup_steps="
+                f"{self.warmup_steps} and steps={self.steps}; got {boundaries!r}"
+            )
+        if self.crop and self.crop_size > self.resize_size:
+            raise ValueError(
+                f"HyperRule.crop_size ({self.crop_size}) cannot exceed resize_size "
+                f"({self.resize_size}) when crop=True"
+            )
+        if not self.base_learning_rate > 0:
+            raise ValueError(
+                f"HyperRule.base_learning_rate must be positive; got {self.base_learning_rate!r}"
+            )
+        if not self.mixup_alpha >= 0:
+            raise ValueError(f"HyperRule.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
+
+    @classmethod
+    def for_dataset(cls, num_examples, image_size, batch_size=REFERENCE_BATCH_SIZE,
+                    variant="paper"):
+        """The rule for `num_examples` training images of typical `image_size`.
+
+        `image_size`: (height, width) or one side of a square, in pixels; below
+        96*96 pixels of area the rule picks resize 160 / crop 128, else 448 / 384
+        (`variant="paper"`) or 512 / 480 (`variant="released"`, the released
+        code's choice).
+
+        The rule is stated at batch size 512. Other batch sizes scale the
+        learning rate linearly (0.003 * batch_size / 512) and the step counts
+        (steps, warm-up, decay boundaries) inversely (x 512 / batch_size, rounded),
+        so training sees the same number of epochs.
+        """
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive integer; got {num_examples!r}")
+        if variant not in RESOLUTIONS:
+            raise ValueError(f"variant must be one of {sorted(RESOLUTIONS)}; got {variant!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        height, width = _height_width(image_size)
+        small, large = RESOLUTIONS[variant]
+        resize_size, crop_size = small if height * width < SMALL_IMAGE_AREA else large
+        _, steps, warmup_steps, boundaries = next(s for s in SCHEDULES if num_examples < s[0])
+        scale = REFERENCE_BATCH_SIZE / batch_size
+        return cls(
+            resize_size=resize_size,
+            crop_size=crop_size,
+            steps=max(1, round(steps * scale)),
+            warmup_steps=round(warmup_steps * scale),
+            decay_boundaries=tuple(round(b * scale) for b in boundaries),
+            base_learning_rate=BASE_LEARNING_RATE / scale,
+            batch_size=batch_size,
+            mixup_alpha=MIXUP_ALPHA if num_examples >= MIXUP_MIN_EXAMPLES else 0.0,
+        )
+
+    def with_steps(self, steps):
+        """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        scale = steps / self.steps
+        boundaries = sorted({min(steps, round(b * scale)) for b in self.decay_boundaries})
+        warmup_steps = min([round(self.warmup_steps * scale), steps, *boundaries])
+        return dataclasses.replace(
+            self, steps=steps, warmup_steps=warmup_steps, decay_boundaries=tuple(boundaries)
+        )
+
+    def epochs(self, num_examples):
+        """How many passes over `num_examples` images the rule trains for."""
+        return self.steps * self.batch_size / num_examples
+
+    def describe(self, num_examples=None):
+        """The rule as a readable block of text, one field a line."""
+        lines = ["BiT-HyperRule:"]
+        for field in dataclasses.fields(self):
+            lines.append(f"  {field.name:<20} {getattr(self, field.name)!r}")
+        if num_examples is not None:
+            lines.append(f"  ({num_examples} training examples: "
+                         f"{self.epochs(num_examples):.1f} epochs)")
+        return "\n".join(lines)
+
+    def get_config(self):
+        """The rule as a JSON-friendly dict; `HyperRule(**config)` restores it."""
+        config = dataclasses.asdict(self)
+        config["decay_boundaries"] = list(self.decay_boundaries)
+        return config
+
+
+def _height_width(image_size):
+    if isinstance(image_size, (int, float)) and not isinstance(image_size, bool):
+        sides = (image_size, image_size)
+    else:
+        sides = tuple(image_size)
+    if len(sides) != 2 or any(not side > 0 for side in sides):
+        raise ValueError(
+            f"image_size must be (height, width) or one positive side; got {image_size!r}"
+        )
+    return sides

@@ -1,0 +1,62 @@
+"""BiT's fine-tuning learning-rate schedule as a Keras LearningRateSchedule."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then the rate divided by 10 at each boundary.
+
+    At optimizer step `s`: `base_learning_rate * s / warmup_steps` while
+    `s < warmup_steps`, else `base_learning_rate * decay_factor ** k` where `k`
+    counts the boundaries `b <= s`.
+
+    `accumulation_steps`: with gradient accumulation Keras calls the schedule
+    with the micro-batch count; the schedule divides it back to optimizer steps.
+
+    Example:
+
+    >>> schedule = WarmupStaircase(0.003, warmup_steps=100, decay_boundaries=(200, 300, 400))
+    >>> float(schedule(50)), float(schedule(250))
+    (0.0015, 0.0003)
+    """
+
+    def __init__(self, base_learning_rate, warmup_steps, decay_boundaries, decay_factor=0.1,
+                 accumulation_steps=1):
+        if not base_learning_rate > 0:
+            raise ValueError(f"base_learning_rate must be positive; got {base_learning_rate!r}")
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(
+                f"accumulation_steps must be a positive integer; got {accumulation_steps!r}"
+            )
+        self.base_learning_rate = float(base_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_boundaries = tuple(int(b) for b in decay_boundaries)
+        self.decay_factor = float(decay_factor)
+        self.accumulation_steps = accumulation_steps
+
+    @classmethod
+    def from_hyperrule(cls, rule, accumulation_steps=1):
+        """The schedule of a `bitkeras.HyperRule`."""
+        return cls(rule.base_learning_rate, rule.warmup_steps, rule.decay_boundaries,
+                   accumulation_steps=accumulation_steps)
+
+    def __call__(self, step):
+        step = ops.cast(ops.floor_divide(step, self.accumulation_steps), "float32")
+        decays = sum((ops.cast(step >= boundary, "float32") for boundary in self.decay_boundaries),
+                     ops.zeros((), "float32"))
+        rate = self.base_learning_rate * ops.power(self.decay_factor, decays)
+        if self.warmup_steps > 0:
+            warmup = self.base_learning_rate * step / self.warmup_steps
+            rate = ops.where(step < self.warmup_steps, warmup, rate)
+        return rate
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "decay_boundaries": list(self.decay_boundaries),
+            "decay_factor": self.decay_factor,
+            "accumulation_steps": self.accumulation_steps,
+        }

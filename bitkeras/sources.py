@@ -1,0 +1,508 @@
+"""Where training images come from: folders, TFDS, NumPy arrays, tf.data datasets.
+
+`open_source(data)` turns any of these into an `ImageSource`: the integer
+labels and class names (read up front, so the HyperRule and few-shot sampling
+can use them), a typical image size (from file headers or a sample), and a
+tf.data dataset of `(record, label)` whose records `decode_record` turns into
+one RGB image. Records stay light (file paths, encoded bytes) where they can, so
+shuffling happens before decoding.
+
+Nothing here writes to the user's files.
+"""
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+import pathlib
+import re
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from bitkeras.images import check_value_range
+
+NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+"""Formats tf.io.decode_image reads; other Pillow formats are decoded by Pillow."""
+
+NATIVE_BMP_MODES = ("RGB", "RGBA", "L")
+"""BMP modes TensorFlow decodes correctly (it misreads palette and 1-bit BMPs)."""
+
+WARN_NAMES = 20
+"""How many skipped files a warning names before it only counts the rest."""
+
+SAMPLE_SIZE = 64
+"""How many images of a dataset without headers are decoded to measure their size."""
+
+
+class BadImageError(ValueError):
+    """Image files that cannot be read, with `on_bad_image="raise"`."""
+
+
+class DataUnavailableError(OSError):
+    """A named dataset that is neither on this machine nor downloadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """Labelled images, measured, before any pipeline.
+
+    `records`: a tf.data dataset of `(record, label)` in a fixed order;
+    `decode_record(record)` gives an image (height, width, 3), uint8 or float32
+    in [0, 1]. `labels` (int64, one per record, same order), `class_names`,
+    `image_size` (typical (height, width), the median), `skipped` (paths and
+    reasons of the files left out).
+    """
+
+    description: str
+    records: tf.data.Dataset
+    labels: np.ndarray
+    class_names: tuple
+    image_size: tuple
+    record_kind: str  # "file", "encoded" or "pixels"
+    skipped: tuple = ()
+    named: bool = False  # class names of its own (folders, TFDS), not numbers
+
+    @property
+    def num_examples(self):
+        return len(self.labels)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def decode_record(self, record):
+        """One record -> an RGB image tensor (height, width, 3), uint8 or float32."""
+        if self.record_kind == "file":
+            path, use_pillow = record
+            return _decode_bytes(tf.io.read_file(path), use_pillow)
+        if self.record_kind == "encoded":
+            return _decode_bytes(record, tf.constant(False))
+        return record
+
+    def select(self, indices):
+        """The source restricted to the records at `indices` (in that order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        keep = np.zeros(self.num_examples, dtype=bool)
+        keep[indices] = True
+        keep_table = tf.constant(keep)
+        records = self.records.enumerate().filter(lambda i, element: keep_table[i])
+        records = records.map(lambda i, element: element)
+        # Filtering keeps the original order; the labels follow it.
+        return dataclasses.replace(self, records=records,
+                                   labels=self.labels[np.sort(indices)])
+
+    def relabel(self, class_names):
+        """The source with labels that index `class_names` (a model's classes).
+
+        Sources with class names of their own (folders, TFDS) are matched by
+        name, so a validation folder that lacks a class still lines up; numbered
+        sources (arrays, datasets) take the names as they are.
+        """
+        if not self.named:
+            if len(class_names) < self.num_classes:
+                raise ValueError(
+                    f"{self.description} has labels up to {self.num_classes - 1} but only "
+                    f"{len(class_names)} class names were given"
+                )
+            return dataclasses.replace(self, class_names=class_names)
+        unknown = sorted(set(self.class_names) - set(class_names))
+        if unknown:
+            raise ValueError(
+                f"{self.description} has classes {unknown} that the model does not know; its "
+                f"classes are {list(class_names)}"
+            )
+        mapping = np.array([class_names.index(name) for name in self.class_names], np.int64)
+        table = tf.constant(mapping)
+        records = self.records.map(lambda record, label: (record, tf.gather(table, label)))
+        return dataclasses.replace(self, records=records, labels=mapping[self.labels],
+                                   class_names=class_names)
+
+    def few_shot(self, examples_per_class, seed):
+        """K examples of every class, drawn reproducibly from `seed`."""
+        if isinstance(examples_per_class, bool) or not isinstance(examples_per_class, int) \
+                or examples_per_class < 1:
+            raise ValueError(
+                f"examples_per_class must be a positive integer; got {examples_per_class!r}"
+            )
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for class_id, name in enumerate(self.class_names):
+            members = np.flatnonzero(self.labels == class_id)
+            if len(members) < examples_per_class:
+                raise ValueError(
+                    f"examples_per_class={examples_per_class}, but class {name!r} has only "
+                    f"{len(members)} examples in {self.description}"
+                )
+            chosen.append(rng.choice(members, examples_per_class, replace=False))
+        return self.select(np.concatenate(chosen))
+
+    def check_labels(self, num_classes):
+        """Raises unless every label is in [0, num_classes)."""
+        bad = (self.labels < 0) | (self.labels >= num_classes)
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"label {int(self.labels[index])} (example {index} of {self.description}) "
+                f"is outside [0, {num_classes}); labels must be class ids 0..{num_classes - 1}"
+            )
+
+
+def open_source(data, split=None, class_names=None, on_bad_image="warn", default_split="train"):
+    """Any supported data -> ImageSource.
+
+    `data`: a folder (str or path) with one sub-folder per class; "tfds:NAME"
+    (optionally "tfds:NAME:SPLIT", else `split` or `default_split`); `(images, labels)`
+    NumPy arrays; or a tf.data.Dataset of unbatched `(image, label)` pairs
+    (images uint8, float in [0, 1], or encoded image bytes).
+    `on_bad_image`: "warn" skips unreadable files with one warning naming them;
+    "raise" raises BadImageError instead.
+    """
+    if on_bad_image not in ("warn", "raise"):
+        raise ValueError(f'on_bad_image must be "warn" or "raise"; got {on_bad_image!r}')
+    if isinstance(data, tf.data.Dataset):
+        source = _from_dataset(data)
+    elif isinstance(data, tuple):
+        source = _from_arrays(data)
+    elif isinstance(data, str) and data.startswith("tfds:"):
+        source = _from_tfds(data[len("tfds:"):], split, default_split)
+    elif isinstance(data, (str, os.PathLike)):
+        source = _from_folder(pathlib.Path(data), on_bad_image)
+    else:
+        raise TypeError(
+            f"cannot train on {type(data).__name__}: pass a folder of class sub-folders, "
+            f'"tfds:NAME", a tuple (images, labels) of NumPy arrays, or a tf.data.Dataset '
+            f"of (image, label)"
+        )
+    if class_names is not None:
+        source = source.relabel(tuple(str(name) for name in class_names))
+    return source
+
+
+def open_images(images):
+    """Unlabelled images for prediction -> ImageSource (labels all 0), in the given order.
+
+    `images`: an array (N, height, width, 3), a list of image file paths (or
+    one path), or a tf.data.Dataset of images or of (image, label).
+    Unreadable files raise BadImageError: predictions must line up with inputs.
+    """
+    if isinstance(images, tf.data.Dataset):
+        if not isinstance(images.element_spec, tuple):
+            images = images.map(lambda image: (image, tf.zeros([], tf.int64)))
+        return _from_dataset(images)
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(
+            isinstance(item, (str, os.PathLike)) for item in images):
+        return _from_files([pathlib.Path(item) for item in images])
+    array = np.asarray(images)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        raise ValueError(
+            f"predict takes a batch of images shaped (N, height, width, 3); got one image "
+            f"{array.shape}: pass images[None]"
+        )
+    return _from_arrays((array, np.zeros(len(array), np.int64)))
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _from_folder(root, on_bad_image):
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{str(root)!r} is not a folder; pass a folder with one sub-folder of images per "
+            f"class, or 'tfds:NAME' for a TFDS dataset"
+        )
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise ValueError(
+            f"folder {str(root)!r} has {len(class_dirs)} class sub-folder(s); a classifier "
+            f"needs at least 2 (one sub-folder of images per class)"
+        )
+    files, labels = [], []
+    for class_id, class_dir in enumerate(class_dirs):
+        members = sorted(
+            p for p in class_dir.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        )
+        if not members:
+            raise ValueError(
+                f"class folder {str(class_dir)!r} is empty: add its images or remove the folder"
+            )
+        files += members
+        labels += [class_id] * len(members)
+    source = _from_files(files, labels, f"folder {str(root)!r}", on_bad_image)
+    for class_id, class_dir in enumerate(class_dirs):
+        if not np.any(source.labels == class_id):
+            raise ValueError(
+                f"class folder {str(class_dir)!r} has no readable images (all were skipped)"
+            )
+    return dataclasses.replace(source, class_names=tuple(d.name for d in class_dirs), named=True)
+
+
+def _from_files(files, labels=None, description=None, on_bad_image="raise"):
+    """Image files (and labels) -> ImageSource, their headers read in parallel."""
+    labels = np.zeros(len(files), np.int64) if labels is None else np.asarray(labels, np.int64)
+    description = description or f"{len(files)} image files"
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file {str(path)!r}")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        headers = list(pool.map(_read_header, files))
+    skipped = [(str(f), h) for f, h in zip(files, headers) if isinstance(h, str)]
+    if skipped:
+        _report_bad_files(skipped, description, on_bad_image)
+    kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    labels = labels[kept]
+    paths = np.array([str(files[i]) for i in kept])
+    use_pillow = np.array([headers[i][2] for i in kept])
+    return ImageSource(
+        description=description,
+        records=tf.data.Dataset.from_tensor_slices(((paths, use_pillow), labels)),
+        labels=labels,
+        class_names=_numbered_classes(labels),
+        image_size=_median_size(np.array([headers[i][:2] for i in kept])),
+        record_kind="file",
+        skipped=tuple(skipped),
+    )
+
+
+def _read_header(path):
+    """(height, width, needs Pillow to decode) from the file's header, or why it can't be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image_format, mode = image.format, image.mode
+    except Exception as error:  # Pillow raises many types for unreadable files.
+        return f"not a readable image ({type(error).__name__}: {error})"
+    if width < 1 or height < 1:
+        return f"empty image ({width}x{height})"
+    native = image_format in NATIVE_FORMATS and (
+        image_format != "BMP" or mode in NATIVE_BMP_MODES
+    )
+    return height, width, not native
+
+
+def _report_bad_files(skipped, description, on_bad_image):
+    names = "\n".join(f"  {path}: {reason}" for path, reason in skipped[:WARN_NAMES])
+    more = f"\n  ... and {len(skipped) - WARN_NAMES} more" if len(skipped) > WARN_NAMES else ""
+    message = f"{len(skipped)} file(s) of {description} are not readable images:\n{names}{more}"
+    if on_bad_image == "raise":
+        raise BadImageError(
+            message + "\nRemove or repair them, or pass on_bad_image='warn' to skip them.")
+    warnings.warn(message + "\nThey are skipped (pass on_bad_image='raise' to stop instead).",
+                  stacklevel=6)  # the caller of BiTClassifier.fit
+
+
+def _decode_bytes(data, use_pillow):
+    image = tf.cond(
+        use_pillow,
+        lambda: tf.numpy_function(_pillow_decode, [data], tf.uint8, stateful=False),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pillow_decode(data):
+    from PIL import Image
+
+    # TensorFlow hands a string scalar over as a 0-d object array.
+    with Image.open(io.BytesIO(np.asarray(data).item())) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _median_size(sizes):
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def _from_arrays(data):
+    if len(data) != 2:
+        raise ValueError(f"array data must be a tuple (images, labels); got a tuple of {len(data)}")
+    images, labels = np.asarray(data[0]), np.asarray(data[1])
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must be shaped (examples, height, width, 3); got {images.shape}"
+        )
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise TypeError(
+            f"images must be uint8 (0..255) or float in [0, 1]; got dtype {images.dtype}"
+        )
+    check_value_range(images, "bitkeras (fit, evaluate, predict)")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"labels must be a 1-D array of integer class ids; got shape {labels.shape}, "
+            f"dtype {labels.dtype}"
+        )
+    if len(images) != len(labels):
+        raise ValueError(
+            f"images and labels differ in length: {len(images)} images, {len(labels)} labels"
+        )
+    if len(labels) == 0:
+        raise ValueError("the arrays hold no examples")
+    labels = labels.astype(np.int64)
+    _check_non_negative(labels, "the array labels")
+    if images.dtype.kind == "f" and images.dtype != np.float32:
+        images = images.astype(np.float32)
+    records = tf.data.Dataset.from_tensor_slices((images, labels))
+    return ImageSource(
+        description=f"arrays of {len(labels)} images",
+        records=records,
+        labels=labels,
+        class_names=_numbered_classes(labels),
+        image_size=tuple(images.shape[1:3]),
+        record_kind="pixels",
+    )
+
+
+def _check_non_negative(labels, description):
+    if labels.min() < 0:
+        index = int(np.argmin(labels))
+        raise ValueError(
+            f"label {int(labels[index])} (example {index} of {description}) is negative; "
+            f"labels must be class ids 0..num_classes-1"
+        )
+
+
+def _numbered_classes(labels):
+    return tuple(str(i) for i in range(int(labels.max()) + 1))
+
+
+# ---------------------------------------------------------------- tf.data
+
+
+def _from_dataset(dataset):
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(
+            f"a tf.data.Dataset must yield (image, label) pairs; got elements {spec}. "
+            f"Map dict elements with .map(lambda e: (e['image'], e['label']))"
+        )
+    image_spec, label_spec = spec
+    if image_spec.dtype == tf.string and image_spec.shape.rank == 0:
+        kind = "encoded"
+    elif image_spec.shape.rank == 3 and image_spec.shape[-1] in (3, None) \
+            and (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
+        kind = "pixels"
+        dataset = dataset.map(lambda image, label: (_float_or_uint8(image), label))
+    else:
+        hint = " Unbatch it with dataset.unbatch()." if image_spec.shape.rank == 4 else ""
+        raise ValueError(
+            f"a tf.data.Dataset must yield single images, shaped (height, width, 3), uint8 "
+            f"or float in [0, 1], or encoded image bytes; got {image_spec}.{hint}"
+        )
+    if not label_spec.dtype.is_integer or label_spec.shape.rank != 0:
+        raise ValueError(f"labels must be scalar integer class ids; got {label_spec}")
+    labels = np.fromiter(dataset.map(lambda image, label: label).as_numpy_iterator(),
+                         dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("the tf.data.Dataset is empty")
+    _check_non_negative(labels, "the dataset")
+    source = ImageSource(
+        description=f"a tf.data.Dataset of {len(labels)} images",
+        records=dataset.map(lambda image, label: (image, tf.cast(label, tf.int64))),
+        labels=labels,
+        class_names=_numbered_classes(labels),
+        image_size=(0, 0),
+        record_kind=kind,
+    )
+    return dataclasses.replace(source, image_size=_sampled_size(source))
+
+
+def _float_or_uint8(image):
+    return image if image.dtype == tf.uint8 else tf.cast(image, tf.float32)
+
+
+def _sampled_size(source):
+    sample = source.records.take(SAMPLE_SIZE).map(
+        lambda record, label: tf.shape(source.decode_record(record))[:2])
+    return _median_size(np.array(list(sample.as_numpy_iterator())))
+
+
+# ---------------------------------------------------------------- TFDS
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def parse_tfds_name(name, split=None):
+    """"NAME[:VERSION][:SPLIT]" -> (name with version, split or None).
+
+    The split may use TFDS's slicing syntax ("train[:10%]"); a version is x.y.z.
+    """
+    base, _, rest = name.partition(":")
+    version, _, after_version = rest.partition(":")
+    if _VERSION.match(version):
+        base, rest = f"{base}:{version}", after_version
+    if rest:
+        if split is not None and split != rest:
+            raise ValueError(f"split given twice: {rest!r} in the name and split={split!r}")
+        split = rest
+    return base, split
+
+
+def _from_tfds(name, split, default_split):
+    import tensorflow_datasets as tfds
+
+    name, split = parse_tfds_name(name, split)
+    builder = _tfds_builder(name)
+    if split is None:
+        split = next((s for s in default_split.split("|") if s in builder.info.splits),
+                     default_split)
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
+        ) from error
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS dataset {name!r} has features {sorted(features)}; bitkeras trains on "
+            f"datasets with 'image' and 'label'"
+        )
+    records = builder.as_dataset(
+        split=split, as_supervised=False, shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    ).map(lambda example: (example["image"], tf.cast(example["label"], tf.int64)))
+    labels = np.fromiter(records.map(lambda image, label: label).as_numpy_iterator(),
+                         dtype=np.int64, count=num_examples)
+    source = ImageSource(
+        description=f"TFDS {name!r} split {split!r}",
+        records=records,
+        labels=labels,
+        class_names=tuple(features["label"].names),
+        image_size=(0, 0),
+        record_kind="encoded",
+        named=True,
+    )
+    shape = features["image"].shape
+    if shape[0] is not None and shape[1] is not None:
+        return dataclasses.replace(source, image_size=(shape[0], shape[1]))
+    return dataclasses.replace(source, image_size=_sampled_size(source))
+
+
+def _tfds_builder(name):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name)
+    except Exception as error:  # TFDS raises its own DatasetNotFoundError and others.
+        raise ValueError(f"TFDS has no dataset {name!r}: {error}") from error
+    if builder.is_prepared():
+        return builder
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # Network failures surface as many different types.
+        raise DataUnavailableError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and could not be "
+            f"downloaded ({type(error).__name__}: {error}). On a machine with internet run "
+            f"`tfds build {name}` and copy its data folder here, under $TFDS_DATA_DIR "
+            f"(default ~/tensorflow_datasets)."
+        ) from error
+    return builder

@@ -1,0 +1,130 @@
+"""The pieces of BiT fine-tuning around Keras's own loop: rule, optimizer, freezing.
+
+`BiTClassifier.fit` strings these together; each is usable (and tested) alone.
+"""
+
+import contextlib
+import dataclasses
+import math
+
+import keras
+
+from bitkeras.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
+from bitkeras.schedules import WarmupStaircase
+
+MAX_KERAS_EPOCHS = 20
+"""At most this many Keras epochs (progress-bar rounds, validation points) per fit."""
+
+TRAINABLE_CHOICES = ("all", "head", "block1", "block2", "block3", "block4")
+
+_RULE_FIELDS = tuple(field.name for field in dataclasses.fields(HyperRule))
+_SCHEDULE_FIELDS = ("warmup_steps", "decay_boundaries")
+
+
+def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **overrides):
+    """The HyperRule a fit uses: `hyperrule` as given, or computed from the data, then overridden.
+
+    With no `batch_size` override the rule's 512 is used, or the number of
+    examples when there are fewer (few-shot data), with the learning rate and
+    steps scaled to match. Overriding `steps` alone keeps the shape of the
+    schedule (warm-up and decays move in proportion); override `warmup_steps`
+    and `decay_boundaries` too to set them yourself.
+    """
+    unknown = sorted(set(overrides) - set(_RULE_FIELDS))
+    if unknown:
+        hint = (" The rule counts optimizer steps: pass steps=... instead of epochs."
+                if "epochs" in unknown else "")
+        raise TypeError(
+            f"unknown fit argument(s) {unknown}; HyperRule fields are {list(_RULE_FIELDS)}.{hint}"
+            f" For a plain Keras training loop call keras.Model.fit(classifier, x, y, ...)."
+        )
+    if hyperrule is None:
+        batch_size = overrides.pop("batch_size", min(REFERENCE_BATCH_SIZE, num_examples))
+        hyperrule = HyperRule.for_dataset(num_examples, image_size, batch_size, variant)
+    elif not isinstance(hyperrule, HyperRule):
+        raise TypeError(f"hyperrule must be a bitkeras.HyperRule; got {type(hyperrule).__name__}")
+    if "steps" in overrides and not any(name in overrides for name in _SCHEDULE_FIELDS):
+        hyperrule = hyperrule.with_steps(overrides.pop("steps"))
+    return dataclasses.replace(hyperrule, **overrides)
+
+
+def check_batching(rule, num_examples, batch_split):
+    """Raises unless `rule.batch_size` examples exist and split into `batch_split` equal parts."""
+    if isinstance(batch_split, bool) or not isinstance(batch_split, int) or batch_split < 1:
+        raise ValueError(f"batch_split must be a positive integer; got {batch_split!r}")
+    if rule.batch_size % batch_split:
+        raise ValueError(
+            f"batch_size {rule.batch_size} does not split into batch_split={batch_split} equal "
+            f"micro-batches; pick a batch_split that divides it"
+        )
+    if num_examples < rule.batch_size:
+        raise ValueError(
+            f"the data has {num_examples} examples, fewer than one batch of {rule.batch_size}; "
+            f"pass batch_size={num_examples} or smaller"
+        )
+
+
+def make_optimizer(rule, batch_split=1):
+    """SGD, momentum 0.9, no weight decay, on the rule's schedule; accumulating if split.
+
+    With `batch_split=N` Keras averages the gradients of N micro-batches and
+    applies them as one step, the update of one full batch.
+    """
+    return keras.optimizers.SGD(
+        learning_rate=WarmupStaircase.from_hyperrule(rule, accumulation_steps=batch_split),
+        momentum=0.9,
+        gradient_accumulation_steps=batch_split if batch_split > 1 else None,
+    )
+
+
+def keras_epochs(total_steps, steps_per_pass):
+    """(epochs, steps per epoch) covering `total_steps` in rounds of about one pass.
+
+    Rounds are at least one pass over the data and at most `MAX_KERAS_EPOCHS`
+    in number; the last round may be cut short (see `StopAfterSteps`).
+    """
+    steps_per_epoch = max(1, steps_per_pass, math.ceil(total_steps / MAX_KERAS_EPOCHS))
+    steps_per_epoch = min(steps_per_epoch, total_steps)
+    return math.ceil(total_steps / steps_per_epoch), steps_per_epoch
+
+
+class StopAfterSteps(keras.callbacks.Callback):
+    """Ends training after exactly `total_steps` batches, mid-epoch if need be."""
+
+    def __init__(self, total_steps):
+        super().__init__()
+        self.total_steps = total_steps
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.total_steps:
+            self.model.stop_training = True
+
+
+@contextlib.contextmanager
+def trainable_from(classifier, trainable):
+    """Freezes what `trainable` leaves out, restoring every flag on exit.
+
+    "all": everything (BiT's full fine-tuning); "head": a linear probe on
+    frozen features; "blockK": block K onwards, the final norm and the head.
+    """
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {list(TRAINABLE_CHOICES)}; got {trainable!r}")
+    layers = classifier.backbone.layers
+    saved = [(layer, layer.trainable) for layer in layers]
+    saved.append((classifier.backbone, classifier.backbone.trainable))
+    try:
+        if trainable == "head":
+            classifier.backbone.trainable = False
+        elif trainable.startswith("block"):
+            first = int(trainable[len("block"):])
+            for layer in layers:
+                if layer.name == "root_conv" or (
+                    layer.name.startswith("block") and int(layer.name[5]) < first
+                ):
+                    layer.trainable = False
+        yield
+    finally:
+        for layer, flag in reversed(saved):
+            layer.trainable = flag

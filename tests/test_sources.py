@@ -1,0 +1,148 @@
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bitkeras import BadImageError, DataUnavailableError, sources
+from tests.conftest import COLORS, make_image_folder
+
+
+def _decoded(source):
+    return [source.decode_record(record).numpy()
+            for record, _ in source.records]
+
+
+def test_folder_source_reads_classes_sizes_and_reports_bad_files(image_folder):
+    with pytest.warns(UserWarning, match=r"(?s)1 file\(s\).*red/broken\.jpg.*skipped") as caught:
+        source = sources.open_source(image_folder)
+    assert len(caught) == 1
+    assert source.class_names == ("blue", "green", "red") and source.named
+    assert source.num_examples == 3 * 12 + 5          # the broken file is left out
+    assert np.bincount(source.labels).tolist() == [12, 13, 16]
+    assert [path for path, _ in source.skipped] == [str(image_folder / "red" / "broken.jpg")]
+    assert all(30 <= side <= 60 for side in source.image_size)
+
+
+def test_bad_files_raise_when_asked(image_folder):
+    with pytest.raises(BadImageError, match="red/broken.jpg"):
+        sources.open_source(image_folder, on_bad_image="raise")
+
+
+def test_every_mode_decodes_to_the_rgb_pillow_sees(image_folder):
+    from PIL import Image
+
+    files = ["red/palette.png", "red/alpha.png", "red/cmyk.jpg", "red/palette.bmp",
+             "green/gray.png", "blue/003.gif"]
+    source = sources.open_images([image_folder / name for name in files])
+    for name, decoded in zip(files, _decoded(source)):
+        with Image.open(image_folder / name) as image:
+            expected = np.asarray(image.convert("RGB"), np.float32)
+        assert decoded.shape == expected.shape and decoded.dtype == np.uint8
+        # JPEG decoders differ by a few levels; other formats are exact.
+        assert np.abs(decoded - expected).mean() < (3 if name.endswith("jpg") else 1e-6), name
+
+
+def test_reading_a_folder_changes_nothing_on_disk(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+              if p.is_file()}
+    with pytest.warns(UserWarning):
+        source = sources.open_source(root)
+    _decoded(source)
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+             if p.is_file()}
+    assert before == after
+
+
+def test_empty_class_folder_and_single_class_are_refused(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, extras=False)
+    (root / "zebra").mkdir()
+    with pytest.raises(ValueError, match="class folder .*zebra' is empty"):
+        sources.open_source(root)
+    single = make_image_folder(tmp_path / "one", per_class=2, extras=False)
+    for name in ("blue", "green"):
+        for path in (single / name).iterdir():
+            path.unlink()
+        (single / name).rmdir()
+    with pytest.raises(ValueError, match="has 1 class sub-folder"):
+        sources.open_source(single)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        sources.open_source(tmp_path / "missing")
+
+
+def test_array_source_checks_its_inputs():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    source = sources.open_source((images, np.array([0, 1, 2, 1])))
+    assert source.class_names == ("0", "1", "2") and source.image_size == (8, 8)
+    with pytest.raises(ValueError, match="differ in length: 4 images, 3 labels"):
+        sources.open_source((images, np.array([0, 1, 1])))
+    with pytest.raises(ValueError, match="label -1 \\(example 2"):
+        sources.open_source((images, np.array([0, 1, -1, 1])))
+    with pytest.raises(ValueError, match="got values in \\[255, 255\\]: divide 0..255"):
+        sources.open_source((np.full((4, 8, 8, 3), 255.0), np.array([0, 1, 0, 1])))
+    with pytest.raises(ValueError, match="shaped \\(examples, height, width, 3\\)"):
+        sources.open_source((np.zeros((4, 8, 8)), np.array([0, 1, 0, 1])))
+
+
+def test_dataset_source_reads_labels_and_refuses_batches():
+    images = np.random.default_rng(0).integers(0, 255, (6, 10, 12, 3)).astype(np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 0, 1, 2, 2])))
+    source = sources.open_source(dataset)
+    assert source.labels.tolist() == [0, 1, 0, 1, 2, 2] and source.image_size == (10, 12)
+    np.testing.assert_array_equal(_decoded(source)[3], images[3])
+    with pytest.raises(ValueError, match="dataset.unbatch\\(\\)"):
+        sources.open_source(dataset.batch(2))
+    with pytest.raises(ValueError, match="lambda e: \\(e\\['image'\\], e\\['label'\\]\\)"):
+        sources.open_source(tf.data.Dataset.from_tensor_slices({"image": images}))
+
+
+def test_few_shot_is_reproducible_and_balanced(image_folder):
+    with pytest.warns(UserWarning):
+        source = sources.open_source(image_folder)
+    first = source.few_shot(3, seed=7)
+    assert np.bincount(first.labels).tolist() == [3, 3, 3]
+    paths = [record[0] for record, _ in first.records.as_numpy_iterator()]
+    again = [record[0] for record, _ in source.few_shot(3, seed=7).records.as_numpy_iterator()]
+    other = [record[0] for record, _ in source.few_shot(3, seed=8).records.as_numpy_iterator()]
+    assert paths == again and paths != other
+    labels = [label for _, label in first.records.as_numpy_iterator()]
+    assert labels == first.labels.tolist()
+    with pytest.raises(ValueError, match="class 'blue' has only 12 examples"):
+        source.few_shot(13, seed=0)
+
+
+def test_relabel_matches_folders_by_name(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, extras=False)
+    for path in (root / "blue").iterdir():
+        path.unlink()
+    (root / "blue").rmdir()
+    source = sources.open_source(root, class_names=("blue", "green", "red"))
+    assert source.labels.tolist() == [1, 1, 2, 2]
+    assert [label for _, label in source.records.as_numpy_iterator()] == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="classes \\['red'\\] that the model does not know"):
+        sources.open_source(root, class_names=("blue", "green"))
+
+
+def test_tfds_names_and_splits():
+    assert sources.parse_tfds_name("oxford_flowers102") == ("oxford_flowers102", None)
+    assert sources.parse_tfds_name("cifar10:test") == ("cifar10", "test")
+    assert sources.parse_tfds_name("mnist:3.0.1") == ("mnist:3.0.1", None)
+    assert sources.parse_tfds_name("mnist:3.0.1:train[:10%]") == ("mnist:3.0.1", "train[:10%]")
+
+
+def test_tfds_offline_says_how_to_supply_the_data(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    class Unprepared:
+        data_dir = str(tmp_path / "oxford_flowers102")
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self):
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(tfds, "builder", lambda name: Unprepared())
+    with pytest.raises(DataUnavailableError, match="tfds build oxford_flowers102"):
+        sources.open_source("tfds:oxford_flowers102")

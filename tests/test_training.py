@@ -1,0 +1,153 @@
+"""BiTClassifier.fit / evaluate / predict and the training pieces behind them."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+import bitkeras
+from bitkeras import BiTBackbone, BiTClassifier, HyperRule, training
+from tests.conftest import TINY, make_image_folder
+
+SMALL = dict(steps=24, batch_size=8, resize_size=40, crop_size=32, base_learning_rate=0.01)
+"""Overrides that make the HyperRule tiny enough for tests."""
+
+
+def _tiny_classifier(num_classes=None):
+    keras.utils.set_random_seed(0)
+    return BiTClassifier(BiTBackbone(**TINY), num_classes=num_classes)
+
+
+def _weights(layer):
+    return [keras.ops.convert_to_numpy(w).copy() for w in layer.weights]
+
+
+def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path, capsys):
+    classifier = _tiny_classifier()
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        history = classifier.fit(image_folder, **SMALL)
+    assert "BiT-HyperRule:" in capsys.readouterr().out
+    assert history.hyperrule == classifier.hyperrule and history.hyperrule.steps == 24
+    assert history.params["hyperrule"]["crop_size"] == 32
+    assert classifier.class_names == ("blue", "green", "red")
+
+    held_out = make_image_folder(tmp_path / "test", per_class=10, seed=1, extras=False)
+    results = classifier.evaluate(held_out, verbose=0)
+    assert results["accuracy"] >= 0.9 and "top5_accuracy" not in results
+
+    files = [held_out / "red" / "000.jpg", held_out / "blue" / "001.png"]
+    predictions = classifier.predict(files, verbose=0)
+    assert predictions.class_names == ("red", "blue")
+    np.testing.assert_allclose(predictions.probabilities.sum(1), 1, rtol=1e-5)
+    classifier.save(tmp_path / "model.keras")
+    restored = bitkeras.load_model(tmp_path / "model.keras")
+    assert restored.class_names == classifier.class_names
+    assert restored.hyperrule == classifier.hyperrule
+    again = restored.predict(files, verbose=0)
+    np.testing.assert_array_equal(again.probabilities, predictions.probabilities)
+    ten = restored.predict(files, test_time_augmentation="ten_crop", verbose=0)
+    assert ten.class_names == ("red", "blue")
+
+
+def test_gradient_accumulation_equals_the_big_batch_update():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    labels = np.arange(16) % 2
+    rule = HyperRule(resize_size=16, crop_size=16, steps=2, warmup_steps=0,
+                     decay_boundaries=(), base_learning_rate=0.1, batch_size=8,
+                     mixup_alpha=0.0, flip=False, crop=False)
+    trained = []
+    for batch_split in (1, 4):
+        classifier = _tiny_classifier(num_classes=2)
+        classifier.fit((images, labels), hyperrule=rule, batch_split=batch_split, verbose=0)
+        trained.append(classifier)
+    big, accumulated = trained
+    assert int(accumulated.optimizer.iterations) == 2
+    for a, b in zip(big.weights, accumulated.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=a.path)
+    # Two steps: the backbone moved too (the zero head passes no gradient on step one).
+    assert not np.allclose(_weights(big.backbone.get_layer("root_conv"))[0],
+                           _weights(_tiny_classifier(2).backbone.get_layer("root_conv"))[0])
+
+
+@pytest.mark.parametrize("trainable, frozen, moving", [
+    ("head", ["root_conv", "block4_unit01", "final_norm"], []),
+    ("block3", ["root_conv", "block1_unit01", "block2_unit01"], ["block3_unit01", "final_norm"]),
+])
+def test_trainable_freezes_what_it_leaves_out(trainable, frozen, moving):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    classifier = _tiny_classifier(num_classes=2)
+    before = {name: _weights(classifier.backbone.get_layer(name)) for name in frozen + moving}
+    classifier.fit((images, np.arange(16) % 2), trainable=trainable, steps=3, batch_size=8,
+                   warmup_steps=0, decay_boundaries=(), base_learning_rate=0.1, verbose=0)
+    for name in frozen:
+        for a, b in zip(before[name], _weights(classifier.backbone.get_layer(name))):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    for name in moving:
+        assert any(not np.array_equal(a, b) for a, b in
+                   zip(before[name], _weights(classifier.backbone.get_layer(name)))), name
+    assert any(np.any(w) for w in _weights(classifier.head))
+    assert all(layer.trainable for layer in classifier.backbone.layers)  # restored
+
+
+def test_few_shot_fit_uses_k_per_class_and_defaults_the_batch(image_folder, capsys):
+    classifier = _tiny_classifier()
+    with pytest.warns(UserWarning):
+        history = classifier.fit(image_folder, examples_per_class=2, seed=1, steps=2,
+                                 resize_size=40, crop_size=32)
+    assert history.hyperrule.batch_size == 6    # 2 x 3 classes, fewer than 512
+    assert history.hyperrule.base_learning_rate == pytest.approx(0.003 * 6 / 512)
+    assert "6 training examples" in capsys.readouterr().out
+
+
+def test_evaluate_reports_top5_with_more_than_five_classes():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (12, 16, 16, 3)).astype(np.float32)
+    classifier = _tiny_classifier(num_classes=6)
+    results = classifier.evaluate((images, np.arange(12) % 6), image_size=16, verbose=0)
+    assert set(results) == {"accuracy", "top5_accuracy", "loss"}
+    assert results["loss"] == pytest.approx(np.log(6), rel=1e-5)   # zero head: uniform
+
+
+def test_fit_errors_name_the_input_and_the_fix(image_folder):
+    images = np.zeros((8, 16, 16, 3), np.float32)
+    labels = np.arange(8) % 2
+    classifier = _tiny_classifier()
+    with pytest.raises(TypeError, match="pass them as one tuple: fit\\(\\(images, labels\\)\\)"):
+        classifier.fit(images, labels)
+    with pytest.raises(TypeError, match="pass steps=... instead of epochs"):
+        classifier.fit((images, labels), epochs=3)
+    with pytest.raises(ValueError, match="8 examples, fewer than one batch of 16"):
+        classifier.fit((images, labels), batch_size=16)
+    with pytest.raises(ValueError, match="single class"):
+        classifier.fit((images, np.zeros(8, int)))
+    with pytest.raises(ValueError, match="does not split into batch_split=3"):
+        classifier.fit((images, labels), batch_size=8, batch_split=3)
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        classifier.fit((images, labels), trainable="block5", steps=1, verbose=0)
+    two = _tiny_classifier(num_classes=2)
+    with pytest.raises(ValueError, match="label 2 \\(example 2 .*outside \\[0, 2\\)"):
+        two.fit((images, np.arange(8) % 3))
+    with pytest.raises(ValueError, match="3 classes but bit_classifier has a 2-class head"), \
+            pytest.warns(UserWarning):
+        two.fit(image_folder)
+    with pytest.raises(ValueError, match="no head yet"):
+        _tiny_classifier().predict(images)
+
+
+def test_resolve_rule_applies_overrides():
+    rule = training.resolve_rule(1_000, (500, 375), batch_size=64, steps=100, flip=False)
+    assert rule.batch_size == 64 and rule.base_learning_rate == pytest.approx(0.003 / 8)
+    assert (rule.steps, rule.warmup_steps, rule.decay_boundaries) == (100, 20, (40, 60, 80))
+    assert rule.flip is False and rule.crop_size == 384
+    given = HyperRule.for_dataset(1_000, 32)
+    assert training.resolve_rule(10, 32, given, mixup_alpha=0.2) == dataclasses.replace(
+        given, mixup_alpha=0.2)
+
+
+def test_keras_epochs_cover_exactly_the_steps():
+    assert training.keras_epochs(500, 2) == (20, 25)
+    assert training.keras_epochs(24, 5) == (5, 5)
+    assert training.keras_epochs(3, 100) == (1, 3)
