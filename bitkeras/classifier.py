@@ -161,10 +161,12 @@ class BiTClassifier(keras.Model):
                                      on_bad_image=on_bad_image)
         if examples_per_class is not None:
             source = source.few_shot(examples_per_class, seed)
-        source = self._adopt_classes(source)
         rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
                                      variant, **overrides)
         training.check_batching(rule, source.num_examples, batch_split)
+        training.check_trainable(trainable)
+        # Last of the checks: it may add the head, which nothing should do on bad input.
+        source = self._adopt_classes(source)
         micro_batch = rule.batch_size // batch_split
         train = pipeline.train_dataset(source, rule, self.num_classes, micro_batch, seed,
                                        skip_bad_images=on_bad_image == "warn")
@@ -186,7 +188,7 @@ class BiTClassifier(keras.Model):
                 optimizer=training.make_optimizer(rule, batch_split),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                 metrics=self._fit_metrics(keras.metrics.CategoricalAccuracy,
-                                      keras.metrics.TopKCategoricalAccuracy),
+                                          keras.metrics.TopKCategoricalAccuracy),
                 jit_compile=jit_compile,
             )
             history = keras.Model.fit(

@@ -102,6 +102,12 @@ class StopAfterSteps(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def check_trainable(trainable):
+    """Raises unless `trainable` names what fit can train."""
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {list(TRAINABLE_CHOICES)}; got {trainable!r}")
+
+
 @contextlib.contextmanager
 def trainable_from(classifier, trainable):
     """Freezes what `trainable` leaves out, restoring every flag on exit.
@@ -109,8 +115,7 @@ def trainable_from(classifier, trainable):
     "all": everything (BiT's full fine-tuning); "head": a linear probe on
     frozen features; "blockK": block K onwards, the final norm and the head.
     """
-    if trainable not in TRAINABLE_CHOICES:
-        raise ValueError(f"trainable must be one of {list(TRAINABLE_CHOICES)}; got {trainable!r}")
+    check_trainable(trainable)
     layers = classifier.backbone.layers
     saved = [(layer, layer.trainable) for layer in layers]
     saved.append((classifier.backbone, classifier.backbone.trainable))
