@@ -20,6 +20,7 @@ setup(
     extras_require={
         # The example's data: scikit-learn ships the UCI handwritten digits.
         "examples": ["scikit-learn>=1.3"],
-        "test": ["pytest>=8", "scikit-learn>=1.3"],
+        # importlib_resources: what TFDS needs to build the tests' tiny dataset.
+        "test": ["pytest>=8", "scikit-learn>=1.3", "importlib_resources"],
     },
 )

@@ -146,3 +146,22 @@ def test_tfds_offline_says_how_to_supply_the_data(monkeypatch, tmp_path):
     monkeypatch.setattr(tfds, "builder", lambda name: Unprepared())
     with pytest.raises(DataUnavailableError, match="tfds build oxford_flowers102"):
         sources.open_source("tfds:oxford_flowers102")
+
+
+def test_tfds_source_reads_a_prepared_dataset(monkeypatch, tmp_path):
+    pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
+    from tests.tiny_tfds import BitkerasTinyColours
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    BitkerasTinyColours(data_dir=str(tmp_path)).download_and_prepare()
+    train = sources.open_source("tfds:bitkeras_tiny_colours")
+    assert train.class_names == ("blue", "red") and train.named
+    assert train.num_examples == 6 and sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert train.image_size[1] == 24
+    images = _decoded(train)
+    for image, label in zip(images, train.labels):
+        assert image.shape[1:] == (24, 3)
+        assert np.argmax(image.reshape(-1, 3).mean(0)) == (2 if label == 0 else 0)
+    test = sources.open_source("tfds:bitkeras_tiny_colours", default_split="test|validation")
+    assert test.num_examples == 4
+    assert sources.open_source("tfds:bitkeras_tiny_colours:train[:3]").num_examples == 3
