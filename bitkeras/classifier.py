@@ -11,6 +11,7 @@ import numpy as np
 
 from bitkeras import checkpoint, pipeline, presets, sources, training
 from bitkeras.backbone import BiTBackbone
+from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
 from bitkeras.images import standardize_images
 from bitkeras.weights import resolve_weights
@@ -68,8 +69,7 @@ class BiTClassifier(keras.Model):
             self._add_head(num_classes)
 
     def _add_head(self, num_classes):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+        check_positive_integer(num_classes, "num_classes")
         self.head = keras.layers.Dense(
             num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
         )
@@ -77,18 +77,12 @@ class BiTClassifier(keras.Model):
         self.build((None, None, None, 3))
 
     def build(self, input_shape=None):
-        if self.head is None:
-            raise ValueError(
-                f"{self.name} has no head yet: pass num_classes, or fit it on data"
-            )
+        self._require_head()
         self.head.build((None, self.backbone.feature_channels))
         self.built = True
 
     def call(self, images, training=None):
-        if self.head is None:
-            raise ValueError(
-                f"{self.name} has no head yet: pass num_classes, or fit it on data"
-            )
+        self._require_head()
         images = standardize_images(images, self.name)
         return self.head(self.backbone(images, training=training))
 
@@ -148,15 +142,8 @@ class BiTClassifier(keras.Model):
         """
         if data is None:
             raise TypeError("fit() needs data: a folder, 'tfds:NAME', (images, labels) or a dataset")
-        if validation_data is not None and not (
-            isinstance(validation_data, (tuple, str)) or hasattr(validation_data, "element_spec")
-            or hasattr(validation_data, "__fspath__")
-        ):
-            raise TypeError(
-                f"validation_data must take a form fit's data takes; got "
-                f"{type(validation_data).__name__}. Training on arrays? pass them as one tuple: "
-                f"fit((images, labels))"
-            )
+        if validation_data is not None:
+            sources.data_form(validation_data, "validation_data")  # fail before any work
         source = sources.open_source(data, split=split, class_names=class_names,
                                      on_bad_image=on_bad_image)
         if examples_per_class is not None:
@@ -187,8 +174,7 @@ class BiTClassifier(keras.Model):
             self.compile(
                 optimizer=training.make_optimizer(rule, batch_split),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                metrics=self._fit_metrics(keras.metrics.CategoricalAccuracy,
-                                          keras.metrics.TopKCategoricalAccuracy),
+                metrics=self._fit_metrics(),
                 jit_compile=jit_compile,
             )
             history = keras.Model.fit(
@@ -223,10 +209,11 @@ class BiTClassifier(keras.Model):
         source.check_labels(self.num_classes)
         return source.relabel(self.class_names)
 
-    def _fit_metrics(self, accuracy, top_k):
-        metrics = [accuracy(name="accuracy")]
+    def _fit_metrics(self):
+        """Accuracy on the soft one-hot labels of training, and top-5 where it means something."""
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if self.num_classes > 5:
-            metrics.append(top_k(k=5, name="top5_accuracy"))
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
         return metrics
 
     def evaluate(self, data=None, *, split=None, test_time_augmentation=None, image_size=None,

@@ -8,6 +8,8 @@ its released code (see ../shared/docs/bit-reference.md).
 import dataclasses
 import math
 
+from bitkeras.checks import check_positive_integer
+
 REFERENCE_BATCH_SIZE = 512
 """The batch size the rule's learning rate and step counts are stated for."""
 
@@ -70,9 +72,7 @@ class HyperRule:
     def __post_init__(self):
         object.__setattr__(self, "decay_boundaries", tuple(self.decay_boundaries))
         for name in ("resize_size", "crop_size", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"HyperRule.{name} must be a positive integer; got {value!r}")
+            check_positive_integer(getattr(self, name), f"HyperRule.{name}")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(
                 f"HyperRule.warmup_steps must be an integer in [0, steps={self.steps}]; "
@@ -112,12 +112,10 @@ class HyperRule:
         (steps, warm-up, decay boundaries) inversely (x 512 / batch_size, rounded),
         so training sees the same number of epochs.
         """
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-            raise ValueError(f"num_examples must be a positive integer; got {num_examples!r}")
+        check_positive_integer(num_examples, "num_examples")
         if variant not in RESOLUTIONS:
             raise ValueError(f"variant must be one of {sorted(RESOLUTIONS)}; got {variant!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        check_positive_integer(batch_size, "batch_size")
         height, width = _height_width(image_size)
         small, large = RESOLUTIONS[variant]
         resize_size, crop_size = small if height * width < SMALL_IMAGE_AREA else large
@@ -136,8 +134,7 @@ class HyperRule:
 
     def with_steps(self, steps):
         """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        check_positive_integer(steps, "steps")
         scale = steps / self.steps
         boundaries = sorted({min(steps, round(b * scale)) for b in self.decay_boundaries})
         warmup_steps = min([round(self.warmup_steps * scale), steps, *boundaries])

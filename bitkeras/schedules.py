@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from bitkeras.checks import check_positive_integer
+
 
 @keras.saving.register_keras_serializable(package="bitkeras")
 class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
@@ -26,10 +28,7 @@ class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
                  accumulation_steps=1):
         if not base_learning_rate > 0:
             raise ValueError(f"base_learning_rate must be positive; got {base_learning_rate!r}")
-        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-            raise ValueError(
-                f"accumulation_steps must be a positive integer; got {accumulation_steps!r}"
-            )
+        check_positive_integer(accumulation_steps, "accumulation_steps")
         self.base_learning_rate = float(base_learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.decay_boundaries = tuple(int(b) for b in decay_boundaries)

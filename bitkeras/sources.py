@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from bitkeras.checks import check_positive_integer
 from bitkeras.images import check_value_range
 
 NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
@@ -121,11 +122,7 @@ class ImageSource:
 
     def few_shot(self, examples_per_class, seed):
         """K examples of every class, drawn reproducibly from `seed`."""
-        if isinstance(examples_per_class, bool) or not isinstance(examples_per_class, int) \
-                or examples_per_class < 1:
-            raise ValueError(
-                f"examples_per_class must be a positive integer; got {examples_per_class!r}"
-            )
+        check_positive_integer(examples_per_class, "examples_per_class")
         rng = np.random.default_rng(seed)
         chosen = []
         for class_id, name in enumerate(self.class_names):
@@ -161,23 +158,37 @@ def open_source(data, split=None, class_names=None, on_bad_image="warn", default
     """
     if on_bad_image not in ("warn", "raise"):
         raise ValueError(f'on_bad_image must be "warn" or "raise"; got {on_bad_image!r}')
-    if isinstance(data, tf.data.Dataset):
+    form = data_form(data)
+    if form == "dataset":
         source = _from_dataset(data)
-    elif isinstance(data, tuple):
+    elif form == "arrays":
         source = _from_arrays(data)
-    elif isinstance(data, str) and data.startswith("tfds:"):
+    elif form == "tfds":
         source = _from_tfds(data[len("tfds:"):], split, default_split)
-    elif isinstance(data, (str, os.PathLike)):
-        source = _from_folder(pathlib.Path(data), on_bad_image)
     else:
-        raise TypeError(
-            f"cannot train on {type(data).__name__}: pass a folder of class sub-folders, "
-            f'"tfds:NAME", a tuple (images, labels) of NumPy arrays, or a tf.data.Dataset '
-            f"of (image, label)"
-        )
+        source = _from_folder(pathlib.Path(data), on_bad_image)
     if class_names is not None:
         source = source.relabel(tuple(str(name) for name in class_names))
     return source
+
+
+def data_form(data, name="data"):
+    """Which form `data` takes: "dataset", "arrays", "tfds" or "folder"; else TypeError."""
+    if isinstance(data, tf.data.Dataset):
+        return "dataset"
+    if isinstance(data, tuple):
+        return "arrays"
+    if isinstance(data, str) and data.startswith("tfds:"):
+        return "tfds"
+    if isinstance(data, (str, os.PathLike)):
+        return "folder"
+    hint = (" Arrays? pass them as one tuple: fit((images, labels))."
+            if isinstance(data, np.ndarray) else "")
+    raise TypeError(
+        f"{name} cannot be a {type(data).__name__}: pass a folder of class sub-folders, "
+        f'"tfds:NAME", a tuple (images, labels) of NumPy arrays, or a tf.data.Dataset '
+        f"of (image, label).{hint}"
+    )
 
 
 def open_images(images):
@@ -390,7 +401,6 @@ def _from_dataset(dataset):
     elif image_spec.shape.rank == 3 and image_spec.shape[-1] in (3, None) \
             and (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
         kind = "pixels"
-        dataset = dataset.map(lambda image, label: (_float_or_uint8(image), label))
     else:
         hint = " Unbatch it with dataset.unbatch()." if image_spec.shape.rank == 4 else ""
         raise ValueError(
@@ -406,7 +416,8 @@ def _from_dataset(dataset):
     _check_non_negative(labels, "the dataset")
     source = ImageSource(
         description=f"a tf.data.Dataset of {len(labels)} images",
-        records=dataset.map(lambda image, label: (image, tf.cast(label, tf.int64))),
+        records=dataset.map(lambda image, label: (
+            _float_or_uint8(image) if kind == "pixels" else image, tf.cast(label, tf.int64))),
         labels=labels,
         class_names=_numbered_classes(labels),
         image_size=(0, 0),

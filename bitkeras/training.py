@@ -9,6 +9,7 @@ import math
 
 import keras
 
+from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
 from bitkeras.schedules import WarmupStaircase
 
@@ -50,8 +51,7 @@ def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **ov
 
 def check_batching(rule, num_examples, batch_split):
     """Raises unless `rule.batch_size` examples exist and split into `batch_split` equal parts."""
-    if isinstance(batch_split, bool) or not isinstance(batch_split, int) or batch_split < 1:
-        raise ValueError(f"batch_split must be a positive integer; got {batch_split!r}")
+    check_positive_integer(batch_split, "batch_split")
     if rule.batch_size % batch_split:
         raise ValueError(
             f"batch_size {rule.batch_size} does not split into batch_split={batch_split} equal "

@@ -1,0 +1,7 @@
+"""Argument checks shared by the modules (pure Python)."""
+
+
+def check_positive_integer(value, name):
+    """Raises ValueError unless `value` is an int >= 1 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
