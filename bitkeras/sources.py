@@ -265,6 +265,8 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise"):
     if skipped:
         _report_bad_files(skipped, description, on_bad_image)
     kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    if not kept:
+        raise ValueError(f"{description} has no readable images (all were skipped)")
     labels = labels[kept]
     paths = np.array([str(files[i]) for i in kept])
     use_pillow = np.array([headers[i][2] for i in kept])

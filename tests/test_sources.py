@@ -71,6 +71,15 @@ def test_empty_class_folder_and_single_class_are_refused(tmp_path):
         sources.open_source(tmp_path / "missing")
 
 
+def test_a_folder_of_only_unreadable_files_is_refused(tmp_path):
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="notes.txt"), \
+            pytest.raises(ValueError, match="has no readable images"):
+        sources.open_source(tmp_path)
+
+
 def test_array_source_checks_its_inputs():
     images = np.zeros((4, 8, 8, 3), np.uint8)
     source = sources.open_source((images, np.array([0, 1, 2, 1])))
