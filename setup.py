@@ -16,11 +16,20 @@ setup(
         "pillow>=10",
         # "tfds:NAME" data for fit/evaluate.
         "tensorflow-datasets>=4.9",
+        # The bundled downstream data (the UCI handwritten digits scikit-learn ships).
+        "scikit-learn>=1.3",
+        # report.png, and the fonts the upstream glyphs are rendered from.
+        "matplotlib>=3.7",
+        # TF-Hub handles (resolution and cache); tensorflow_hub imports tf_keras.
+        "tensorflow-hub>=0.16",
+        "tf-keras>=2.21,<2.22",
+        # tensorflow_hub 0.16.1 imports pkg_resources, gone in setuptools 82
+        # (tensorflow/hub#934).
+        "setuptools<82",
     ],
     extras_require={
-        # The example's data: scikit-learn ships the UCI handwritten digits.
-        "examples": ["scikit-learn>=1.3"],
         # importlib_resources: what TFDS needs to build the tests' tiny dataset.
-        "test": ["pytest>=8", "scikit-learn>=1.3", "importlib_resources"],
+        "test": ["pytest>=8", "importlib_resources"],
     },
+    entry_points={"console_scripts": ["bitkeras = bitkeras.cli:main"]},
 )

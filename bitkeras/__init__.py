@@ -4,10 +4,13 @@ from bitkeras.architecture import ARCHITECTURES, Architecture
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checkpoint import CheckpointMismatchError, load_npz, save_npz
 from bitkeras.classifier import BiTClassifier, Predictions, load_model
+from bitkeras.hub import HubUnavailableError
 from bitkeras.hyperrule import HyperRule
 from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 from bitkeras.presets import list_presets
+from bitkeras.pretraining import pretrain
 from bitkeras.schedules import WarmupStaircase
+from bitkeras.upstream import UpstreamRecipe
 from bitkeras.sources import BadImageError, DataUnavailableError
 from bitkeras.weights import CorruptWeightsError, WeightsUnavailableError
 
@@ -22,14 +25,17 @@ __all__ = [
     "CheckpointMismatchError",
     "CorruptWeightsError",
     "DataUnavailableError",
+    "HubUnavailableError",
     "HyperRule",
     "Predictions",
     "PreActBottleneck",
     "StandardizedConv2D",
+    "UpstreamRecipe",
     "WarmupStaircase",
     "WeightsUnavailableError",
     "group_normalization",
     "list_presets",
+    "pretrain",
     "load_model",
     "load_npz",
     "save_npz",

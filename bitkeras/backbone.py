@@ -78,15 +78,18 @@ class BiTBackbone(ImageModel):
         return cls(**config)
 
     @classmethod
-    def from_preset(cls, name, weights=None, **kwargs):
+    def from_preset(cls, name, weights="default", **kwargs):
         """A backbone of a named architecture or released model.
 
         `name`: an architecture ("R50x1", ...) or a released model
         ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
         "BiT-M-R50x1-distilled-224", ...; see `bitkeras.presets.list_presets()`).
         `weights`: None (random initialisation), a path to a `.npz` file in the
-        released format, or "auto" (the preset's released file, from the cache
-        or downloaded). The file's head, if any, is not part of a backbone.
+        released format, "auto" (the preset's own file: shipped with bitkeras,
+        or released, from the cache or downloaded), or "default" ("auto" for
+        the presets bitkeras ships, such as "BiT-Glyphs-R14x0.5", None for the
+        rest, so nothing is downloaded unasked). The file's head, if any, is
+        not part of a backbone.
         """
         preset = presets.get_preset(name)
         backbone = cls(
@@ -98,3 +101,28 @@ class BiTBackbone(ImageModel):
         if path is not None:
             checkpoint.load_npz(backbone, path)
         return backbone
+
+    @classmethod
+    def from_hub(cls, handle, trainable=True, convert=False):
+        """A backbone from a TF-Hub module: a URL (cached by tensorflow_hub) or a folder.
+
+        `convert=False`: a `bitkeras.hub.HubBackbone`, the module itself as a
+        Keras 3 layer (its variables trained by `fit`). `convert=True`: a
+        native BiTBackbone with the module's weights, architecture read from
+        its variables (BiT modules only; a classification module's head is
+        dropped), so presets' tooling, freezing by block and export all apply.
+        """
+        from bitkeras import hub
+
+        if convert:
+            return hub.native_backbone(handle, trainable)[0]
+        return hub.HubBackbone(handle, trainable=trainable)
+
+    def export(self, filepath, format="saved_model", **kwargs):
+        """Writes a TF-Hub style feature-vector SavedModel (see `bitkeras.export`).
+
+        Keras's own formats ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
+        """
+        from bitkeras import export
+
+        return export.export_or_delegate(self, filepath, format, super().export, **kwargs)

@@ -133,7 +133,14 @@ def load_npz(model, path):
     A backbone takes every `resnet/` array but the head's (a backbone has no
     head); a classifier takes all of them and its head size must match.
     """
-    arrays = read_arrays(path)
+    load_arrays(model, read_arrays(path), path)
+
+
+def load_arrays(model, arrays, source):
+    """Loads arrays under the released keys (`resnet/...`) into a model, all or nothing.
+
+    `source` names where the arrays came from, for error messages.
+    """
     entries = model_variables(model)
     is_backbone = getattr(model, "backbone", model) is model
     ignored = {key for key in arrays if key.startswith(HEAD_PREFIX)} if is_backbone else set()
@@ -147,7 +154,7 @@ def load_npz(model, path):
     not_float = [key for key in entries if key in arrays and arrays[key].dtype.kind != "f"]
     if missing or unexpected or mismatched or not_float:
         raise CheckpointMismatchError(
-            _mismatch_message(model, path, arrays, missing, unexpected, mismatched, not_float)
+            _mismatch_message(model, source, arrays, missing, unexpected, mismatched, not_float)
         )
     for key, (variable, _) in entries.items():
         variable.assign(arrays[key].reshape(variable.shape))
@@ -159,12 +166,12 @@ def _listing(title, items, limit=5):
     return f"{title} ({len(items)}): {shown}{more}"
 
 
-def _mismatch_message(model, path, arrays, missing, unexpected, mismatched, not_float):
+def _mismatch_message(model, source, arrays, missing, unexpected, mismatched, not_float):
     backbone = getattr(model, "backbone", model)
     model_classes = None if backbone is model else model.num_classes
     file_architecture, file_classes = describe_arrays(arrays)
     lines = [
-        f"checkpoint {str(path)!r} does not fit {model.name} "
+        f"checkpoint {str(source)!r} does not fit {model.name} "
         f"({describe(backbone.architecture, model_classes)}); the file holds "
         f"{describe(file_architecture, file_classes)}."
     ]
@@ -207,6 +214,10 @@ def save_npz(model, path):
     try:
         with os.fdopen(handle, "wb") as out:
             np.savez(out, **arrays)
+        # mkstemp makes the file private; give it the permissions of any new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -151,7 +151,7 @@ class BiTClassifier(keras.Model):
         rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
                                      variant, **overrides)
         training.check_batching(rule, source.num_examples, batch_split)
-        training.check_trainable(trainable)
+        training.check_trainable(trainable, self.backbone)
         # Last of the checks: it may add the head, which nothing should do on bad input.
         source = self._adopt_classes(source)
         micro_batch = rule.batch_size // batch_split
@@ -310,13 +310,16 @@ class BiTClassifier(keras.Model):
         return cls(**config)
 
     @classmethod
-    def from_preset(cls, name, weights=None, num_classes=None, **kwargs):
+    def from_preset(cls, name, weights="default", num_classes=None, **kwargs):
         """A classifier of a named architecture or released model.
 
         `weights` as in `BiTBackbone.from_preset`. With `num_classes=None` the
         checkpoint's own head is kept (its size read from the file: 21843 for
-        BiT-M, 1000 for BiT-S and the ILSVRC-2012 models); with a number, the
-        backbone is loaded and a new zero-initialised head of that size added.
+        BiT-M, 1000 for BiT-S and the ILSVRC-2012 models), with the preset's
+        class names where known; with a number, the backbone is loaded and a
+        new zero-initialised head of that size added.
+
+        >>> glyphs = BiTClassifier.from_preset("BiT-Glyphs-R14x0.5")  # shipped, offline
         """
         preset = presets.get_preset(name)
         path = resolve_weights(preset, weights)
@@ -331,6 +334,8 @@ class BiTClassifier(keras.Model):
                     f"checkpoint {str(path)!r} has no head: pass num_classes to add a new one"
                 )
             keep_head = True
+            if preset.class_names is not None and len(preset.class_names) == num_classes:
+                kwargs.setdefault("class_names", preset.class_names)
         else:
             keep_head = False
         architecture = preset.architecture
@@ -339,6 +344,55 @@ class BiTClassifier(keras.Model):
         if path is not None:
             checkpoint.load_npz(classifier if keep_head else backbone, path)
         return classifier
+
+    @classmethod
+    def from_hub(cls, handle, num_classes=None, class_names=None, trainable=True,
+                 convert=False, **kwargs):
+        """A classifier on a TF-Hub module: a URL (cached by tensorflow_hub) or a folder.
+
+        A feature-vector module gets a new zero-initialised head (`num_classes`
+        or `class_names`; or none yet, sized by `fit`). `convert=True` makes
+        the backbone native (see `BiTBackbone.from_hub`); a classification
+        module converted with `num_classes=None` keeps its head, and its
+        class names when it carries a labels file. Unconverted, a
+        classification module outputs logits rather than features, so it
+        cannot take a new head: that raises, saying to convert it.
+        """
+        from bitkeras import hub
+
+        if convert:
+            backbone, arrays, labels = hub.native_backbone(handle, trainable)
+            has_head = checkpoint.HEAD_PREFIX + "conv2d/bias" in arrays
+            if num_classes is None and class_names is None and has_head:
+                head_classes = arrays[checkpoint.HEAD_PREFIX + "conv2d/bias"].shape[0]
+                names = labels if labels and len(labels) == head_classes else None
+                classifier = cls(backbone, head_classes, names, **kwargs)
+                checkpoint.load_arrays(classifier, arrays, handle)
+                return classifier
+            return cls(backbone, num_classes, class_names, **kwargs)
+        backbone = hub.HubBackbone(handle, trainable=trainable)
+        if backbone.module.has_bit_head:
+            raise ValueError(
+                f"the module {str(handle)!r} is a classification module: it outputs logits, "
+                f"not features. Use BiTClassifier.from_hub(..., convert=True) to keep its "
+                f"head, or to put a new one on its backbone."
+            )
+        return cls(backbone, num_classes, class_names, **kwargs)
+
+    def export(self, filepath, format="saved_model", output="logits", **kwargs):
+        """Writes a TF-Hub style SavedModel: the released BiT modules' interface.
+
+        `format`: "saved_model" or "tf_hub" (the same reusable TF2 SavedModel);
+        `output`: "logits" (a classification module, with a serving signature
+        for encoded image bytes and the class names as an asset) or "features"
+        (a feature-vector module). See `bitkeras.export`. Keras's own formats
+        ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
+        """
+        from bitkeras import export
+
+        if format in export.FORMATS:
+            kwargs["output"] = output
+        return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,10 +407,13 @@ class Predictions:
     """Name of each image's most probable class."""
 
 
-def load_model(path):
+def load_model(path, safe_mode=True):
     """A bitkeras model saved with `model.save(path)` (a `.keras` file).
 
     Restores class names, the HyperRule (and so the preprocessing sizes) and,
-    for a compiled model, its optimizer state.
+    for a compiled model, its optimizer state. A model on a TF-Hub module
+    layer reloads the module from its handle, which Keras only does with
+    `safe_mode=False` (a SavedModel can run any TensorFlow graph: load only
+    files you trust).
     """
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, safe_mode=safe_mode)

@@ -146,9 +146,11 @@ class HyperRule:
         """How many passes over `num_examples` images the rule trains for."""
         return self.steps * self.batch_size / num_examples
 
+    title = "BiT-HyperRule"
+
     def describe(self, num_examples=None):
         """The rule as a readable block of text, one field a line."""
-        lines = ["BiT-HyperRule:"]
+        lines = [f"{self.title}:"]
         for field in dataclasses.fields(self):
             lines.append(f"  {field.name:<20} {getattr(self, field.name)!r}")
         if num_examples is not None:

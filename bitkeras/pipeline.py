@@ -18,14 +18,18 @@ SHUFFLE_BUFFER = 10_000
 """Shuffle buffer for records that hold pixels (file records shuffle all at once)."""
 
 
-def _float_image(image):
+def float_image(image):
+    """uint8 -> float32 in [0, 1]; float images pass through as float32."""
     if image.dtype == tf.uint8:
         return tf.cast(image, tf.float32) / 255.0
     return tf.cast(image, tf.float32)
 
 
-def _resize(image, size):
-    # BiT resizes to a square, ignoring the aspect ratio; clip the bilinear overshoot.
+def resize_square(image, size):
+    """Bilinear resize of (height, width, 3) or a batch to a `size` square, kept in [0, 1].
+
+    BiT resizes to a square, ignoring the aspect ratio.
+    """
     return tf.clip_by_value(tf.image.resize(image, [size, size]), 0.0, 1.0)
 
 
@@ -45,21 +49,13 @@ def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=T
         source.num_examples, SHUFFLE_BUFFER)
     records = source.records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def augment(index, element):
+    def prepare(index, element):
         record, label = element
-        image = _float_image(source.decode_record(record))
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
-        if rule.crop:
-            image = _resize(image, rule.resize_size)
-            image = tf.image.stateless_random_crop(
-                image, [rule.crop_size, rule.crop_size, 3], seed=example_seed)
-        else:
-            image = _resize(image, rule.crop_size)
-        if rule.flip:
-            image = tf.image.stateless_random_flip_left_right(image, seed=example_seed + 1)
+        image = augment(source.decode_record(record), rule, example_seed)
         return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-    dataset = records.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
+    dataset = records.enumerate().map(prepare, num_parallel_calls=AUTOTUNE)
     if skip_bad_images:
         # Files that passed the header check but fail to decode; TF logs each one.
         dataset = dataset.ignore_errors(log_warning=True)
@@ -71,6 +67,60 @@ def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=T
             num_parallel_calls=AUTOTUNE,
         )
     return dataset.prefetch(AUTOTUNE).with_options(_options())
+
+
+def resumable_train_dataset(images, targets, rule, seed, start_step=0):
+    """The batches of steps `start_step .. rule.steps - 1` of a run over in-memory arrays.
+
+    `images`: (N, height, width, 3) uint8 or float in [0, 1]; `targets`: (N,
+    classes) float32 (one-hot or multi-hot). Example `k` of the run (`k = step
+    * batch_size + position`) is image `index_shuffle(k mod N)` under seed
+    (`seed`, epoch `k div N`), augmented under seed (`seed`, `k`): every epoch
+    is a fresh permutation, and the stream depends only on `seed` and `k`, so
+    a run resumed at any step sees exactly the batches an uninterrupted run
+    would. Yields (images (B, crop, crop, 3) float32, targets (B, classes)).
+    """
+    num_examples = len(images)
+    if len(targets) != num_examples:
+        raise ValueError(f"{num_examples} images but {len(targets)} targets")
+    image_spec = tf.TensorSpec(images.shape[1:], tf.as_dtype(images.dtype))
+
+    def load(index):
+        return images[index], targets[index]
+
+    def prepare(example):
+        epoch, position = example // num_examples, example % num_examples
+        index = tf.random.experimental.index_shuffle(
+            position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
+        image, target = tf.numpy_function(load, [index], [image_spec.dtype, tf.float32],
+                                          stateful=False)
+        image.set_shape(image_spec.shape)
+        target.set_shape(targets.shape[1:])
+        example_seed = tf.stack([tf.cast(seed, tf.int64) + 3, example])
+        return augment(image, rule, example_seed), target
+
+    batch = rule.batch_size
+    dataset = tf.data.Dataset.range(start_step * batch, rule.steps * batch)
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+
+
+def augment(image, rule, example_seed):
+    """BiT's training view of one image: resize, random crop (if `rule.crop`), random flip.
+
+    `image`: (height, width, 3) uint8 or float in [0, 1]; returns float32
+    (crop, crop, 3) in [0, 1]. `example_seed`: a stateless seed, shape (2,).
+    """
+    image = float_image(image)
+    if rule.crop:
+        image = resize_square(image, rule.resize_size)
+        image = tf.image.stateless_random_crop(
+            image, [rule.crop_size, rule.crop_size, 3], seed=example_seed)
+    else:
+        image = resize_square(image, rule.crop_size)
+    if rule.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=example_seed + 1)
+    return image
 
 
 def mixup(images, labels, alpha, seed):
@@ -101,11 +151,11 @@ def eval_dataset(source, crop_size, batch_size, one_hot_classes=None, resize_siz
     """
 
     def prepare(record, label):
-        image = _float_image(source.decode_record(record))
+        image = float_image(source.decode_record(record))
         if ten_crop:
-            image = ten_crops(_resize(image, resize_size), crop_size)
+            image = ten_crops(resize_square(image, resize_size), crop_size)
         else:
-            image = _resize(image, crop_size)
+            image = resize_square(image, crop_size)
         if one_hot_classes is not None:
             label = tf.one_hot(label, one_hot_classes, dtype=tf.float32)
         return image, label

@@ -8,30 +8,53 @@ always read from the file itself.
 
 import dataclasses
 import difflib
+import pathlib
 
+from bitkeras import glyphs
 from bitkeras.architecture import ARCHITECTURES, Architecture
 
 BUCKET_URL = "https://storage.googleapis.com/bit_models/"
 """Where the released `.npz` files live; a preset's file is relative to it."""
 
+SAVED_MODELS = pathlib.Path(__file__).resolve().parent.parent / "saved_models"
+"""The repository folder of the models bitkeras itself trained and ships."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
+    """A named architecture and where its weights are.
+
+    `weights_file`: relative to `BUCKET_URL` (released BiT models, downloaded
+    on request), or, with `shipped=True`, to `SAVED_MODELS` (no network).
+    `class_names`: the names of the checkpoint head's classes, where known.
+    """
+
     name: str
     architecture: Architecture
     weights_file: str | None
     description: str
+    shipped: bool = False
+    class_names: tuple | None = None
 
     @property
     def url(self):
-        return None if self.weights_file is None else BUCKET_URL + self.weights_file
+        if self.weights_file is None or self.shipped:
+            return None
+        return BUCKET_URL + self.weights_file
+
+    @property
+    def shipped_path(self):
+        """Where a shipped preset's weights are on this machine (None for the others)."""
+        return SAVED_MODELS / self.weights_file if self.shipped else None
 
 
 def _build_table():
     table = {}
 
-    def add(name, architecture, weights_file, description):
-        table[name] = Preset(name, ARCHITECTURES[architecture], weights_file, description)
+    def add(name, architecture, weights_file, description, **extra):
+        if isinstance(architecture, str):
+            architecture = ARCHITECTURES[architecture]
+        table[name] = Preset(name, architecture, weights_file, description, **extra)
 
     for architecture in ARCHITECTURES:
         add(architecture, architecture, None, f"{architecture}, random initialisation")
@@ -45,6 +68,11 @@ def _build_table():
     for resolution in (224, 160):
         add(f"BiT-M-R50x1-distilled-{resolution}", "R50x1", f"distill/R50x1_{resolution}.npz",
             f"R50x1 student distilled from BiT-M-R152x2 on ILSVRC-2012 at {resolution}px")
+    add("BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5),
+        "BiT-Glyphs-R14x0.5/model.npz",
+        "a small BiT pre-trained by bitkeras on its generated glyphs (ships with bitkeras; "
+        "see saved_models/BiT-Glyphs-R14x0.5/MODEL_CARD.md)",
+        shipped=True, class_names=glyphs.CLASS_NAMES)
     return table
 
 

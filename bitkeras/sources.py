@@ -151,15 +151,18 @@ def open_source(data, split=None, class_names=None, on_bad_image="warn", default
 
     `data`: a folder (str or path) with one sub-folder per class; "tfds:NAME"
     (optionally "tfds:NAME:SPLIT", else `split` or `default_split`); `(images, labels)`
-    NumPy arrays; or a tf.data.Dataset of unbatched `(image, label)` pairs
-    (images uint8, float in [0, 1], or encoded image bytes).
+    NumPy arrays; a tf.data.Dataset of unbatched `(image, label)` pairs
+    (images uint8, float in [0, 1], or encoded image bytes); or an
+    ImageSource already opened (returned as it is).
     `on_bad_image`: "warn" skips unreadable files with one warning naming them;
     "raise" raises BadImageError instead.
     """
     if on_bad_image not in ("warn", "raise"):
         raise ValueError(f'on_bad_image must be "warn" or "raise"; got {on_bad_image!r}')
     form = data_form(data)
-    if form == "dataset":
+    if form == "source":
+        source = data
+    elif form == "dataset":
         source = _from_dataset(data)
     elif form == "arrays":
         source = _from_arrays(data)
@@ -173,7 +176,9 @@ def open_source(data, split=None, class_names=None, on_bad_image="warn", default
 
 
 def data_form(data, name="data"):
-    """Which form `data` takes: "dataset", "arrays", "tfds" or "folder"; else TypeError."""
+    """Which form `data` takes: "source", "dataset", "arrays", "tfds" or "folder"; else TypeError."""
+    if isinstance(data, ImageSource):
+        return "source"
     if isinstance(data, tf.data.Dataset):
         return "dataset"
     if isinstance(data, tuple):

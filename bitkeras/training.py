@@ -102,10 +102,17 @@ class StopAfterSteps(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def check_trainable(trainable):
-    """Raises unless `trainable` names what fit can train."""
+def check_trainable(trainable, backbone=None):
+    """Raises unless `trainable` names what fit can train (blocks need a native backbone)."""
     if trainable not in TRAINABLE_CHOICES:
         raise ValueError(f"trainable must be one of {list(TRAINABLE_CHOICES)}; got {trainable!r}")
+    if trainable.startswith("block") and backbone is not None and not hasattr(
+            backbone, "architecture"):
+        raise ValueError(
+            f"trainable={trainable!r} freezes by BiT block, which a TF-Hub module layer does "
+            f"not expose: use 'all' or 'head', or convert the module "
+            f"(from_hub(..., convert=True))"
+        )
 
 
 @contextlib.contextmanager
@@ -115,7 +122,7 @@ def trainable_from(classifier, trainable):
     "all": everything (BiT's full fine-tuning); "head": a linear probe on
     frozen features; "blockK": block K onwards, the final norm and the head.
     """
-    check_trainable(trainable)
+    check_trainable(trainable, classifier.backbone)
     layers = classifier.backbone.layers
     saved = [(layer, layer.trainable) for layer in layers]
     saved.append((classifier.backbone, classifier.backbone.trainable))

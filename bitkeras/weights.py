@@ -37,9 +37,13 @@ def cache_dir():
 def resolve_weights(preset, weights):
     """The local path of the weights a user asked for, or None for no weights.
 
-    `weights`: None, a path to a `.npz` file, or "auto" for the preset's
-    released file (cached, else downloaded and verified).
+    `weights`: None (random initialisation), a path to a `.npz` file, "auto"
+    for the preset's own file (shipped with bitkeras, or released: cached,
+    else downloaded and verified), or "default": "auto" for presets that ship
+    with bitkeras, None for the others (nothing is downloaded unasked).
     """
+    if weights == "default":
+        weights = "auto" if preset.shipped else None
     if weights is None:
         return None
     if weights == "auto":
@@ -49,6 +53,8 @@ def resolve_weights(preset, weights):
                 f"use weights=None, a path to a .npz file, or a released preset such as "
                 f"'BiT-M-{preset.name}'"
             )
+        if preset.shipped:
+            return _shipped(preset)
         return fetch(preset.weights_file, preset.url)
     path = pathlib.Path(weights).expanduser()
     if not path.is_file():
@@ -56,6 +62,19 @@ def resolve_weights(preset, weights):
             f"weights file {str(weights)!r} does not exist: pass weights=None, 'auto', "
             f"or the path of a BiT .npz checkpoint"
         )
+    return path
+
+
+def _shipped(preset):
+    path = preset.shipped_path
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"the weights of {preset.name!r} ship in the bitkeras repository at "
+            f"saved_models/{preset.weights_file}, which is not at {path}: install bitkeras "
+            f"from a clone of the repository (pip install -e .), or pass "
+            f"weights='/path/to/model.npz'"
+        )
+    verify_npz(path)
     return path
 
 

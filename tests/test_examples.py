@@ -3,26 +3,21 @@ import subprocess
 import sys
 
 import keras
-import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_transfer_digits_example_runs_and_saves_its_models(tmp_path):
-    pytest.importorskip("sklearn")
+def test_transfer_digits_example_fine_tunes_the_shipped_model(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "transfer_digits.py"), "--out", str(tmp_path),
-         "--upstream-epochs", "1", "--downstream-steps", "2"],
+        [sys.executable, str(ROOT / "examples" / "transfer_digits.py"), "--examples-per-class",
+         "1", "--steps", "2", "--out", str(tmp_path / "digits.keras")],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Held-out accuracy on digits 5-9" in result.stdout
-    with np.load(tmp_path / "upstream.npz", allow_pickle=False) as upstream:
-        assert all(key.startswith("resnet/") for key in upstream.files)
-        assert upstream["resnet/head/conv2d/bias"].shape == (5,)
-    finetuned = keras.models.load_model(tmp_path / "finetuned.keras")
-    assert finetuned.num_classes == 5
+    assert "pretrained: test accuracy" in result.stdout and "Transfer gain" in result.stdout
+    finetuned = keras.models.load_model(tmp_path / "digits.keras")
+    assert finetuned.class_names == tuple(str(d) for d in range(10))
 
 
 def test_finetune_folder_example_trains_on_its_demo_folder(tmp_path):
@@ -40,3 +35,17 @@ def test_finetune_folder_example_trains_on_its_demo_folder(tmp_path):
     model = bitkeras.load_model(tmp_path / "model.keras")
     assert model.class_names == tuple(f"digit_{d}" for d in range(5))
     assert model.hyperrule.steps == 2 and model.hyperrule.crop_size == 32
+
+
+def test_hub_example_fine_tunes_a_module_and_serves_an_upload(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "hub_finetune_export.py"), "--steps", "2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Backbone: HubBackbone" in result.stdout
+    assert "serving_bytes on" in result.stdout
+    assert (tmp_path / "serving" / "saved_model.pb").is_file()
+    assert (tmp_path / "serving" / "assets" / "labels.txt").read_text().split() == [
+        str(d) for d in range(10)]

@@ -77,3 +77,25 @@ def test_ten_crops_are_corners_centre_and_their_mirrors():
     np.testing.assert_array_equal(crops[3], image[2:, 2:])
     np.testing.assert_array_equal(crops[4], image[1:5, 1:5])
     np.testing.assert_array_equal(crops[5:], crops[:5, :, ::-1])
+
+
+def test_resumable_dataset_replays_the_tail_of_a_run_and_permutes_each_epoch():
+    from bitkeras.pipeline import resumable_train_dataset
+    from bitkeras.upstream import UpstreamRecipe
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    targets = np.eye(10, dtype=np.float32)
+    rule = UpstreamRecipe.for_dataset(10, 8, batch_size=4, epochs=3)
+    full = list(resumable_train_dataset(images, targets, rule, seed=1).as_numpy_iterator())
+    tail = list(resumable_train_dataset(images, targets, rule, seed=1, start_step=5)
+                .as_numpy_iterator())
+    assert len(full) == rule.steps == 8 and len(tail) == 3
+    for (full_images, full_targets), (tail_images, tail_targets) in zip(full[5:], tail):
+        np.testing.assert_array_equal(full_images, tail_images)
+        np.testing.assert_array_equal(full_targets, tail_targets)
+    first_epoch = np.concatenate([batch_targets for _, batch_targets in full])[:10]
+    assert sorted(first_epoch.argmax(axis=1).tolist()) == list(range(10))
+    assert full[0][0].shape == (4, 8, 8, 3) and full[0][0].dtype == np.float32
+    other_seed = next(resumable_train_dataset(images, targets, rule, seed=2).as_numpy_iterator())
+    assert not np.array_equal(other_seed[1], full[0][1])

@@ -99,3 +99,15 @@ def test_non_bit_archive_is_refused(tmp_path):
     np.savez(path, kernel=np.zeros(3))
     with pytest.raises(CorruptWeightsError, match="is not a BiT checkpoint"):
         verify_npz(path)
+
+
+def test_default_weights_load_shipped_presets_and_never_download(monkeypatch, tmp_path):
+    from bitkeras.weights import resolve_weights
+
+    released = presets.get_preset("BiT-M-R50x1")
+    assert resolve_weights(released, "default") is None  # no download unasked
+    shipped = presets.get_preset("BiT-Glyphs-R14x0.5")
+    assert shipped.url is None and "char_A" in shipped.class_names
+    monkeypatch.setattr(presets, "SAVED_MODELS", tmp_path)
+    with pytest.raises(WeightsUnavailableError, match="pip install -e"):
+        resolve_weights(shipped, "default")

@@ -1,0 +1,114 @@
+"""The `bitkeras` command: `bitkeras pretrain ...` and `bitkeras finetune ...`.
+
+    bitkeras finetune                 # the shipped model on the bundled digits
+    bitkeras finetune --data flowers/ --model BiT-M-R50x1 --out runs/flowers
+    bitkeras pretrain --out runs/glyphs --examples 60000 --epochs 16
+
+Run `bitkeras COMMAND --help` for every option.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def main(argv=None):
+    """The console script: runs the command, returns the exit status 0."""
+    run(sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+def run(argv):
+    """Runs `bitkeras ARGV...` and returns the command's result (a report or record dict)."""
+    argv = list(argv)
+    parser = argparse.ArgumentParser(
+        prog="bitkeras", description="Big Transfer (BiT) for Keras: pre-train and fine-tune.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _pretrain_parser(commands.add_parser(
+        "pretrain", help="pre-train a BiT model upstream with BiT's recipe",
+        description="Pre-trains a BiT model on the generated glyphs dataset (bitkeras.glyphs) "
+                    "with BiT's upstream recipe; checkpoints, and resumes when rerun."))
+    _finetune_parser(commands.add_parser(
+        "finetune", help="fine-tune with the BiT-HyperRule and write a transfer report",
+        description="Fine-tunes a pretrained model with the BiT-HyperRule next to the same "
+                    "architecture trained from scratch, and writes the fine-tuned model, "
+                    "report.json and report.png."))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args.command_line = shlex.join(["bitkeras", *argv])
+    if args.command == "pretrain":
+        from bitkeras import pretrain_job
+
+        return pretrain_job.run(args)
+    from bitkeras import transfer
+
+    return transfer.run(args)
+
+
+def _pretrain_parser(parser):
+    parser.add_argument("--out", required=True, help="folder for model.npz, upstream.json, "
+                        "MODEL_CARD.md and (while running) checkpoints/")
+    parser.add_argument("--examples", type=int, default=60_000,
+                        help="generated training images (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="side of the generated images and of the crops (default: %(default)s)")
+    parser.add_argument("--epochs", type=float, default=16, help="passes over the data; the "
+                        "recipe's decays fall at 30/60/80 of 90 of them (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
+    parser.add_argument("--block-units", type=int, nargs=4, default=(1, 1, 1, 1),
+                        metavar="N", help="units in block1..block4 (default: 1 1 1 1)")
+    parser.add_argument("--width-factor", type=float, default=0.5, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="data, initialisation and order")
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="no random flips (mirroring changes letters)")
+    parser.add_argument("--eval-examples", type=int, default=12_200,
+                        help="fresh images (another seed) the upstream accuracy is measured on")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="steps between checkpoints (default: 20 per run)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile steps with XLA")
+    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+DEFAULT_MODEL = "BiT-Glyphs-R14x0.5"
+"""The model `bitkeras finetune` starts from: pre-trained by bitkeras, shipped in saved_models/."""
+
+
+def _finetune_parser(parser):
+    parser.add_argument("--data", default=None,
+                        help="a folder of class sub-folders, or 'tfds:NAME[:VERSION]' "
+                             "(default: the UCI handwritten digits scikit-learn bundles)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a preset name, a .npz checkpoint, a .keras file, or a TF-Hub "
+                             "BiT module (URL or SavedModel folder) (default: %(default)s, "
+                             "shipped in saved_models/)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: saved_models/finetuned-<data>)")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps "
+                        "(default: the HyperRule's; the bundled-digits job uses a CPU budget)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="base learning rate (default: the HyperRule's for the batch size)")
+    parser.add_argument("--resize-size", type=int, default=None)
+    parser.add_argument("--crop-size", type=int, default=None)
+    parser.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                        help="no random flips (for data mirroring would change)")
+    parser.add_argument("--test-fraction", type=float, default=0.25,
+                        help="held-out share of a dataset with no test split (default: "
+                             "%(default)s)")
+    parser.add_argument("--few-shot", type=int, nargs="*", default=[1, 5, 10],
+                        metavar="K", help="examples per class of the few-shot table "
+                                          "(default: 1 5 10; none to skip)")
+    parser.add_argument("--few-shot-steps", type=int, default=None,
+                        help="steps of each few-shot fit (default: the HyperRule's; 60 in the "
+                             "bundled-digits CPU budget)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="few-shot draws per K (default: %(default)s)")
+    parser.add_argument("--evaluations", type=int, default=10,
+                        help="points on the learning curves (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Upstream pre-training: BiT's recipe on in-memory data, checkpointed and resumable.
+
+`pretrain` trains a `BiTClassifier` with the `UpstreamRecipe` through
+Keras's own loop. With a `checkpoint_dir`, the model and optimizer state are
+written there every `checkpoint_every` steps (atomically: a kill mid-write
+leaves the previous checkpoint), and a later call with the same folder
+resumes from the last one, on exactly the batches the uninterrupted run would
+have seen (see `pipeline.resumable_train_dataset`).
+"""
+
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+
+from bitkeras import pipeline
+from bitkeras.schedules import WarmupStaircase
+from bitkeras.training import StopAfterSteps, keras_epochs
+from bitkeras.upstream import UpstreamRecipe
+
+CHECKPOINT_FILE = "latest.weights.h5"
+RUN_FILE = "run.json"
+NOT_DECAYED = ("gamma", "beta", "bias")
+"""Variables weight decay leaves alone: GroupNorm scales and offsets, biases."""
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+def multi_label_sigmoid_cross_entropy(targets, logits):
+    """Sigmoid cross-entropy summed over classes: one independent yes/no per class.
+
+    For upstream data with several labels per image (multi-hot `targets`).
+    Summing over classes, rather than averaging, keeps the gradient of each
+    class independent of how many classes there are.
+    """
+    per_class = keras.ops.binary_crossentropy(targets, logits, from_logits=True)
+    return keras.ops.sum(per_class, axis=-1)
+
+
+def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=256, seed=0,
+             checkpoint_dir=None, checkpoint_every=None, callbacks=None, verbose="auto",
+             jit_compile=False):
+    """Pre-trains `classifier` on (`images`, `labels`) with BiT's upstream recipe.
+
+    `images`: (N, height, width, 3) uint8 or float in [0, 1]. `labels`: (N,)
+    class ids (softmax cross-entropy), or (N, classes) multi-hot 0/1 targets
+    for multi-label data (sigmoid cross-entropy over classes). A classifier
+    with no head gets one sized from the labels.
+
+    `recipe`: an `UpstreamRecipe`; by default `UpstreamRecipe.for_dataset(N,
+    image side, batch_size, epochs)`. `seed` fixes the order and augmentation
+    of every example. `checkpoint_dir`: where to write checkpoints and resume
+    from (`checkpoint_every` steps apart; default: 20 per run).
+
+    Returns the Keras `History` of the steps this call ran, with `recipe` and
+    `start_step` (0, or the step it resumed from) as attributes.
+    """
+    images = np.asarray(images)
+    targets, multi_label = _targets(labels, len(images))
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(
+            f"images must be square RGB, shape (N, side, side, 3); got {images.shape}"
+        )
+    if recipe is None:
+        recipe = UpstreamRecipe.for_dataset(len(images), images.shape[1], batch_size, epochs)
+    elif not isinstance(recipe, UpstreamRecipe):
+        raise TypeError(f"recipe must be a bitkeras.upstream.UpstreamRecipe; got {recipe!r}")
+    if len(images) < recipe.batch_size:
+        raise ValueError(
+            f"{len(images)} images are fewer than one batch of {recipe.batch_size}: "
+            f"pass a smaller batch_size"
+        )
+    if classifier.head is None:
+        classifier._add_head(targets.shape[1])
+    elif classifier.num_classes != targets.shape[1]:
+        raise ValueError(
+            f"the labels have {targets.shape[1]} classes but {classifier.name} has a "
+            f"{classifier.num_classes}-class head"
+        )
+    classifier.compile(
+        optimizer=_optimizer(recipe),
+        loss=(multi_label_sigmoid_cross_entropy if multi_label
+              else keras.losses.CategoricalCrossentropy(from_logits=True)),
+        metrics=[] if multi_label else [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    classifier.optimizer.build(classifier.trainable_variables)
+    callbacks = list(callbacks or [])
+    start_step = 0
+    if checkpoint_dir is not None:
+        run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
+               "num_classes": targets.shape[1]}
+        start_step = _resume(classifier, pathlib.Path(checkpoint_dir), run)
+        every = checkpoint_every or max(1, recipe.steps // 20)
+        callbacks.append(_Checkpoint(pathlib.Path(checkpoint_dir), every, run))
+    remaining = recipe.steps - start_step
+    history = keras.callbacks.History()
+    if remaining > 0:
+        if start_step:
+            print(f"Resuming at step {start_step} of {recipe.steps} from {checkpoint_dir}")
+        dataset = pipeline.resumable_train_dataset(images, targets, recipe, seed, start_step)
+        epochs_run, steps_per_epoch = keras_epochs(
+            remaining, max(1, len(images) // recipe.batch_size))
+        history = keras.Model.fit(
+            classifier, dataset, epochs=epochs_run, steps_per_epoch=steps_per_epoch,
+            callbacks=[StopAfterSteps(remaining), *callbacks], shuffle=False, verbose=verbose)
+    history.recipe = recipe
+    history.start_step = start_step
+    return history
+
+
+def _targets(labels, num_examples):
+    """(float32 targets (N, classes), multi_label) from class ids or multi-hot rows."""
+    labels = np.asarray(labels)
+    if len(labels) != num_examples:
+        raise ValueError(f"{num_examples} images but {len(labels)} labels")
+    if labels.ndim == 1:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise ValueError(
+                f"labels must be class ids (non-negative integers) or multi-hot rows; got "
+                f"dtype {labels.dtype}, minimum {labels.min()}"
+            )
+        return np.eye(int(labels.max()) + 1, dtype=np.float32)[labels], False
+    if labels.ndim == 2 and np.isin(labels, (0, 1)).all():
+        return labels.astype(np.float32), True
+    raise ValueError(
+        f"labels must be (N,) class ids or (N, classes) multi-hot 0/1 rows; got shape "
+        f"{labels.shape}"
+    )
+
+
+def _optimizer(recipe):
+    optimizer = keras.optimizers.SGD(
+        learning_rate=WarmupStaircase.from_hyperrule(recipe), momentum=0.9,
+        weight_decay=recipe.weight_decay or None)
+    optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
+    return optimizer
+
+
+def _resume(classifier, folder, run):
+    """Loads the checkpoint in `folder`, if any, and returns the step it was taken at."""
+    checkpoint, run_file = folder / CHECKPOINT_FILE, folder / RUN_FILE
+    if not checkpoint.exists():
+        return 0
+    saved = json.loads(run_file.read_text()) if run_file.exists() else None
+    if saved != run:
+        raise ValueError(
+            f"checkpoint folder {str(folder)!r} holds another run ({saved}), not this one "
+            f"({run}): pass a new checkpoint_dir, or delete that folder to start over"
+        )
+    classifier.load_weights(checkpoint)
+    return int(classifier.optimizer.iterations.numpy())
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Writes model + optimizer state every `every` optimizer steps and at the end."""
+
+    def __init__(self, folder, every, run):
+        super().__init__()
+        self.folder, self.every, self.run = folder, every, run
+
+    def on_train_begin(self, logs=None):
+        # The run's description goes first, so any checkpoint has one beside it.
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write(RUN_FILE, lambda path: path.write_text(json.dumps(self.run)), ".json")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        self.save()
+
+    def save(self):
+        self._write(CHECKPOINT_FILE, self.model.save_weights, ".weights.h5")
+
+    def _write(self, name, writer, suffix):
+        temporary = self.folder / f"partial-{os.getpid()}{suffix}"
+        writer(temporary)
+        os.replace(temporary, self.folder / name)

@@ -1,0 +1,381 @@
+"""`bitkeras finetune`: transfer learning, measured against training from scratch.
+
+On the same data, split, rule, steps and seed, a pretrained backbone and the
+same architecture freshly initialised are each fine-tuned with the
+BiT-HyperRule. The job records their test accuracy along training (the three
+benefits of transfer: a higher start, faster improvement, a higher asymptote), a
+few-shot table (K examples per class, several draws), and writes into the
+output folder `finetuned.keras` (the fine-tuned pretrained model),
+`report.json` and `report.png`.
+
+With no `--data`, it fine-tunes on the UCI digits bundled with scikit-learn
+(`bitkeras.datasets.digits`) under a CPU budget that keeps the whole job
+under five minutes on two cores: see `cpu_budget_rule`.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import keras
+import numpy as np
+
+from bitkeras import checkpoint, datasets, hub, pipeline, presets, sources
+from bitkeras.backbone import BiTBackbone
+from bitkeras.checks import check_positive_integer
+from bitkeras.classifier import BiTClassifier, load_model
+from bitkeras.hyperrule import HyperRule
+
+BUDGET_RESOLUTION = (40, 32)
+"""(resize, crop) of the CPU budget: the small-image rule's 160 / 128, at a quarter of the side."""
+
+BUDGET_BATCH_SIZE = 64
+BUDGET_LEARNING_RATE = 0.01
+BUDGET_STEPS = 300
+BUDGET_FEW_SHOT_STEPS = 60
+SIDES = ("pretrained", "scratch")
+
+
+@dataclasses.dataclass
+class Data:
+    train: sources.ImageSource
+    test: sources.ImageSource
+    description: str
+    flip: bool | None = None  # None: the rule's default
+
+
+def run(args):
+    started = time.perf_counter()
+    for name in ("seeds", "evaluations"):
+        check_positive_integer(getattr(args, name), f"--{name}")
+    for shots in args.few_shot:
+        check_positive_integer(shots, "--few-shot")
+    data = load_data(args.data, args.test_fraction, args.seed)
+    smallest = int(np.bincount(data.train.labels, minlength=data.train.num_classes).min())
+    if args.few_shot and max(args.few_shot) > smallest:
+        raise ValueError(
+            f"--few-shot {max(args.few_shot)} asks for more examples per class than the "
+            f"smallest class of {data.description} has ({smallest}): use smaller K"
+        )
+    out = pathlib.Path(args.out) if args.out else presets.SAVED_MODELS / (
+        "finetuned-" + _slug(args.data or "digits"))
+    out.mkdir(parents=True, exist_ok=True)
+    models = ModelPair(args.model, args.seed)
+    budget = args.data is None
+    overrides = {name: value for name, value in (
+        ("steps", args.steps), ("batch_size", args.batch_size),
+        ("base_learning_rate", args.learning_rate), ("resize_size", args.resize_size),
+        ("crop_size", args.crop_size), ("flip", args.flip if args.flip is not None else data.flip),
+    ) if value is not None}
+    rule = fit_rule(data.train.num_examples, data.train.image_size, budget, overrides)
+    print(f"Data: {data.description}: {data.train.num_examples} training and "
+          f"{data.test.num_examples} test images, {data.train.num_classes} classes")
+    print(f"Models: {models.description} vs the same architecture from scratch")
+    if budget:
+        print(f"CPU budget (bundled digits): {cpu_budget_note()}")
+    if not args.verbose:  # fit prints it otherwise
+        print(rule.describe(data.train.num_examples))
+
+    report = {"data": data.description, "model": models.description,
+              "train_examples": data.train.num_examples, "test_examples": data.test.num_examples,
+              "num_classes": data.train.num_classes, "seed": args.seed,
+              "rule": rule.get_config(), "cpu_budget": budget}
+    test_set = TestSet(data.test, rule.crop_size)
+    curves = {}
+    for side in SIDES:
+        print(f"Fine-tuning the {side} model on all {data.train.num_examples} training images",
+              flush=True)
+        classifier = models.build(side, data.train.class_names)
+        curve = AccuracyCurve(test_set, rule.steps, args.evaluations)
+        classifier.fit(data.train, hyperrule=rule, seed=args.seed, callbacks=[curve],
+                       verbose=args.verbose)
+        curves[side] = curve.points
+        report[f"{side}_accuracy"] = curve.points[-1][1]
+        print(f"  {side}: test accuracy {report[f'{side}_accuracy']:.4f}")
+        if side == "pretrained":
+            classifier.save(out / "finetuned.keras")
+    report["curves"] = {"steps": [step for step, _ in curves["pretrained"]],
+                        **{side: [value for _, value in curves[side]] for side in SIDES}}
+    report["benefits"] = transfer_benefits(report["curves"])
+    few_shot_steps = args.few_shot_steps or (BUDGET_FEW_SHOT_STEPS if budget else None)
+    report["few_shot"] = few_shot_table(models, data, test_set, args.few_shot, args.seeds,
+                                        budget, overrides, few_shot_steps, args.verbose)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["command"] = args.command_line
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    draw_report(report, out / "report.png")
+    print_summary(report)
+    print(f"Wrote {out / 'finetuned.keras'}, {out / 'report.json'}, {out / 'report.png'} "
+          f"in {report['seconds']:.0f} s")
+    return report
+
+
+def load_data(data, test_fraction=0.25, seed=0):
+    """Training and test ImageSources for `data` (None: the bundled digits)."""
+    if data is None:
+        train = sources.open_source(datasets.digits("train"))
+        test = sources.open_source(datasets.digits("test"))
+        names = datasets.DIGITS_CLASS_NAMES
+        # Mirroring changes what a digit is.
+        return Data(train.relabel(names), test.relabel(names),
+                    "UCI handwritten digits (scikit-learn), fixed split", flip=False)
+    if sources.data_form(data, "--data") == "tfds":
+        train = sources.open_source(data, default_split="train")
+        test = sources.open_source(data, default_split="test|validation",
+                                   class_names=train.class_names)
+        return Data(train, test, data)
+    everything = sources.open_source(data)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"--test-fraction must be between 0 and 1; got {test_fraction}")
+    test_mask = datasets.stratified_mask(everything.labels, test_fraction, seed)
+    if test_mask.all() or not test_mask.any():
+        raise ValueError(f"{everything.description} is too small to hold out a test split")
+    return Data(everything.select(np.flatnonzero(~test_mask)),
+                everything.select(np.flatnonzero(test_mask)),
+                f"{everything.description} ({test_fraction:.0%} held out per class)")
+
+
+def cpu_budget_note():
+    resize, crop = BUDGET_RESOLUTION
+    return (f"by default {resize}->{crop}px instead of 160->128, batch {BUDGET_BATCH_SIZE}, "
+            f"{BUDGET_STEPS} steps ({BUDGET_FEW_SHOT_STEPS} few-shot) at learning rate "
+            f"{BUDGET_LEARNING_RATE}; the same for the pretrained and the scratch model")
+
+
+def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None):
+    """The HyperRule for the data, on the CPU budget if asked, then overridden.
+
+    The budget keeps the rule's shape (warm-up and decays in proportion) but
+    trains at a quarter of its resolution, a batch of at most
+    `BUDGET_BATCH_SIZE`, `steps` (default `BUDGET_STEPS`) steps and a fixed
+    learning rate (the rule's 0.003 x batch / 512 is meant for its 500
+    steps x 512 images, not a few hundred small batches).
+    """
+    overrides = dict(overrides or {})
+    batch_size = overrides.pop("batch_size", None)
+    if budget:
+        batch_size = batch_size or min(BUDGET_BATCH_SIZE, num_examples)
+    rule = HyperRule.for_dataset(num_examples, image_size,
+                                 batch_size or min(512, num_examples))
+    if budget:
+        resize, crop = BUDGET_RESOLUTION
+        rule = dataclasses.replace(rule.with_steps(steps or BUDGET_STEPS), resize_size=resize,
+                                   crop_size=crop, base_learning_rate=BUDGET_LEARNING_RATE)
+    elif steps is not None:
+        rule = rule.with_steps(steps)
+    if "steps" in overrides:
+        rule = rule.with_steps(overrides.pop("steps"))
+    return dataclasses.replace(rule, **overrides)
+
+
+class ModelPair:
+    """Fresh copies of the pretrained backbone, and of its architecture at random."""
+
+    def __init__(self, model, seed):
+        self.seed = seed
+        backbone, self.description = _pretrained_backbone(model)
+        self.config = backbone.get_config()
+        self.weights = backbone.get_weights()
+
+    def build(self, side, class_names):
+        keras.utils.set_random_seed(self.seed)
+        backbone = BiTBackbone.from_config(self.config)
+        if side == "pretrained":
+            backbone.set_weights(self.weights)
+        return BiTClassifier(backbone, class_names=class_names)
+
+
+def _pretrained_backbone(model):
+    """(BiTBackbone, description) from a preset, a `.npz` / `.keras` file or a TF-Hub module.
+
+    A TF-Hub module (URL or SavedModel folder) is converted to a native
+    backbone: the scratch side needs its architecture.
+    """
+    path = pathlib.Path(str(model)).expanduser()
+    if hub.is_remote(model) or path.is_dir():
+        backbone = hub.native_backbone(str(model))[0]
+        return backbone, f"{model} (TF-Hub module, {checkpoint.describe(backbone.architecture, None)})"
+    if path.suffix == ".keras" and path.is_file():
+        classifier = load_model(path)
+        return classifier.backbone, f"{path} (a saved bitkeras model)"
+    if path.suffix == ".npz" and path.is_file():
+        architecture, _ = checkpoint.describe_arrays(checkpoint.read_arrays(path))
+        if architecture is None:
+            raise ValueError(f"--model {model!r} is not a BiT checkpoint (no 'resnet/' arrays)")
+        backbone = BiTBackbone(architecture.block_units, architecture.width_factor)
+        checkpoint.load_npz(backbone, path)
+        return backbone, f"{path} ({checkpoint.describe(architecture, None)})"
+    if path.suffix in (".keras", ".npz"):
+        raise FileNotFoundError(f"--model {model!r}: no such file")
+    preset = presets.get_preset(str(model))
+    if preset.weights_file is None:
+        raise ValueError(
+            f"--model {model!r} is a bare architecture with no pretrained weights: name a "
+            f"pretrained preset (e.g. 'BiT-Glyphs-R14x0.5', 'BiT-M-R50x1') or a checkpoint file"
+        )
+    return BiTBackbone.from_preset(preset.name, weights="auto"), f"{preset.name} (preset)"
+
+
+class TestSet:
+    """Test images decoded and resized once, for many quick accuracy measurements."""
+
+    def __init__(self, source, crop_size):
+        dataset = pipeline.eval_dataset(source, crop_size, batch_size=256)
+        self.batches = list(dataset.as_numpy_iterator())
+        self.size = sum(len(labels) for _, labels in self.batches)
+
+    def accuracy(self, model):
+        correct = sum(int(np.sum(np.argmax(model.predict_on_batch(images), -1) == labels))
+                      for images, labels in self.batches)
+        return correct / self.size
+
+
+class AccuracyCurve(keras.callbacks.Callback):
+    """Test accuracy at `evaluations` evenly spaced steps of a fit, last step included."""
+
+    def __init__(self, test_set, steps, evaluations):
+        super().__init__()
+        self.test_set = test_set
+        count = max(1, min(evaluations, steps))
+        self.at = {round(steps * (k + 1) / count) for k in range(count)}
+        self.step = 0
+        self.points = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step in self.at:
+            self.points.append((self.step, self.test_set.accuracy(self.model)))
+
+
+TARGET_SHARE = 0.9
+"""Speed of improvement: steps until a model reaches this share of the best final accuracy."""
+
+
+def transfer_benefits(curves):
+    """The three benefits of transfer, read off the test-accuracy curves.
+
+    start: accuracy at the first evaluation; speed: the first evaluated step
+    at which a model reaches `TARGET_SHARE` of the better final accuracy of
+    the two (None if it never does); asymptote: final accuracy. Each for both
+    models, then the differences (pretrained - scratch) and the speed-up
+    (scratch's steps / pretrained's).
+    """
+    steps = curves["steps"]
+    target = TARGET_SHARE * max(curves[side][-1] for side in SIDES)
+    benefits = {"target_accuracy": target}
+    for side in SIDES:
+        values = curves[side]
+        reached = next((step for step, value in zip(steps, values) if value >= target), None)
+        benefits[side] = {"start": values[0], "steps_to_target": reached,
+                          "asymptote": values[-1]}
+    pretrained, scratch = benefits["pretrained"], benefits["scratch"]
+    benefits["gain"] = {
+        "start": pretrained["start"] - scratch["start"],
+        "asymptote": pretrained["asymptote"] - scratch["asymptote"],
+        "speedup": (scratch["steps_to_target"] / pretrained["steps_to_target"]
+                    if scratch["steps_to_target"] and pretrained["steps_to_target"] else None),
+    }
+    return benefits
+
+
+def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, steps, verbose):
+    """{K: {side: {"accuracies": [one per seed], "mean", "std"}, "gain", "steps"}} on the test split.
+
+    Each fit has its own rule, for K * classes examples (`steps` if given).
+    """
+    table = {}
+    overrides = {name: value for name, value in overrides.items() if name != "steps"}
+    for shots_per_class in shots:
+        examples = shots_per_class * data.train.num_classes
+        shot_overrides = dict(overrides)
+        if "batch_size" in shot_overrides:
+            shot_overrides["batch_size"] = min(shot_overrides["batch_size"], examples)
+        few_rule = fit_rule(examples, data.train.image_size, budget, shot_overrides, steps=steps)
+        row = {}
+        for side in SIDES:
+            accuracies = []
+            for seed in range(seeds):
+                classifier = models.build(side, data.train.class_names)
+                classifier.fit(data.train, hyperrule=few_rule, examples_per_class=shots_per_class,
+                               seed=seed, verbose=0)
+                accuracies.append(test_set.accuracy(classifier))
+            row[side] = {"accuracies": accuracies, "mean": float(np.mean(accuracies)),
+                         "std": float(np.std(accuracies))}
+        row["gain"] = row["pretrained"]["mean"] - row["scratch"]["mean"]
+        row["steps"] = few_rule.steps
+        row["rule"] = few_rule.get_config()
+        table[str(shots_per_class)] = row
+        if verbose:
+            print(f"  {shots_per_class}-shot: pretrained {row['pretrained']['mean']:.4f}, "
+                  f"scratch {row['scratch']['mean']:.4f} (mean of {seeds} draws)", flush=True)
+    return table
+
+
+def print_summary(report):
+    gain = report["benefits"]["gain"]
+    print(f"Test accuracy: pretrained {report['pretrained_accuracy']:.4f}, "
+          f"scratch {report['scratch_accuracy']:.4f}")
+    print(f"Transfer: start {gain['start']:+.4f}, {_speed_text(report['benefits'])}, "
+          f"asymptote {gain['asymptote']:+.4f}")
+    for shots, row in report["few_shot"].items():
+        print(f"  {shots:>3} per class: pretrained {row['pretrained']['mean']:.4f} "
+              f"± {row['pretrained']['std']:.4f}, scratch {row['scratch']['mean']:.4f} "
+              f"± {row['scratch']['std']:.4f}")
+
+
+def draw_report(report, path):
+    """report.png: the learning curves, and the few-shot table as a chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (curves_axis, shots_axis) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    curves = report["curves"]
+    colours = {"pretrained": "tab:blue", "scratch": "tab:orange"}
+    for side in SIDES:
+        curves_axis.plot(curves["steps"], curves[side], marker="o", color=colours[side],
+                         label=side)
+    benefits = report["benefits"]
+    curves_axis.axhline(benefits["target_accuracy"], color="grey", linestyle=":", linewidth=1)
+    curves_axis.set_title(
+        f"Test accuracy while fine-tuning\nstart {benefits['gain']['start']:+.2f}, "
+        f"{_speed_text(benefits)}, asymptote {benefits['gain']['asymptote']:+.2f}",
+        fontsize=10)
+    curves_axis.set_xlabel("optimizer step")
+    curves_axis.set_ylabel("test accuracy")
+    curves_axis.set_ylim(0, 1)
+    curves_axis.grid(alpha=0.3)
+    curves_axis.legend()
+    shots = list(report["few_shot"])
+    if shots:
+        positions = np.arange(len(shots))
+        for offset, side in zip((-0.2, 0.2), SIDES):
+            means = [report["few_shot"][k][side]["mean"] for k in shots]
+            stds = [report["few_shot"][k][side]["std"] for k in shots]
+            shots_axis.bar(positions + offset, means, 0.4, yerr=stds, capsize=3,
+                           color=colours[side], label=side)
+        shots_axis.set_xticks(positions, [f"{k}" for k in shots])
+        shots_axis.set_xlabel("training examples per class")
+        shots_axis.set_ylim(0, 1)
+        shots_axis.legend()
+        shots_axis.grid(alpha=0.3, axis="y")
+    else:
+        shots_axis.axis("off")
+    shots_axis.set_title("Few-shot test accuracy (mean ± std over draws)", fontsize=10)
+    figure.suptitle(f"{report['model']} on {report['data']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def _speed_text(benefits):
+    steps = {side: benefits[side]["steps_to_target"] for side in SIDES}
+    shown = {side: "never" if value is None else f"{value} steps" for side, value in steps.items()}
+    return (f"{benefits['target_accuracy']:.2f} reached in {shown['pretrained']} vs "
+            f"{shown['scratch']}")
+
+
+def _slug(text):
+    return "".join(c if c.isalnum() else "-" for c in str(text)).strip("-").lower() or "data"

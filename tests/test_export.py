@@ -1,0 +1,131 @@
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from bitkeras import BiTBackbone, BiTClassifier, export
+from tests.conftest import COLORS, TINY
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def colour_images(size=40):
+    """One flat image of each COLORS class, uint8."""
+    return np.stack([np.full((size, size, 3), rgb, np.uint8) for rgb in COLORS.values()])
+
+
+@pytest.fixture(scope="module")
+def colour_classifier():
+    """A tiny classifier that tells the COLORS apart: a nearest-class-mean head."""
+    keras.utils.set_random_seed(0)
+    classifier = BiTClassifier(BiTBackbone(**TINY), class_names=tuple(COLORS))
+    features = classifier.backbone(colour_images().astype("float32") / 255.0).numpy()
+    classifier.head.kernel.assign(features.T)
+    classifier.head.bias.assign(-0.5 * (features ** 2).sum(axis=1))
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, colour_classifier):
+    folder = tmp_path_factory.mktemp("export")
+    colour_classifier.export(folder / "logits")
+    colour_classifier.export(folder / "features", format="tf_hub", output="features")
+    return folder
+
+
+def test_saved_model_and_hub_load_compute_the_keras_model(exported, colour_classifier):
+    hub = pytest.importorskip("tensorflow_hub")
+    images = np.random.default_rng(0).uniform(0, 1, (3, 45, 37, 3)).astype("float32")
+    logits = colour_classifier(images).numpy()
+    features = colour_classifier.backbone(images).numpy()
+    plain = tf.saved_model.load(str(exported / "logits"))
+    np.testing.assert_allclose(plain(images).numpy(), logits, atol=1e-5)
+    np.testing.assert_allclose(plain(images, training=True).numpy(), logits, atol=1e-5)
+    served = plain.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["logits"].numpy(), logits, atol=1e-5)
+    module = hub.load(str(exported / "features"))
+    np.testing.assert_allclose(module(images).numpy(), features, atol=1e-5)
+    assert features.shape == (3, 2048 * TINY["width_factor"])
+    assert len(module.trainable_variables) == len(colour_classifier.backbone.trainable_weights)
+    assert list(module.regularization_losses) == []
+
+
+def test_bytes_signature_decodes_uploads_and_names_the_class(exported):
+    module = tf.saved_model.load(str(exported / "logits"))
+    uploads = []
+    for index, image in enumerate(colour_images(size=60)):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG" if index % 2 == 0 else "PNG")
+        uploads.append(buffer.getvalue())
+    result = module.signatures["serving_bytes"](images=tf.constant(uploads))
+    assert [name.decode() for name in result["class_names"].numpy()] == list(COLORS)
+    assert result["class_ids"].numpy().tolist() == [0, 1, 2]
+    probabilities = result["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(result["scores"].numpy(), probabilities.max(axis=1))
+    labels = (exported / "logits" / "assets" / export.LABELS_FILE).read_text().splitlines()
+    assert labels == list(COLORS)
+
+
+def test_keras2_users_fine_tune_the_export_with_hub_keras_layer(exported):
+    pytest.importorskip("tf_keras")
+    script = f"""
+import json, numpy as np, tensorflow_hub as hub, tf_keras
+layer = hub.KerasLayer({str(exported / 'features')!r}, trainable=True)
+model = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), layer, tf_keras.layers.Dense(2)])
+model.compile(tf_keras.optimizers.SGD(0.05, momentum=0.9),
+              tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+before = [w.numpy().copy() for w in layer.trainable_weights]
+rng = np.random.default_rng(0)
+model.fit(rng.uniform(0, 1, (16, 32, 32, 3)).astype("float32"), np.arange(16) % 2,
+          batch_size=8, epochs=2, verbose=0)
+changed = sum(not np.allclose(a, w.numpy()) for a, w in zip(before, layer.trainable_weights))
+print(json.dumps({{"weights": len(before), "changed": changed,
+                  "keras": tf_keras.__version__}}))
+"""
+    environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["keras"].startswith("2.")
+    assert report["weights"] > 0 and report["changed"] >= report["weights"] // 2
+
+
+def test_export_is_atomic(tmp_path, colour_classifier, monkeypatch):
+    target = tmp_path / "model"
+    colour_classifier.export(target)
+    before = sorted(p.name for p in target.rglob("*"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        colour_classifier.export(target)
+    with pytest.raises(RuntimeError, match="disk full"):
+        colour_classifier.export(tmp_path / "new")
+    assert sorted(p.name for p in target.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_export_refuses_what_it_cannot_write(tmp_path, colour_classifier):
+    with pytest.raises(ValueError, match="Unrecognized format=tfjs.*format='tf_hub'"):
+        colour_classifier.export(tmp_path / "m", format="tfjs")
+    with pytest.raises(ValueError, match="output must be one of"):
+        colour_classifier.export(tmp_path / "m", output="probabilities")
+    with pytest.raises(ValueError, match="no head yet"):
+        BiTClassifier(BiTBackbone(**TINY)).export(tmp_path / "m")
+    with pytest.raises(ValueError, match="backbone has no logits"):
+        export.export_model(colour_classifier.backbone, tmp_path / "m", output="logits")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        colour_classifier.export(tmp_path / "file")

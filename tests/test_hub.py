@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+import bitkeras
+from bitkeras import BiTBackbone, BiTClassifier, hub
+from tests import reference
+from tests.conftest import TINY
+from tests.released_hub import write_released_module
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """Feature-vector and classification modules in the released BiT layout."""
+    folder = tmp_path_factory.mktemp("released")
+    units = TINY["block_units"]
+    features = reference.checkpoint_arrays(units, TINY["width_factor"], seed=3)
+    classes = reference.checkpoint_arrays(units, TINY["width_factor"], num_classes=4, seed=4)
+    return (write_released_module(folder / "feature_vector", features, units), features,
+            write_released_module(folder / "classification", classes, units), classes)
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(2).uniform(0, 1, (2, 48, 40, 3)).astype("float32")
+
+
+def test_released_feature_vector_module_loads_as_a_layer_and_converts(released, images):
+    path, arrays, _, _ = released
+    expected, _, _ = reference.forward(arrays, images, TINY["block_units"])
+    layer_backbone = BiTBackbone.from_hub(str(path))
+    assert isinstance(layer_backbone, hub.HubBackbone)
+    assert layer_backbone.feature_channels == 1024
+    assert len(layer_backbone.trainable_weights) == len(arrays)
+    np.testing.assert_allclose(layer_backbone(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    native = BiTBackbone.from_hub(str(path), convert=True)
+    assert type(native) is BiTBackbone and native.block_units == TINY["block_units"]
+    np.testing.assert_allclose(native(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_released_classification_module_converts_with_its_head(released, images):
+    _, _, path, arrays = released
+    _, expected_logits, _ = reference.forward(arrays, images, TINY["block_units"])
+    classifier = BiTClassifier.from_hub(str(path), convert=True)
+    assert classifier.num_classes == 4
+    np.testing.assert_allclose(classifier(images).numpy(), expected_logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="classification module"):
+        BiTClassifier.from_hub(str(path), num_classes=3)
+    new_head = BiTClassifier.from_hub(str(path), num_classes=3, convert=True)
+    assert new_head.num_classes == 3 and not new_head.head.kernel.numpy().any()
+
+
+def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    source = BiTClassifier(BiTBackbone(**TINY), class_names=("x", "y"))
+    source.export(tmp_path / "features", output="features")
+    expected = source.backbone(images).numpy()
+
+    classifier = BiTClassifier.from_hub(str(tmp_path / "features"), class_names=("cat", "dog"))
+    np.testing.assert_allclose(classifier.backbone(images).numpy(), expected, atol=1e-5)
+    native = BiTBackbone.from_hub(str(tmp_path / "features"), convert=True)
+    np.testing.assert_allclose(native(images).numpy(), expected, atol=1e-5)
+
+    before = [w.numpy().copy() for w in classifier.backbone.trainable_weights]
+    data = (np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32"),
+            np.arange(16) % 2)
+    classifier.fit(data, steps=3, batch_size=8, resize_size=36, crop_size=32, verbose=0)
+    changed = sum(not np.array_equal(a, w.numpy())
+                  for a, w in zip(before, classifier.backbone.trainable_weights))
+    assert changed >= len(before) // 2  # the module's own variables train, not only the head
+
+    classifier.save(tmp_path / "hub.keras")
+    with pytest.raises(ValueError, match="safe_mode=False"):
+        bitkeras.load_model(tmp_path / "hub.keras")  # Keras's rule for SavedModel layers
+    reloaded = bitkeras.load_model(tmp_path / "hub.keras", safe_mode=False)
+    np.testing.assert_allclose(reloaded(images).numpy(), classifier(images).numpy(), atol=1e-5)
+    assert reloaded.class_names == ("cat", "dog")
+
+    with pytest.raises(ValueError, match="freezes by BiT block"):
+        classifier.fit(data, steps=1, batch_size=8, trainable="block3", verbose=0)
+
+
+def test_offline_remote_handle_fails_fast_and_says_where_to_put_the_module(
+        tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_hub")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
+    with pytest.raises(hub.HubUnavailableError) as raised:
+        BiTBackbone.from_hub("https://tfhub.invalid/google/bit/m-r50x1/1")
+    message = str(raised.value)
+    assert "tf-hub-format=compressed" in message and str(tmp_path / "hub_cache") in message
+
+
+def test_folders_that_are_not_modules_are_refused(tmp_path):
+    import tensorflow as tf
+
+    with pytest.raises(FileNotFoundError, match="no TF-Hub module"):
+        BiTBackbone.from_hub(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="not a SavedModel"):
+        BiTBackbone.from_hub(str(tmp_path))
+
+    maps = tf.__internal__.tracking.AutoTrackable()  # reusable API, but maps out
+    maps.scale = tf.Variable(2.0)
+    maps.variables = [maps.scale]
+    maps.__call__ = tf.function(lambda images: images * maps.scale, input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32)])
+    tf.saved_model.save(maps, str(tmp_path / "maps"))
+    signature_only = tf.Module()
+    signature_only.scale = tf.Variable(1.0)
+    serve = tf.function(lambda images: {"out": images * signature_only.scale},
+                        input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    tf.saved_model.save(signature_only, str(tmp_path / "signature_only"), signatures=serve)
+    with pytest.raises(ValueError, match="lacks __call__"):
+        BiTBackbone.from_hub(str(tmp_path / "signature_only"))
+    with pytest.raises(ValueError, match="one vector each"):
+        BiTBackbone.from_hub(str(tmp_path / "maps"))
+    with pytest.raises(ValueError, match="does not hold BiT variables"):
+        BiTBackbone.from_hub(str(tmp_path / "maps"), convert=True)

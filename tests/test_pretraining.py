@@ -1,0 +1,143 @@
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from bitkeras import BiTBackbone, BiTClassifier, glyphs, pretraining
+from tests.conftest import TINY
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def glyph_data():
+    return glyphs.make_glyphs(128, seed=0, image_size=16)
+
+
+def tiny_classifier():
+    keras.utils.set_random_seed(0)
+    return BiTClassifier(BiTBackbone(**TINY))
+
+
+class StopAt(keras.callbacks.Callback):
+    """Raises (as a kill would stop the run) once the optimizer has taken `step` steps."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, glyph_data):
+    images, labels = glyph_data
+    settings = dict(epochs=2, batch_size=32, seed=5, checkpoint_every=2, verbose=0)
+    straight = tiny_classifier()
+    history = pretraining.pretrain(straight, images, labels,
+                                   checkpoint_dir=tmp_path / "straight", **settings)
+    assert history.recipe.steps == 8 and history.start_step == 0
+    assert straight.num_classes == labels.max() + 1  # a head sized from the labels
+
+    interrupted = tiny_classifier()
+    with pytest.raises(KeyboardInterrupt):
+        pretraining.pretrain(interrupted, images, labels, checkpoint_dir=tmp_path / "resumed",
+                             callbacks=[StopAt(5)], **settings)
+    resumed = tiny_classifier()
+    history = pretraining.pretrain(resumed, images, labels, checkpoint_dir=tmp_path / "resumed",
+                                   **settings)
+    assert history.start_step == 4  # the last checkpoint before the interruption
+    assert int(resumed.optimizer.iterations.numpy()) == 8
+    for expected, actual in zip(straight.weights, resumed.weights):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=1e-5, err_msg=actual.path)
+
+
+def test_a_checkpoint_folder_of_another_run_is_refused(tmp_path, glyph_data):
+    images, labels = glyph_data
+    pretraining.pretrain(tiny_classifier(), images, labels, epochs=1, batch_size=64,
+                         checkpoint_dir=tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="holds another run"):
+        pretraining.pretrain(tiny_classifier(), images, labels, epochs=1, batch_size=32,
+                             checkpoint_dir=tmp_path, verbose=0)
+
+
+def test_multi_hot_labels_train_with_sigmoid_cross_entropy(glyph_data):
+    images, _ = glyph_data
+    targets = np.random.default_rng(0).integers(0, 2, (len(images), 6))
+    classifier = tiny_classifier()
+    history = pretraining.pretrain(classifier, images, targets, epochs=2, batch_size=32,
+                                   verbose=0)
+    assert classifier.loss is pretraining.multi_label_sigmoid_cross_entropy
+    assert classifier.num_classes == 6 and len(history.history["loss"]) >= 1
+    # Summed over classes: a zero logit costs log 2 per class.
+    loss = pretraining.multi_label_sigmoid_cross_entropy(
+        targets[:2].astype("float32"), np.zeros((2, 6), "float32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), [6 * np.log(2)] * 2, rtol=1e-6)
+
+
+def test_weight_decay_leaves_norms_and_biases_alone(glyph_data):
+    images, labels = glyph_data
+    classifier = tiny_classifier()
+    pretraining.pretrain(classifier, images, labels, epochs=0.25, batch_size=32, verbose=0)
+    optimizer = classifier.optimizer
+    assert optimizer.weight_decay == pytest.approx(1e-4)
+    decayed = {v.path for v in classifier.trainable_variables if optimizer._use_weight_decay(v)}
+    assert any(path.endswith("kernel") for path in decayed)
+    assert not any(path.endswith(("gamma", "beta", "bias")) for path in decayed)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros(5, np.int64), "128 images but 5 labels"),
+    (np.zeros(128, np.float32), "class ids"),
+    (np.full((128, 3), 2), "multi-hot"),
+])
+def test_bad_labels_are_refused(glyph_data, labels, message):
+    with pytest.raises(ValueError, match=message):
+        pretraining.pretrain(tiny_classifier(), glyph_data[0], labels, verbose=0)
+
+
+def test_a_head_of_the_wrong_size_is_refused(glyph_data):
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=3)
+    with pytest.raises(ValueError, match="3-class head"):
+        pretraining.pretrain(classifier, *glyph_data, epochs=1, batch_size=32, verbose=0)
+
+
+def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "bitkeras", "pretrain", "--out", str(out),
+               "--examples", "256", "--image-size", "16", "--epochs", "16", "--batch-size", "32",
+               "--checkpoint-every", "8", "--eval-examples", "122", "--verbose", "0"]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    checkpoint = out / "checkpoints" / pretraining.CHECKPOINT_FILE
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-2000:]
+    assert checkpoint.exists() and not (out / "model.npz").exists()
+
+    second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "Resuming at step" in second.stdout
+    record = json.loads((out / "upstream.json").read_text())
+    assert record["recipe"]["steps"] == 16 * 256 // 32 == record["steps_completed"]
+    assert 8 <= record["resumed_from_step"] < 128
+    assert 0 <= record["evaluation"]["accuracy"] <= 1
+    assert (out / "MODEL_CARD.md").read_text().count(record["command"]) == 1
+    assert not (out / "checkpoints").exists()
+    reloaded = BiTClassifier(BiTBackbone(**TINY), num_classes=glyphs.NUM_CLASSES)
+    from bitkeras import load_npz
+
+    load_npz(reloaded, out / "model.npz")
