@@ -295,8 +295,12 @@ def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, step
         row = {}
         for side in SIDES:
             accuracies = []
+            # One classifier per side and K, reset before each draw: a repeated
+            # fit setup reuses Keras's traced train step (see BiTClassifier.fit).
+            classifier = models.build(side, data.train.class_names)
+            initial = classifier.get_weights()
             for seed in range(seeds):
-                classifier = models.build(side, data.train.class_names)
+                classifier.set_weights(initial)
                 classifier.fit(data.train, hyperrule=few_rule, examples_per_class=shots_per_class,
                                seed=seed, verbose=0)
                 accuracies.append(test_set.accuracy(classifier))

@@ -121,3 +121,29 @@ def test_from_preset_keeping_a_head_needs_one_in_the_file(monkeypatch, tmp_path)
     path = reference.write_checkpoint(tmp_path / "headless.npz", arrays)
     with pytest.raises(ValueError, match="has no head: pass num_classes"):
         BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path)
+
+
+def test_a_repeated_fit_setup_starts_its_optimizer_afresh():
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(0, 1, (40, 16, 16, 3)).astype("float32"), np.arange(40) % 4)
+    settings = dict(steps=4, batch_size=8, crop_size=16, resize_size=18, seed=1, verbose=0,
+                    batch_split=2)
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return BiTClassifier(BiTBackbone(**TINY), num_classes=4)
+
+    reused = fresh()
+    start = reused.get_weights()
+    reused.fit(data, **settings)
+    optimizer = reused.optimizer
+    reused.set_weights(start)
+    reused.fit(data, **settings)  # same setup: same optimizer, its state zeroed
+    assert reused.optimizer is optimizer and int(optimizer.iterations.numpy()) == 4
+    reference = fresh()
+    reference.fit(data, **settings)
+    for ours, theirs in zip(reused.weights, reference.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    reused.compile()  # a compile of the user's own resets the cache
+    reused.fit(data, **settings)
+    assert reused.optimizer is not optimizer
