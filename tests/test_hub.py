@@ -35,6 +35,8 @@ def test_released_feature_vector_module_loads_as_a_layer_and_converts(released, 
     native = BiTBackbone.from_hub(str(path), convert=True)
     assert type(native) is BiTBackbone and native.block_units == TINY["block_units"]
     np.testing.assert_allclose(native(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(native(images).numpy(), layer_backbone(images).numpy(),
+                               atol=1e-5)  # the converted backbone computes the module
 
 
 def test_released_classification_module_converts_with_its_head(released, images):
