@@ -9,6 +9,7 @@ from bitkeras.hyperrule import HyperRule
 from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 from bitkeras.presets import list_presets
 from bitkeras.pretraining import pretrain
+from bitkeras.run_state import NonFiniteLossError
 from bitkeras.schedules import WarmupStaircase
 from bitkeras.upstream import UpstreamRecipe
 from bitkeras.sources import BadImageError, DataUnavailableError
@@ -27,6 +28,7 @@ __all__ = [
     "DataUnavailableError",
     "HubUnavailableError",
     "HyperRule",
+    "NonFiniteLossError",
     "Predictions",
     "PreActBottleneck",
     "StandardizedConv2D",

@@ -6,14 +6,12 @@ or a shape mismatch raises before any variable is touched.
 """
 
 import contextlib
-import os
-import pathlib
 import re
-import tempfile
 
 import numpy as np
 from keras import ops
 
+from bitkeras import files
 from bitkeras.architecture import ROOT_CHANNELS, Architecture, architecture_name, unit_name
 
 HEAD_PREFIX = "resnet/head/"
@@ -209,16 +207,6 @@ def save_npz(model, path):
         key: np.asarray(ops.convert_to_numpy(variable), dtype=np.float32).reshape(shape)
         for key, (variable, shape) in model_variables(model).items()
     }
-    path = pathlib.Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
-    try:
-        with os.fdopen(handle, "wb") as out:
+    with files.atomic_path(path) as temporary:
+        with open(temporary, "wb") as out:
             np.savez(out, **arrays)
-        # mkstemp makes the file private; give it the permissions of any new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)

@@ -9,7 +9,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from bitkeras import checkpoint, pipeline, presets, sources, training
+from bitkeras import checkpoint, distribute, files, pipeline, presets, run_state, sources, training
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
@@ -23,7 +23,7 @@ TEST_TIME_AUGMENTATIONS = (None, "ten_crop")
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class BiTClassifier(keras.Model):
+class BiTClassifier(files.AtomicSaveMixin, keras.Model):
     """A BiT backbone and a dense head returning logits, shape (batch, num_classes).
 
     The head is initialised to zeros (weights and bias), as BiT fine-tuning
@@ -70,8 +70,10 @@ class BiTClassifier(keras.Model):
 
     def _add_head(self, num_classes):
         check_positive_integer(num_classes, "num_classes")
+        # float32 under any dtype policy: logits and the loss keep full precision.
         self.head = keras.layers.Dense(
-            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head"
+            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head",
+            dtype="float32",
         )
         self.num_classes = num_classes
         self.build((None, None, None, 3))
@@ -100,6 +102,7 @@ class BiTClassifier(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics == "auto":
             metrics = ["accuracy"]
+        self._micro_batches = 1  # whole batches, unless fit sets batch_split after this
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
 
@@ -112,7 +115,8 @@ class BiTClassifier(keras.Model):
     def fit(self, data=None, validation_data=None, hyperrule=None, *, examples_per_class=None,
             seed=0, trainable="all", batch_split=1, variant="paper", split=None,
             class_names=None, on_bad_image="warn", callbacks=None, verbose="auto",
-            jit_compile=False, **overrides):
+            strategy="auto", precision="float32", jit_compile="auto", checkpoint_dir=None,
+            checkpoint_every=None, **overrides):
         """Fine-tunes on `data` with the BiT-HyperRule; returns Keras's `History`.
 
         `data`: a folder with one sub-folder of images per class (JPEG, PNG,
@@ -136,6 +140,23 @@ class BiTClassifier(keras.Model):
         - `validation_data`: any form `data` takes, evaluated each Keras epoch.
         - `on_bad_image`: "warn" skips unreadable files with one warning that
           names them, "raise" stops.
+        - `strategy`: "auto" (see `bitkeras.distribute`: TPU, several workers,
+          several GPUs, else one device), a name ("default", "mirrored",
+          "multi_worker", "tpu") or a `tf.distribute.Strategy`. The rule's
+          batch is the global batch, split across replicas. A classifier
+          built in a strategy's scope trains under that strategy; otherwise a
+          copy is built in the strategy's scope, trained, and its weights
+          copied back.
+        - `precision`: "float32", "mixed_bfloat16" or "mixed_float16" (with
+          loss scaling); GroupNorm statistics, weight standardization and the
+          head stay in float32. The classifier itself stays float32.
+        - `jit_compile`: "auto" (XLA on GPU and TPU, off on CPU, where it
+          measured slower), True or False.
+        - `checkpoint_dir`: write the training state (model, optimizer, step)
+          there every `checkpoint_every` steps (default: 20 per run); the
+          same call after a crash resumes from it and ends at the same step,
+          on the same batches. A NaN or Inf loss stops the run with
+          `NonFiniteLossError`, keeping the last good checkpoint.
 
         Keras epochs here are rounds of at least one pass over the data (at
         most 20); training stops after exactly `steps` optimizer steps.
@@ -144,65 +165,144 @@ class BiTClassifier(keras.Model):
             raise TypeError("fit() needs data: a folder, 'tfds:NAME', (images, labels) or a dataset")
         if validation_data is not None:
             sources.data_form(validation_data, "validation_data")  # fail before any work
+        distribute.check_precision(precision)
+        strategy = self._fit_strategy(strategy)
+        replicated = precision != "float32" or (
+            distribute.model_strategy(self) is None and not distribute.is_default(strategy))
+        if replicated and not isinstance(self.backbone, BiTBackbone):
+            raise ValueError(
+                f"fit(strategy=..., precision={precision!r}) rebuilds the model for the "
+                f"strategy or precision, which needs a native BiT backbone; this one is a "
+                f"{type(self.backbone).__name__}: convert it (from_hub(..., convert=True))"
+            )
         source = sources.open_source(data, split=split, class_names=class_names,
                                      on_bad_image=on_bad_image)
         if examples_per_class is not None:
             source = source.few_shot(examples_per_class, seed)
         rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
                                      variant, **overrides)
-        training.check_batching(rule, source.num_examples, batch_split)
+        training.check_batching(rule, source.num_examples, batch_split,
+                                strategy.num_replicas_in_sync)
         training.check_trainable(trainable, self.backbone)
         # Last of the checks: it may add the head, which nothing should do on bad input.
         source = self._adopt_classes(source)
-        micro_batch = rule.batch_size // batch_split
-        train = pipeline.train_dataset(source, rule, self.num_classes, micro_batch, seed,
-                                       skip_bad_images=on_bad_image == "warn")
         validation = None
         if validation_data is not None:
             validation_source = sources.open_source(
                 validation_data, class_names=self.class_names, on_bad_image=on_bad_image,
                 default_split="validation|test")
             validation_source.check_labels(self.num_classes)
-            validation = pipeline.eval_dataset(validation_source, rule.crop_size, micro_batch,
-                                               one_hot_classes=self.num_classes)
+            validation = pipeline.eval_dataset(validation_source, rule.crop_size,
+                                               rule.batch_size, one_hot_classes=self.num_classes)
         if verbose:
             print(rule.describe(source.num_examples))
-        total = rule.steps * batch_split
-        epochs, steps_per_epoch = training.keras_epochs(
-            total, -(-source.num_examples // micro_batch))
-        with training.trainable_from(self, trainable):
-            self._compile_for_fit(rule, batch_split, trainable, jit_compile)
-            history = keras.Model.fit(
-                self, train, validation_data=validation, epochs=epochs,
-                steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
-                callbacks=[training.StopAfterSteps(total), *(callbacks or [])],
-            )
+        model = self._replica(strategy, precision) if replicated else self
+        run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
+               "classes": self.num_classes, "examples_per_class": examples_per_class,
+               "trainable": trainable, "batch_split": batch_split, "precision": precision}
+        with strategy.scope(), training.trainable_from(model, trainable):
+            model._compile_for_fit(rule, batch_split, trainable,
+                                   distribute.jit_compile_for(jit_compile, strategy))
+            start_step = 0
+            fit_callbacks = [run_state.StopOnNonFiniteLoss(checkpoint_dir)]
+            if checkpoint_dir is not None:
+                model.optimizer.build(model.trainable_variables)
+                start_step = run_state.resume(model, checkpoint_dir, run)
+                if start_step and verbose:
+                    print(f"Resuming at step {start_step} of {rule.steps} from {checkpoint_dir}")
+                fit_callbacks.append(run_state.RunCheckpoint(
+                    checkpoint_dir, checkpoint_every or max(1, rule.steps // 20), run))
+            remaining = rule.steps - start_step
+            history = keras.callbacks.History()
+            history.params = {}
+            if remaining > 0:
+                train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size,
+                                               seed, skip_bad_images=on_bad_image == "warn",
+                                               start_step=start_step)
+                epochs, steps_per_epoch = training.keras_epochs(
+                    remaining, -(-source.num_examples // rule.batch_size))
+                history = keras.Model.fit(
+                    model, train, validation_data=validation, epochs=epochs,
+                    steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
+                    callbacks=[*fit_callbacks, training.StopAfterSteps(remaining),
+                               *(callbacks or [])],
+                )
+        if model is not self:
+            self.set_weights(model.get_weights())
         self.hyperrule = rule
         history.hyperrule = rule
+        history.start_step = start_step
         history.params["hyperrule"] = rule.get_config()
         return history
+
+    def _fit_strategy(self, strategy):
+        """The strategy a fit runs under: the one the model was built in, else `strategy`."""
+        built_in = distribute.model_strategy(self)
+        if built_in is None:
+            return distribute.strategy_for(strategy)
+        if strategy == "auto" or strategy is built_in:
+            return built_in
+        raise ValueError(
+            f"{self.name} was built in the scope of {type(built_in).__name__} and trains "
+            f"under it; got strategy={strategy!r}. Leave strategy='auto', or build the "
+            f"classifier outside any strategy scope."
+        )
+
+    def _replica(self, strategy, precision):
+        """This classifier rebuilt in `strategy`'s scope with dtype policy `precision`, same weights."""
+        with strategy.scope():
+            with distribute.dtype_policy(precision):
+                replica = type(self).from_config(self.get_config())
+            replica.set_weights(self.get_weights())
+        if distribute.worker_count() > 1:
+            distribute.broadcast_from_first_replica(strategy, replica.variables)
+        return replica
+
+    def train_step(self, data):
+        micro_batches = getattr(self, "_micro_batches", 1)
+        if micro_batches == 1:
+            logs = super().train_step(data)
+        else:
+            logs = training.accumulated_train_step(self, data, micro_batches)
+        return distribute.reducible_logs(logs, distribute.model_strategy(self))
+
+    def test_step(self, data):
+        return distribute.reducible_logs(super().test_step(data), distribute.model_strategy(self))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras draws a batch to build the model symbolically
+        # and averages it across replicas, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585); the draw also
+        # starts an iterator, so training would begin on a reshuffled second
+        # pass. The build needs only shapes and dtypes: the dataset's spec.
+        if iterator is not None and data_batch is None:
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _compile_for_fit(self, rule, batch_split, trainable, jit_compile):
         """Compiles for `fit`, or, for a repeat of the last fit's setup, starts its optimizer afresh.
 
         Repeating the setup keeps Keras's traced train step (seconds per fit
         for many short fits, as in a few-shot table) while the optimizer's
-        state (step count, momentum, accumulated gradients) returns to zero,
-        so the fit is the same as on a newly compiled model.
+        state (step count, momentum) returns to zero, so the fit is the same
+        as on a newly compiled model.
         """
         setup = (rule, batch_split, trainable, jit_compile)
         cached = getattr(self, "_fit_setup", None)
-        if cached is not None and cached[0] == setup and cached[1] is self.optimizer:
+        if cached is not None and cached[0] == setup and cached[1] is self.optimizer and (
+                type(self.optimizer) is keras.optimizers.SGD):  # all of its state starts at 0
             for variable in self.optimizer.variables:
                 variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
-            return
-        self.compile(
-            optimizer=training.make_optimizer(rule, batch_split),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-            metrics=self._fit_metrics(),
-            jit_compile=jit_compile,
-        )
-        self._fit_setup = (setup, self.optimizer)
+        else:
+            self.compile(
+                optimizer=training.make_optimizer(rule),
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                metrics=self._fit_metrics(),
+                jit_compile=jit_compile,
+            )
+            self._fit_setup = (setup, self.optimizer)
+        self._micro_batches = batch_split
 
     def _adopt_classes(self, source):
         """Sizes a missing head from the data, or checks the data against the head."""

@@ -107,6 +107,13 @@ def _finetune_parser(parser):
     parser.add_argument("--evaluations", type=int, default=10,
                         help="points on the learning curves (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", default="auto",
+                        choices=("auto", "default", "mirrored", "multi_worker", "tpu"),
+                        help="tf.distribute strategy of every fit; auto: TPU, several workers "
+                             "(TF_CONFIG), several GPUs, else one device (default: %(default)s)")
+    parser.add_argument("--precision", default="float32",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="compute precision of the fits (default: %(default)s)")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
 
 

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from bitkeras import files
+
 RANGE_SLACK = 0.1
 """How far outside [0, 1] float values may stray (interpolation overshoot)."""
 
@@ -87,7 +89,7 @@ def _is_concrete(tensor):
     return backend == "torch" or backend == "numpy"
 
 
-class ImageModel(keras.Model):
+class ImageModel(files.AtomicSaveMixin, keras.Model):
     """Base of bitkeras's functional models: checks images as they come in.
 
     Overrides `call` (which sees the caller's dtype, before Keras casts it to the

@@ -39,11 +39,17 @@ def _options():
     return options
 
 
-def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=True):
+def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=True,
+                  start_step=0):
     """Endless batches (images (B, crop, crop, 3) float32, labels (B, classes) float32).
 
-    `batch_size` is the per-step (micro-)batch; `rule` a HyperRule giving the
-    sizes, `flip`, `crop` and `mixup_alpha`.
+    `batch_size` is the global batch of one optimizer step (a strategy
+    splits it across replicas; MixUp mixes it whole before, so the update
+    does not depend on the number of replicas); `rule` a HyperRule giving
+    the sizes, `flip`, `crop` and `mixup_alpha`. `start_step`: the stream
+    from that step's batch on, the same batches an uninterrupted stream
+    would give then (the record order is replayed; only records are skipped,
+    not decoded). Unreadable files that are skipped shift it by their number.
     """
     buffer = source.num_examples if source.record_kind == "file" else min(
         source.num_examples, SHUFFLE_BUFFER)
@@ -55,13 +61,14 @@ def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=T
         image = augment(source.decode_record(record), rule, example_seed)
         return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
-    dataset = records.enumerate().map(prepare, num_parallel_calls=AUTOTUNE)
+    dataset = records.enumerate().skip(start_step * batch_size)
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
     if skip_bad_images:
         # Files that passed the header check but fail to decode; TF logs each one.
         dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if rule.mixup_alpha > 0:
-        dataset = dataset.enumerate().map(
+        dataset = dataset.enumerate(start=start_step).map(
             lambda index, batch: mixup(*batch, rule.mixup_alpha,
                                        tf.stack([tf.cast(seed, tf.int64) + 2, index])),
             num_parallel_calls=AUTOTUNE,

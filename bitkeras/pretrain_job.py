@@ -15,7 +15,7 @@ import time
 
 import keras
 
-from bitkeras import glyphs
+from bitkeras import files, glyphs
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checkpoint import save_npz
 from bitkeras.classifier import BiTClassifier
@@ -73,8 +73,8 @@ def run(args):
         "versions": {"tensorflow": _version("tensorflow"), "keras": keras.__version__,
                      "pillow": _version("PIL"), "matplotlib": _version("matplotlib")},
     }
-    (out / "upstream.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(record))
+    files.write_text(out / "upstream.json", json.dumps(record, indent=2) + "\n")
+    files.write_text(out / "MODEL_CARD.md", model_card(record))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     print(f"Wrote {out / 'model.npz'}, {out / 'upstream.json'}, {out / 'MODEL_CARD.md'}")
     return record

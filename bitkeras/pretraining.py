@@ -8,20 +8,14 @@ resumes from the last one, on exactly the batches the uninterrupted run would
 have seen (see `pipeline.resumable_train_dataset`).
 """
 
-import json
-import os
-import pathlib
-
 import keras
 import numpy as np
 
-from bitkeras import pipeline
+from bitkeras import pipeline, run_state
 from bitkeras.schedules import WarmupStaircase
 from bitkeras.training import StopAfterSteps, keras_epochs
 from bitkeras.upstream import UpstreamRecipe
 
-CHECKPOINT_FILE = "latest.weights.h5"
-RUN_FILE = "run.json"
 NOT_DECAYED = ("gamma", "beta", "bias")
 """Variables weight decay leaves alone: GroupNorm scales and offsets, biases."""
 
@@ -91,9 +85,10 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     if checkpoint_dir is not None:
         run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
                "num_classes": targets.shape[1]}
-        start_step = _resume(classifier, pathlib.Path(checkpoint_dir), run)
+        start_step = run_state.resume(classifier, checkpoint_dir, run)
         every = checkpoint_every or max(1, recipe.steps // 20)
-        callbacks.append(_Checkpoint(pathlib.Path(checkpoint_dir), every, run))
+        callbacks.insert(0, run_state.RunCheckpoint(checkpoint_dir, every, run))
+    callbacks.insert(0, run_state.StopOnNonFiniteLoss(checkpoint_dir))
     remaining = recipe.steps - start_step
     history = keras.callbacks.History()
     if remaining > 0:
@@ -136,46 +131,3 @@ def _optimizer(recipe):
         weight_decay=recipe.weight_decay or None)
     optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     return optimizer
-
-
-def _resume(classifier, folder, run):
-    """Loads the checkpoint in `folder`, if any, and returns the step it was taken at."""
-    checkpoint, run_file = folder / CHECKPOINT_FILE, folder / RUN_FILE
-    if not checkpoint.exists():
-        return 0
-    saved = json.loads(run_file.read_text()) if run_file.exists() else None
-    if saved != run:
-        raise ValueError(
-            f"checkpoint folder {str(folder)!r} holds another run ({saved}), not this one "
-            f"({run}): pass a new checkpoint_dir, or delete that folder to start over"
-        )
-    classifier.load_weights(checkpoint)
-    return int(classifier.optimizer.iterations.numpy())
-
-
-class _Checkpoint(keras.callbacks.Callback):
-    """Writes model + optimizer state every `every` optimizer steps and at the end."""
-
-    def __init__(self, folder, every, run):
-        super().__init__()
-        self.folder, self.every, self.run = folder, every, run
-
-    def on_train_begin(self, logs=None):
-        # The run's description goes first, so any checkpoint has one beside it.
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._write(RUN_FILE, lambda path: path.write_text(json.dumps(self.run)), ".json")
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
-            self.save()
-
-    def on_train_end(self, logs=None):
-        self.save()
-
-    def save(self):
-        self._write(CHECKPOINT_FILE, self.model.save_weights, ".weights.h5")
-
-    def _write(self, name, writer, suffix):
-        temporary = self.folder / f"partial-{os.getpid()}{suffix}"
-        writer(temporary)
-        os.replace(temporary, self.folder / name)

@@ -49,13 +49,20 @@ def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **ov
     return dataclasses.replace(hyperrule, **overrides)
 
 
-def check_batching(rule, num_examples, batch_split):
-    """Raises unless `rule.batch_size` examples exist and split into `batch_split` equal parts."""
+def check_batching(rule, num_examples, batch_split, replicas=1):
+    """Raises unless `rule.batch_size` examples exist and split evenly over replicas and micro-batches.
+
+    The rule's batch is the global batch: each of `replicas` devices takes an
+    equal share, which it cuts into `batch_split` micro-batches.
+    """
     check_positive_integer(batch_split, "batch_split")
-    if rule.batch_size % batch_split:
+    parts = replicas * batch_split
+    if rule.batch_size % parts:
+        where = f"{replicas} replicas x batch_split={batch_split}" if replicas > 1 else (
+            f"batch_split={batch_split}")
         raise ValueError(
-            f"batch_size {rule.batch_size} does not split into batch_split={batch_split} equal "
-            f"micro-batches; pick a batch_split that divides it"
+            f"batch_size {rule.batch_size} does not split into {parts} equal micro-batches "
+            f"({where}); pick a batch_size that is a multiple of {parts}, or another batch_split"
         )
     if num_examples < rule.batch_size:
         raise ValueError(
@@ -64,17 +71,47 @@ def check_batching(rule, num_examples, batch_split):
         )
 
 
-def make_optimizer(rule, batch_split=1):
-    """SGD, momentum 0.9, no weight decay, on the rule's schedule; accumulating if split.
-
-    With `batch_split=N` Keras averages the gradients of N micro-batches and
-    applies them as one step, the update of one full batch.
-    """
+def make_optimizer(rule):
+    """SGD, momentum 0.9, no weight decay, on the rule's schedule."""
     return keras.optimizers.SGD(
-        learning_rate=WarmupStaircase.from_hyperrule(rule, accumulation_steps=batch_split),
-        momentum=0.9,
-        gradient_accumulation_steps=batch_split if batch_split > 1 else None,
-    )
+        learning_rate=WarmupStaircase.from_hyperrule(rule), momentum=0.9)
+
+
+def accumulated_train_step(model, data, micro_batches):
+    """One optimizer step on a replica's batch, cut into `micro_batches` (TensorFlow backend).
+
+    The gradients of the equal micro-batches are averaged and applied once:
+    the update of the whole batch, with the activations of one micro-batch
+    in memory at a time (each forward pass waits for the previous
+    gradients). It runs per replica, so under a strategy each replica
+    accumulates its share and the optimizer all-reduces once per step.
+    Keras's own `gradient_accumulation_steps` cannot do that (its all-reduce
+    sits inside a conditional, which tf.distribute rejects).
+    """
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    images, targets = data[0], data[1]
+    size = tf.shape(images)[0] // micro_batches
+    variables = model.trainable_variables
+    total = [tf.zeros(v.shape, v.dtype) for v in variables]
+    for index in range(micro_batches):
+        part = slice(index * size, (index + 1) * size)
+        x, y = images[part], targets[part]
+        with tf.control_dependencies(total):
+            with tf.GradientTape() as tape:
+                predictions = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=True)
+                # As Keras's own train step: the logged loss, undoing the 1/replicas
+                # that compute_loss applies for the all-reduce (a sum).
+                model._loss_tracker.update_state(loss * replicas, sample_weight=size)
+                scaled = model.optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled, variables)
+        total = [sum_ + gradient for sum_, gradient in zip(total, gradients)]
+        results = model.compute_metrics(x, y, predictions)
+    model.optimizer.apply_gradients(
+        zip([sum_ / micro_batches for sum_ in total], variables))
+    return results
 
 
 def keras_epochs(total_steps, steps_per_pass):

@@ -21,7 +21,7 @@ import time
 import keras
 import numpy as np
 
-from bitkeras import checkpoint, datasets, hub, pipeline, presets, sources
+from bitkeras import checkpoint, datasets, distribute, files, hub, pipeline, presets, sources
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checks import check_positive_integer
 from bitkeras.classifier import BiTClassifier, load_model
@@ -51,6 +51,9 @@ def run(args):
         check_positive_integer(getattr(args, name), f"--{name}")
     for shots in args.few_shot:
         check_positive_integer(shots, "--few-shot")
+    # A multi-worker or TPU strategy must exist before TensorFlow runs anything.
+    strategy = distribute.strategy_for(args.strategy)
+    fit_options = {"strategy": strategy, "precision": args.precision}
     data = load_data(args.data, args.test_fraction, args.seed)
     smallest = int(np.bincount(data.train.labels, minlength=data.train.num_classes).min())
     if args.few_shot and max(args.few_shot) > smallest:
@@ -89,21 +92,26 @@ def run(args):
         classifier = models.build(side, data.train.class_names)
         curve = AccuracyCurve(test_set, rule.steps, args.evaluations)
         classifier.fit(data.train, hyperrule=rule, seed=args.seed, callbacks=[curve],
-                       verbose=args.verbose)
+                       verbose=args.verbose, **fit_options)
         curves[side] = curve.points
         report[f"{side}_accuracy"] = curve.points[-1][1]
         print(f"  {side}: test accuracy {report[f'{side}_accuracy']:.4f}")
-        if side == "pretrained":
+        if side == "pretrained" and distribute.is_chief():
             classifier.save(out / "finetuned.keras")
     report["curves"] = {"steps": [step for step, _ in curves["pretrained"]],
                         **{side: [value for _, value in curves[side]] for side in SIDES}}
     report["benefits"] = transfer_benefits(report["curves"])
     few_shot_steps = args.few_shot_steps or (BUDGET_FEW_SHOT_STEPS if budget else None)
     report["few_shot"] = few_shot_table(models, data, test_set, args.few_shot, args.seeds,
-                                        budget, overrides, few_shot_steps, args.verbose)
+                                        budget, overrides, few_shot_steps, args.verbose,
+                                        fit_options)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["command"] = args.command_line
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["strategy"] = type(strategy).__name__
+    report["precision"] = args.precision
+    if not distribute.is_chief():
+        return report  # the chief writes the files
+    files.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     draw_report(report, out / "report.png")
     print_summary(report)
     print(f"Wrote {out / 'finetuned.keras'}, {out / 'report.json'}, {out / 'report.png'} "
@@ -279,7 +287,8 @@ def transfer_benefits(curves):
     return benefits
 
 
-def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, steps, verbose):
+def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, steps, verbose,
+                   fit_options=None):
     """{K: {side: {"accuracies": [one per seed], "mean", "std"}, "gain", "steps"}} on the test split.
 
     Each fit has its own rule, for K * classes examples (`steps` if given).
@@ -302,7 +311,7 @@ def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, step
             for seed in range(seeds):
                 classifier.set_weights(initial)
                 classifier.fit(data.train, hyperrule=few_rule, examples_per_class=shots_per_class,
-                               seed=seed, verbose=0)
+                               seed=seed, verbose=0, **(fit_options or {}))
                 accuracies.append(test_set.accuracy(classifier))
             row[side] = {"accuracies": accuracies, "mean": float(np.mean(accuracies)),
                          "std": float(np.std(accuracies))}
@@ -370,7 +379,7 @@ def draw_report(report, path):
     shots_axis.set_title("Few-shot test accuracy (mean ± std over draws)", fontsize=10)
     figure.suptitle(f"{report['model']} on {report['data']}", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    files.save_figure(figure, path, dpi=100)
     pyplot.close(figure)
 
 

@@ -7,12 +7,13 @@ preset's file keeps its bucket path there (e.g. `distill/R50x1_224.npz`).
 import http.client
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 
 import keras
+
+from bitkeras import files
 
 CACHE_ENV = "BITKERAS_CACHE_DIR"
 DOWNLOAD_TIMEOUT_SECONDS = 30
@@ -110,10 +111,9 @@ def download(url, target):
         expected = response.headers.get("Content-Length")
         expected = int(expected) if expected else None
         progress = keras.utils.Progbar(expected, unit_name="byte")
-        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        try:
+        with files.atomic_path(target) as temporary:
             received = 0
-            with os.fdopen(handle, "wb") as out:
+            with open(temporary, "wb") as out:
                 while chunk := response.read(_CHUNK_BYTES):
                     out.write(chunk)
                     received += len(chunk)
@@ -124,10 +124,6 @@ def download(url, target):
                     f"try again"
                 )
             verify_npz(temporary, source=url)
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
 
 
 def verify_npz(path, source=None):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, BiTClassifier, glyphs, pretraining
+from bitkeras import BiTBackbone, BiTClassifier, glyphs, pretraining, run_state
 from tests.conftest import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_p
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    checkpoint = out / "checkpoints" / pretraining.CHECKPOINT_FILE
+    checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from bitkeras import BadImageError, DataUnavailableError, sources
-from tests.conftest import COLORS, make_image_folder
+from tests.conftest import make_image_folder
 
 
 def _decoded(source):

@@ -123,7 +123,7 @@ def test_fit_errors_name_the_input_and_the_fix(image_folder):
         classifier.fit((images, labels), batch_size=16)
     with pytest.raises(ValueError, match="single class"):
         classifier.fit((images, np.zeros(8, int)))
-    with pytest.raises(ValueError, match="does not split into batch_split=3"):
+    with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
         classifier.fit((images, labels), batch_size=8, batch_split=3)
     with pytest.raises(ValueError, match="trainable must be one of"):
         classifier.fit((images, labels), trainable="block5", steps=1, verbose=0)

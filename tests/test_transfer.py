@@ -55,7 +55,9 @@ def test_finetune_on_a_folder_from_a_checkpoint_file(tmp_path, image_folder, tin
         report = cli.run(["finetune", "--data", str(image_folder), "--model", str(path),
                            "--out", str(tmp_path / "out"), "--steps", "2", "--batch-size", "8",
                            "--crop-size", "32", "--resize-size", "36", "--few-shot",
-                           "--evaluations", "1", "--verbose", "0"])
+                           "--evaluations", "1", "--verbose", "0", "--strategy", "mirrored",
+                           "--precision", "mixed_bfloat16"])
+    assert report["strategy"] == "MirroredStrategy" and report["precision"] == "mixed_bfloat16"
     assert report["num_classes"] == len(COLORS) and report["few_shot"] == {}
     assert report["test_examples"] >= len(COLORS)
     assert report["rule"]["batch_size"] == 8 and report["rule"]["crop_size"] == 32

@@ -1,0 +1,186 @@
+"""Hardware for training: tf.distribute strategies, mixed precision and XLA, chosen for the user.
+
+`strategy_for("auto")` picks, in this order: TPUStrategy when a TPU is
+reachable (`TPU_NAME` or `COLAB_TPU_ADDR` set, or TPU devices on this host),
+MultiWorkerMirroredStrategy when `TF_CONFIG` names several workers,
+MirroredStrategy for several local GPUs, else TensorFlow's default strategy
+(one device). The strategy made is kept, so later calls return the same one.
+
+TensorFlow can only set up a multi-worker (or TPU) strategy before it has
+run anything: call `strategy_for("auto")` at the top of a multi-worker
+program, before building models; `fit(strategy="auto")` then finds it.
+
+Precision: "float32", "mixed_bfloat16" or "mixed_float16" (Keras dtype
+policies: float32 variables, half-precision compute). In every case the
+GroupNorm statistics (Keras's GroupNormalization computes them in float32),
+the weight standardization (`StandardizedConv2D`) and the head stay in
+float32; "mixed_float16" trains with Keras's dynamic loss scaling.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+
+_made = {}
+
+
+def strategy_for(strategy="auto"):
+    """A `tf.distribute.Strategy` from a name in `STRATEGY_NAMES` or a strategy (returned as is)."""
+    if isinstance(strategy, tf.distribute.Strategy):
+        return strategy
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(
+            f"strategy must be a tf.distribute.Strategy or one of {list(STRATEGY_NAMES)}; "
+            f"got {strategy!r}"
+        )
+    if strategy == "auto":
+        strategy = auto_choice()
+    if strategy == "default":
+        return tf.distribute.get_strategy()
+    if strategy not in _made:
+        _made[strategy] = _make(strategy)
+    return _made[strategy]
+
+
+def auto_choice():
+    """The strategy name "auto" stands for on this machine (see the module docstring)."""
+    if _tpu_address() is not None:
+        return "tpu"
+    if worker_count() > 1:
+        return "multi_worker"
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def _make(name):
+    try:
+        if name == "tpu":
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu=_tpu_address() or "local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+        if name == "multi_worker":
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MirroredStrategy()
+    except RuntimeError as error:
+        if "startup" not in str(error) and "initialized" not in str(error):
+            raise
+        raise RuntimeError(
+            f"TensorFlow cannot set up the {name} strategy now: it must be made before "
+            f"TensorFlow runs anything ({error}). Call bitkeras.distribute.strategy_for("
+            f"{name!r}) (or 'auto') at the top of the program, before building a model."
+        ) from error
+
+
+def _tpu_address():
+    for variable in ("TPU_NAME", "COLAB_TPU_ADDR"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    if tf.config.list_physical_devices("TPU"):
+        return "local"
+    return None
+
+
+def _cluster():
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    return config.get("cluster", {}), config.get("task", {})
+
+
+def worker_count():
+    """Workers (chief included) that `TF_CONFIG` names; 1 without it."""
+    cluster, _ = _cluster()
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def is_chief():
+    """Whether this process is the one that writes files: the chief, else worker 0."""
+    cluster, task = _cluster()
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind is None:
+        return True
+    if "chief" in cluster:
+        return kind == "chief"
+    return kind == "worker" and index == 0
+
+
+def jit_compile_for(jit_compile, strategy):
+    """XLA on where it is faster: TPUs (which need it) and GPUs; off on CPUs.
+
+    On CPU, benchmarks/throughput.py measured the R50x1 training step slower
+    with XLA (0.49 vs 0.53 MFU on 2 cores), so "auto" leaves it off there.
+    """
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    if is_default(strategy):
+        devices = [device.name for device in tf.config.list_logical_devices()]
+    else:
+        devices = strategy.extended.worker_devices
+    return any(kind in device.upper() for device in devices for kind in (":GPU:", ":TPU:"))
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+
+
+@contextlib.contextmanager
+def dtype_policy(precision):
+    """Layers built inside use the Keras dtype policy `precision`."""
+    check_precision(precision)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def model_strategy(model):
+    """The strategy `model`'s variables were made under, or None for plain variables."""
+    return getattr(model, "_distribute_strategy", None)
+
+
+def broadcast_from_first_replica(strategy, variables):
+    """Gives every replica (on every worker) the first replica's values of `variables`.
+
+    Workers that built their models from different random draws would
+    otherwise train different models; after this they hold the chief's.
+    """
+
+    def first_only(value):
+        context = tf.distribute.get_replica_context()
+        keep = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), value.dtype)
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value * keep)
+
+    @tf.function
+    def reduced():
+        return strategy.run(lambda: [first_only(tf.convert_to_tensor(v.value)) for v in variables])
+
+    for variable, value in zip(variables, reduced()):
+        variable.assign(strategy.experimental_local_results(value)[0])
+
+
+def reducible_logs(logs, strategy):
+    """A step's metric logs in the shape Keras can average across workers.
+
+    Under MultiWorkerMirroredStrategy Keras averages each log along axis 0,
+    which fails on scalars (keras-team/keras#20585); as vectors of one value
+    they average to the same scalar. Other strategies get `logs` unchanged.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
+            worker_count() < 2):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def is_default(strategy):
+    """Whether `strategy` is TensorFlow's default (no distribution: one device, plain variables)."""
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"

@@ -1,0 +1,98 @@
+"""Fits a tiny classifier in a fresh process, for the tests that need one.
+
+    python -m tests.fit_worker mirrored OUT        # 1 device vs 2 logical CPUs
+    python -m tests.fit_worker multi_worker OUT    # one worker of TF_CONFIG's cluster
+    python -m tests.fit_worker resume OUT CKPT [SLEEP]   # checkpointed fit (resumes)
+
+Each writes its results under OUT (weights as .npy, models as .keras).
+Logical devices and multi-worker strategies can only be set up before
+TensorFlow runs anything, hence a process of their own.
+"""
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+STEPS = 6
+RULE = dict(batch_size=16, crop_size=16, resize_size=20, mixup_alpha=0.2, flip=True,
+            base_learning_rate=0.05)
+
+
+def data():
+    rng = np.random.default_rng(0)
+    labels = np.arange(48) % 4
+    images = rng.integers(0, 60, (48, 16, 16, 3)).astype(np.uint8)
+    images[..., 0] += (labels * 60).astype(np.uint8)[:, None, None]  # learnable: red = class
+    return images, labels
+
+
+def classifier(seed=0):
+    from bitkeras import BiTBackbone, BiTClassifier
+
+    keras.utils.set_random_seed(seed)
+    return BiTClassifier(BiTBackbone((1, 1, 1, 1), 0.5), 4)
+
+
+def weights_of(model):
+    return np.concatenate([np.ravel(w) for w in model.get_weights()])
+
+
+def mirrored(out):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from bitkeras import distribute
+
+    results = {}
+    for name, strategy, batch_split in (
+        ("one_device", "default", 1),
+        ("two_devices", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 1),
+        ("two_devices_split", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2),
+    ):
+        model = classifier()
+        model.fit(data(), steps=STEPS, strategy=strategy, batch_split=batch_split, verbose=0,
+                  **RULE)
+        results[name] = weights_of(model)
+        results[name + "_replicas"] = distribute.strategy_for(strategy).num_replicas_in_sync
+    np.savez(os.path.join(out, "mirrored.npz"), **results)
+
+
+def multi_worker(out):
+    from bitkeras import distribute
+
+    strategy = distribute.strategy_for("auto")  # before TensorFlow runs anything
+    index = int(os.environ["BITKERAS_TEST_WORKER"])
+    model = classifier(seed=index)  # different draws: fit gives every worker the chief's
+    history = model.fit(data(), steps=STEPS, verbose=0, **RULE)
+    np.save(os.path.join(out, f"worker{index}.npy"), weights_of(model))
+    np.save(os.path.join(out, f"worker{index}_loss.npy"), np.array(history.history["loss"]))
+    if distribute.is_chief():
+        model.save(os.path.join(out, "chief.keras"))
+    print(type(strategy).__name__, strategy.num_replicas_in_sync)
+
+
+class _Slow(keras.callbacks.Callback):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(self.seconds)
+
+
+def resume(out, checkpoint_dir, sleep=0.0):
+    model = classifier()
+    history = model.fit(data(), steps=12, checkpoint_dir=checkpoint_dir, checkpoint_every=3,
+                        verbose=0, callbacks=[_Slow(float(sleep))], **RULE)
+    np.save(os.path.join(out, "final.npy"), weights_of(model))
+    print("start_step", history.start_step, "optimizer_step", int(model.optimizer.iterations))
+
+
+if __name__ == "__main__":
+    mode, *arguments = sys.argv[1:]
+    {"mirrored": mirrored, "multi_worker": multi_worker, "resume": resume}[mode](*arguments)
