@@ -166,9 +166,8 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         if validation_data is not None:
             sources.data_form(validation_data, "validation_data")  # fail before any work
         distribute.check_precision(precision)
-        strategy = self._fit_strategy(strategy)
-        replicated = precision != "float32" or (
-            distribute.model_strategy(self) is None and not distribute.is_default(strategy))
+        strategy = distribute.training_strategy(self, strategy)
+        replicated = distribute.needs_replica(self, strategy, precision)
         if replicated and not isinstance(self.backbone, BiTBackbone):
             raise ValueError(
                 f"fit(strategy=..., precision={precision!r}) rebuilds the model for the "
@@ -196,7 +195,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
                                                rule.batch_size, one_hot_classes=self.num_classes)
         if verbose:
             print(rule.describe(source.num_examples))
-        model = self._replica(strategy, precision) if replicated else self
+        model = distribute.replicate(self, strategy, precision) if replicated else self
         run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
                "classes": self.num_classes, "examples_per_class": examples_per_class,
                "trainable": trainable, "batch_split": batch_split, "precision": precision}
@@ -234,29 +233,6 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         history.start_step = start_step
         history.params["hyperrule"] = rule.get_config()
         return history
-
-    def _fit_strategy(self, strategy):
-        """The strategy a fit runs under: the one the model was built in, else `strategy`."""
-        built_in = distribute.model_strategy(self)
-        if built_in is None:
-            return distribute.strategy_for(strategy)
-        if strategy == "auto" or strategy is built_in:
-            return built_in
-        raise ValueError(
-            f"{self.name} was built in the scope of {type(built_in).__name__} and trains "
-            f"under it; got strategy={strategy!r}. Leave strategy='auto', or build the "
-            f"classifier outside any strategy scope."
-        )
-
-    def _replica(self, strategy, precision):
-        """This classifier rebuilt in `strategy`'s scope with dtype policy `precision`, same weights."""
-        with strategy.scope():
-            with distribute.dtype_policy(precision):
-                replica = type(self).from_config(self.get_config())
-            replica.set_weights(self.get_weights())
-        if distribute.worker_count() > 1:
-            distribute.broadcast_from_first_replica(strategy, replica.variables)
-        return replica
 
     def train_step(self, data):
         micro_batches = getattr(self, "_micro_batches", 1)

@@ -66,8 +66,20 @@ def _pretrain_parser(parser):
                         help="fresh images (another seed) the upstream accuracy is measured on")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="steps between checkpoints (default: 20 per run)")
-    parser.add_argument("--jit-compile", action="store_true", help="compile steps with XLA")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile steps with XLA (default: on GPUs and TPUs only)")
+    _hardware_arguments(parser)
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+def _hardware_arguments(parser):
+    from bitkeras.distribute import PRECISIONS, STRATEGY_NAMES
+
+    parser.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES,
+                        help="tf.distribute strategy; auto: TPU, several workers (TF_CONFIG), "
+                             "several GPUs, else one device (default: %(default)s)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="compute precision (default: %(default)s)")
 
 
 DEFAULT_MODEL = "BiT-Glyphs-R14x0.5"
@@ -107,13 +119,7 @@ def _finetune_parser(parser):
     parser.add_argument("--evaluations", type=int, default=10,
                         help="points on the learning curves (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "default", "mirrored", "multi_worker", "tpu"),
-                        help="tf.distribute strategy of every fit; auto: TPU, several workers "
-                             "(TF_CONFIG), several GPUs, else one device (default: %(default)s)")
-    parser.add_argument("--precision", default="float32",
-                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        help="compute precision of the fits (default: %(default)s)")
+    _hardware_arguments(parser)
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
 
 

@@ -143,6 +143,41 @@ def dtype_policy(precision):
         keras.config.set_dtype_policy(previous)
 
 
+def training_strategy(model, strategy):
+    """The strategy `model` trains under: the one it was built in, else `strategy` resolved."""
+    built_in = model_strategy(model)
+    if built_in is None:
+        return strategy_for(strategy)
+    if strategy == "auto" or strategy is built_in:
+        return built_in
+    raise ValueError(
+        f"{model.name} was built in the scope of {type(built_in).__name__} and trains "
+        f"under it; got strategy={strategy!r}. Leave strategy='auto', or build the "
+        f"model outside any strategy scope."
+    )
+
+
+def needs_replica(model, strategy, precision):
+    """Whether training `model` under `strategy` and `precision` needs a rebuilt copy of it."""
+    check_precision(precision)
+    return precision != "float32" or (model_strategy(model) is None and not is_default(strategy))
+
+
+def replicate(model, strategy, precision):
+    """`model` rebuilt from its config in `strategy`'s scope, dtype policy `precision`, same weights.
+
+    Several workers each start from the first replica's (the chief's) weights.
+    Train the copy, then copy its weights back with `model.set_weights`.
+    """
+    with strategy.scope():
+        with dtype_policy(precision):
+            replica = type(model).from_config(model.get_config())
+        replica.set_weights(model.get_weights())
+    if worker_count() > 1:
+        broadcast_from_first_replica(strategy, replica.variables)
+    return replica
+
+
 def model_strategy(model):
     """The strategy `model`'s variables were made under, or None for plain variables."""
     return getattr(model, "_distribute_strategy", None)

@@ -15,7 +15,7 @@ import time
 
 import keras
 
-from bitkeras import files, glyphs
+from bitkeras import distribute, files, glyphs
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checkpoint import save_npz
 from bitkeras.classifier import BiTClassifier
@@ -27,6 +27,8 @@ EVAL_SEED_OFFSET = 1_000_003
 
 
 def run(args):
+    # A multi-worker or TPU strategy must exist before TensorFlow runs anything.
+    strategy = distribute.strategy_for(args.strategy)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -45,13 +47,16 @@ def run(args):
     history = pretrain(classifier, images, labels, recipe, seed=args.seed,
                        checkpoint_dir=out / "checkpoints",
                        checkpoint_every=args.checkpoint_every, verbose=args.verbose,
-                       jit_compile=args.jit_compile)
+                       strategy=strategy, precision=args.precision,
+                       jit_compile=True if args.jit_compile else "auto")
     train_seconds = time.perf_counter() - started
 
     evaluation = upstream_accuracy(classifier, args.eval_examples,
                                    args.seed + EVAL_SEED_OFFSET, args.image_size)
     print(f"Upstream accuracy on {args.eval_examples} fresh glyphs: "
           f"{evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f})")
+    if not distribute.is_chief():
+        return None  # the chief writes the files
     save_npz(classifier, out / "model.npz")
     record = {
         "name": out.name,
@@ -65,7 +70,9 @@ def run(args):
         "evaluation": evaluation,
         "final_training_loss": (history.history.get("loss") or [None])[-1],
         "resumed_from_step": history.start_step,
-        "steps_completed": int(classifier.optimizer.iterations.numpy()),
+        "steps_completed": history.steps_completed,
+        "strategy": f"{type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s)",
+        "precision": args.precision,
         "render_seconds": round(render_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no accelerator"

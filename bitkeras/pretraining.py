@@ -11,7 +11,7 @@ have seen (see `pipeline.resumable_train_dataset`).
 import keras
 import numpy as np
 
-from bitkeras import pipeline, run_state
+from bitkeras import distribute, pipeline, run_state
 from bitkeras.schedules import WarmupStaircase
 from bitkeras.training import StopAfterSteps, keras_epochs
 from bitkeras.upstream import UpstreamRecipe
@@ -34,7 +34,7 @@ def multi_label_sigmoid_cross_entropy(targets, logits):
 
 def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=256, seed=0,
              checkpoint_dir=None, checkpoint_every=None, callbacks=None, verbose="auto",
-             jit_compile=False):
+             strategy="auto", precision="float32", jit_compile="auto"):
     """Pre-trains `classifier` on (`images`, `labels`) with BiT's upstream recipe.
 
     `images`: (N, height, width, 3) uint8 or float in [0, 1]. `labels`: (N,)
@@ -45,10 +45,13 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     `recipe`: an `UpstreamRecipe`; by default `UpstreamRecipe.for_dataset(N,
     image side, batch_size, epochs)`. `seed` fixes the order and augmentation
     of every example. `checkpoint_dir`: where to write checkpoints and resume
-    from (`checkpoint_every` steps apart; default: 20 per run).
+    from (`checkpoint_every` steps apart; default: 20 per run). `strategy`,
+    `precision` and `jit_compile` as in `BiTClassifier.fit` (the recipe's batch
+    is the global batch). A NaN or Inf loss raises `NonFiniteLossError`.
 
-    Returns the Keras `History` of the steps this call ran, with `recipe` and
-    `start_step` (0, or the step it resumed from) as attributes.
+    Returns the Keras `History` of the steps this call ran, with `recipe`,
+    `start_step` (0, or the step it resumed from) and `steps_completed` as
+    attributes.
     """
     images = np.asarray(images)
     targets, multi_label = _targets(labels, len(images))
@@ -72,20 +75,45 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
             f"the labels have {targets.shape[1]} classes but {classifier.name} has a "
             f"{classifier.num_classes}-class head"
         )
-    classifier.compile(
+    strategy = distribute.training_strategy(classifier, strategy)
+    if recipe.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"batch_size {recipe.batch_size} does not split evenly over "
+            f"{strategy.num_replicas_in_sync} replicas: pick a multiple of that"
+        )
+    model = classifier
+    if distribute.needs_replica(classifier, strategy, precision):
+        model = distribute.replicate(classifier, strategy, precision)
+    with strategy.scope():
+        history, start_step = _train(model, images, targets, multi_label, recipe, seed,
+                                     checkpoint_dir, checkpoint_every, callbacks, verbose,
+                                     distribute.jit_compile_for(jit_compile, strategy),
+                                     {"precision": precision} if precision != "float32" else {})
+    if model is not classifier:
+        classifier.set_weights(model.get_weights())
+    history.steps_completed = run_state.optimizer_step(model)
+    history.recipe = recipe
+    history.start_step = start_step
+    return history
+
+
+def _train(model, images, targets, multi_label, recipe, seed, checkpoint_dir, checkpoint_every,
+           callbacks, verbose, jit_compile, run_extras):
+    """Compiles `model`, resumes it from `checkpoint_dir` if possible, and trains the rest."""
+    model.compile(
         optimizer=_optimizer(recipe),
         loss=(multi_label_sigmoid_cross_entropy if multi_label
               else keras.losses.CategoricalCrossentropy(from_logits=True)),
         metrics=[] if multi_label else [keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
-    classifier.optimizer.build(classifier.trainable_variables)
+    model.optimizer.build(model.trainable_variables)
     callbacks = list(callbacks or [])
     start_step = 0
     if checkpoint_dir is not None:
         run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
-               "num_classes": targets.shape[1]}
-        start_step = run_state.resume(classifier, checkpoint_dir, run)
+               "num_classes": targets.shape[1], **run_extras}
+        start_step = run_state.resume(model, checkpoint_dir, run)
         every = checkpoint_every or max(1, recipe.steps // 20)
         callbacks.insert(0, run_state.RunCheckpoint(checkpoint_dir, every, run))
     callbacks.insert(0, run_state.StopOnNonFiniteLoss(checkpoint_dir))
@@ -98,11 +126,9 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
         epochs_run, steps_per_epoch = keras_epochs(
             remaining, max(1, len(images) // recipe.batch_size))
         history = keras.Model.fit(
-            classifier, dataset, epochs=epochs_run, steps_per_epoch=steps_per_epoch,
+            model, dataset, epochs=epochs_run, steps_per_epoch=steps_per_epoch,
             callbacks=[StopAfterSteps(remaining), *callbacks], shuffle=False, verbose=verbose)
-    history.recipe = recipe
-    history.start_step = start_step
-    return history
+    return history, start_step
 
 
 def _targets(labels, num_examples):

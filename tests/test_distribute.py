@@ -136,7 +136,7 @@ def test_mixed_precision_forward_matches_float32(precision, tolerance):
     classifier.head.kernel.assign(rng.normal(0, 0.05, classifier.head.kernel.shape))
     images = np.random.default_rng(1).random((4, 64, 64, 3)).astype(np.float32)
     reference = keras.ops.convert_to_numpy(classifier(images))
-    replica = classifier._replica(tf.distribute.get_strategy(), precision)
+    replica = distribute.replicate(classifier, tf.distribute.get_strategy(), precision)
     half = precision.split("_")[1]
     assert replica.backbone.get_layer("root_conv").compute_dtype == half
     assert replica.backbone.get_layer("final_norm").compute_dtype == half
