@@ -112,7 +112,7 @@ def _finetune_parser(parser):
                         metavar="K", help="examples per class of the few-shot table "
                                           "(default: 1 5 10; none to skip)")
     parser.add_argument("--few-shot-steps", type=int, default=None,
-                        help="steps of each few-shot fit (default: the HyperRule's; 60 in the "
+                        help="steps of each few-shot fit (default: the HyperRule's; 100 in the "
                              "bundled-digits CPU budget)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="few-shot draws per K (default: %(default)s)")
