@@ -251,7 +251,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         # MultiWorkerMirroredStrategy (keras-team/keras#20585); the draw also
         # starts an iterator, so training would begin on a reshuffled second
         # pass. The build needs only shapes and dtypes: the dataset's spec.
-        if iterator is not None and data_batch is None:
+        if iterator is not None and data_batch is None and distribute.model_strategy(self):
             data_batch = iterator.data_adapter.get_tf_dataset().element_spec
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
