@@ -509,7 +509,8 @@ def _tfds_builder(name):
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name)
+        # $TFDS_DATA_DIR as it is now (TFDS reads it once, when imported).
+        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR") or None)
     except Exception as error:  # TFDS raises its own DatasetNotFoundError and others.
         raise ValueError(f"TFDS has no dataset {name!r}: {error}") from error
     if builder.is_prepared():

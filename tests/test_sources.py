@@ -152,7 +152,7 @@ def test_tfds_offline_says_how_to_supply_the_data(monkeypatch, tmp_path):
         def download_and_prepare(self):
             raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(tfds, "builder", lambda name: Unprepared())
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
     with pytest.raises(DataUnavailableError, match="tfds build oxford_flowers102"):
         sources.open_source("tfds:oxford_flowers102")
 
@@ -162,7 +162,8 @@ def test_tfds_source_reads_a_prepared_dataset(monkeypatch, tmp_path):
     from tests.tiny_tfds import BitkerasTinyColours
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    BitkerasTinyColours(data_dir=str(tmp_path)).download_and_prepare()
+    BitkerasTinyColours(data_dir=str(tmp_path)).download_and_prepare(
+        download_dir=str(tmp_path / "downloads"))
     train = sources.open_source("tfds:bitkeras_tiny_colours")
     assert train.class_names == ("blue", "red") and train.named
     assert train.num_examples == 6 and sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
