@@ -165,7 +165,6 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
             raise TypeError("fit() needs data: a folder, 'tfds:NAME', (images, labels) or a dataset")
         if validation_data is not None:
             sources.data_form(validation_data, "validation_data")  # fail before any work
-        distribute.check_precision(precision)
         strategy = distribute.training_strategy(self, strategy)
         replicated = distribute.needs_replica(self, strategy, precision)
         if replicated and not isinstance(self.backbone, BiTBackbone):
@@ -202,15 +201,8 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         with strategy.scope(), training.trainable_from(model, trainable):
             model._compile_for_fit(rule, batch_split, trainable,
                                    distribute.jit_compile_for(jit_compile, strategy))
-            start_step = 0
-            fit_callbacks = [run_state.StopOnNonFiniteLoss(checkpoint_dir)]
-            if checkpoint_dir is not None:
-                model.optimizer.build(model.trainable_variables)
-                start_step = run_state.resume(model, checkpoint_dir, run)
-                if start_step and verbose:
-                    print(f"Resuming at step {start_step} of {rule.steps} from {checkpoint_dir}")
-                fit_callbacks.append(run_state.RunCheckpoint(
-                    checkpoint_dir, checkpoint_every or max(1, rule.steps // 20), run))
+            start_step, fit_callbacks = run_state.begin(
+                model, checkpoint_dir, checkpoint_every, run, rule.steps, announce=bool(verbose))
             remaining = rule.steps - start_step
             history = keras.callbacks.History()
             history.params = {}

@@ -10,7 +10,6 @@ process killed mid-write leaves at most a `.partial-*` file beside it.
 import contextlib
 import os
 import pathlib
-import shutil
 
 PARTIAL_MARK = ".partial-"
 """In the name of a file being written; such files are never the finished product."""
@@ -31,24 +30,20 @@ def atomic_path(path, suffix=None):
         yield temporary
         os.replace(temporary, path)
     except BaseException:
-        _remove(temporary)
+        temporary.unlink(missing_ok=True)
         raise
 
 
 def write_text(path, text):
     """Writes `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as temporary:
-        pathlib.Path(temporary).write_text(text, encoding="utf-8")
-
-
-def _remove(path):
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+        temporary.write_text(text, encoding="utf-8")
 
 
 def _keras_suffix(path):
+    """The ending Keras keys its format on, or None (not a path, or a name Keras refuses)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
     name = pathlib.Path(path).name
     for suffix in (".weights.h5", ".keras", ".h5"):
         if name.endswith(suffix):
@@ -64,22 +59,25 @@ class AtomicSaveMixin:
     """
 
     def save(self, filepath, overwrite=True, **kwargs):
-        suffix = _keras_suffix(filepath)
-        if suffix is None or not isinstance(filepath, (str, os.PathLike)):
-            return super().save(filepath, overwrite=overwrite, **kwargs)
-        if not overwrite and os.path.exists(filepath):
-            return super().save(filepath, overwrite=overwrite, **kwargs)  # Keras asks
-        with atomic_path(filepath, suffix) as temporary:
-            super().save(temporary, overwrite=True, **kwargs)
+        return _write_keras_file(super().save, filepath, overwrite, _keras_suffix(filepath),
+                                 **kwargs)
 
     def save_weights(self, filepath, overwrite=True, **kwargs):
         suffix = _keras_suffix(filepath)
-        if suffix != ".weights.h5" or not isinstance(filepath, (str, os.PathLike)):
-            return super().save_weights(filepath, overwrite=overwrite, **kwargs)
-        if not overwrite and os.path.exists(filepath):
-            return super().save_weights(filepath, overwrite=overwrite, **kwargs)
-        with atomic_path(filepath, suffix) as temporary:
-            super().save_weights(temporary, overwrite=True, **kwargs)
+        return _write_keras_file(super().save_weights, filepath, overwrite,
+                                 suffix if suffix == ".weights.h5" else None, **kwargs)
+
+
+def _write_keras_file(write, filepath, overwrite, suffix, **kwargs):
+    """`write(filepath, ...)` through `atomic_path`, or as Keras does it where that cannot apply.
+
+    Keras handles names it will refuse (no `suffix`) and declined overwrites
+    itself (it asks first).
+    """
+    if suffix is None or (not overwrite and os.path.exists(filepath)):
+        return write(filepath, overwrite=overwrite, **kwargs)
+    with atomic_path(filepath, suffix) as temporary:
+        write(temporary, overwrite=True, **kwargs)
 
 
 def save_figure(figure, path, **kwargs):

@@ -13,7 +13,7 @@ import numpy as np
 
 from bitkeras import distribute, pipeline, run_state
 from bitkeras.schedules import WarmupStaircase
-from bitkeras.training import StopAfterSteps, keras_epochs
+from bitkeras.training import StopAfterSteps, check_batching, keras_epochs
 from bitkeras.upstream import UpstreamRecipe
 
 NOT_DECAYED = ("gamma", "beta", "bias")
@@ -63,23 +63,14 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
         recipe = UpstreamRecipe.for_dataset(len(images), images.shape[1], batch_size, epochs)
     elif not isinstance(recipe, UpstreamRecipe):
         raise TypeError(f"recipe must be a bitkeras.upstream.UpstreamRecipe; got {recipe!r}")
-    if len(images) < recipe.batch_size:
-        raise ValueError(
-            f"{len(images)} images are fewer than one batch of {recipe.batch_size}: "
-            f"pass a smaller batch_size"
-        )
+    strategy = distribute.training_strategy(classifier, strategy)
+    check_batching(recipe, len(images), 1, strategy.num_replicas_in_sync)
     if classifier.head is None:
         classifier._add_head(targets.shape[1])
     elif classifier.num_classes != targets.shape[1]:
         raise ValueError(
             f"the labels have {targets.shape[1]} classes but {classifier.name} has a "
             f"{classifier.num_classes}-class head"
-        )
-    strategy = distribute.training_strategy(classifier, strategy)
-    if recipe.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(
-            f"batch_size {recipe.batch_size} does not split evenly over "
-            f"{strategy.num_replicas_in_sync} replicas: pick a multiple of that"
         )
     model = classifier
     if distribute.needs_replica(classifier, strategy, precision):
@@ -108,20 +99,14 @@ def _train(model, images, targets, multi_label, recipe, seed, checkpoint_dir, ch
         jit_compile=jit_compile,
     )
     model.optimizer.build(model.trainable_variables)
-    callbacks = list(callbacks or [])
-    start_step = 0
-    if checkpoint_dir is not None:
-        run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
-               "num_classes": targets.shape[1], **run_extras}
-        start_step = run_state.resume(model, checkpoint_dir, run)
-        every = checkpoint_every or max(1, recipe.steps // 20)
-        callbacks.insert(0, run_state.RunCheckpoint(checkpoint_dir, every, run))
-    callbacks.insert(0, run_state.StopOnNonFiniteLoss(checkpoint_dir))
+    run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
+           "num_classes": targets.shape[1], **run_extras}
+    start_step, run_callbacks = run_state.begin(model, checkpoint_dir, checkpoint_every, run,
+                                                recipe.steps)
+    callbacks = [*run_callbacks, *(callbacks or [])]
     remaining = recipe.steps - start_step
     history = keras.callbacks.History()
     if remaining > 0:
-        if start_step:
-            print(f"Resuming at step {start_step} of {recipe.steps} from {checkpoint_dir}")
         dataset = pipeline.resumable_train_dataset(images, targets, recipe, seed, start_step)
         epochs_run, steps_per_epoch = keras_epochs(
             remaining, max(1, len(images) // recipe.batch_size))
