@@ -36,25 +36,38 @@ from bitkeras.architecture import _conv_size  # noqa: E402
 
 def median_seconds(run, steps, warmup=2):
     """Median seconds of `run()` over `steps` timed calls, after warm-up calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return interleaved_median_seconds({"run": run}, steps, warmup)["run"]
 
 
-def matmul_flops_per_second(size, steps):
+def interleaved_median_seconds(runs, rounds, warmup=2):
+    """Median seconds per call of each of `runs` (name -> callable), timed in turn.
+
+    Each round times one call of every run, so a slow spell of the machine
+    (frequency, neighbours) falls on all of them alike and ratios stay fair.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def matmul_run(size):
+    """A callable doing one float32 size x size matmul, and its FLOPs."""
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     matmul = tf.function(lambda: tf.matmul(a, b))
+    return lambda: matmul().numpy(), 2 * size**3
 
-    def run():
-        matmul().numpy()
 
-    return 2 * size**3 / median_seconds(run, steps)
+def matmul_flops_per_second(size, steps):
+    run, flops = matmul_run(size)
+    return flops / median_seconds(run, steps)
 
 
 @contextlib.contextmanager
@@ -68,14 +81,22 @@ def keras_group_norm_call():
         layers.ChannelsLastGroupNormalization.call = ours
 
 
-def model_images_per_second(jit_compile, images, labels, steps, num_classes):
+def model_runs(jit_compile, images, labels, num_classes):
+    """Callables for one R50x1 training step and one inference batch, traced already."""
     keras.utils.set_random_seed(0)
     classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes)
     classifier.compile(jit_compile=jit_compile)
-    batch = len(images)
-    train = median_seconds(lambda: classifier.train_on_batch(images, labels), steps)
-    infer = median_seconds(lambda: classifier.predict_on_batch(images), steps)
-    return batch / train, batch / infer
+    train = lambda: classifier.train_on_batch(images, labels)  # noqa: E731
+    infer = lambda: classifier.predict_on_batch(images)  # noqa: E731
+    train()
+    infer()
+    return train, infer
+
+
+def model_images_per_second(jit_compile, images, labels, steps, num_classes):
+    train, infer = model_runs(jit_compile, images, labels, num_classes)
+    seconds = interleaved_median_seconds({"train": train, "infer": infer}, steps)
+    return len(images) / seconds["train"], len(images) / seconds["infer"]
 
 
 def convolution_shapes(architecture, size):
@@ -93,8 +114,8 @@ def convolution_shapes(architecture, size):
     return shapes
 
 
-def convolutions_images_per_second(architecture, batch, size, num_classes, steps):
-    """Images/s of the model's convolutions and head alone: forward, forward + backward."""
+def convolution_runs(architecture, batch, size, num_classes):
+    """Callables for the model's convolutions and head alone: forward + backward, forward."""
     rng = np.random.default_rng(0)
 
     def tensor(*shape):
@@ -129,13 +150,13 @@ def convolutions_images_per_second(architecture, batch, size, num_classes, steps
     def run(function):
         return lambda: [value.numpy() for value in function()]
 
-    return (batch / median_seconds(run(forward_backward), steps),
-            batch / median_seconds(run(forward), steps))
+    return run(forward_backward), run(forward)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed rounds (one call of every measurement each)")
     parser.add_argument("--size", type=int, default=128, help="image height and width")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -148,34 +169,39 @@ def main():
     images = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
     labels = rng.integers(0, args.num_classes, args.batch)
 
-    ceiling = matmul_flops_per_second(args.matmul_size, args.steps * 4)
+    matmul, matmul_flops = matmul_run(args.matmul_size)
+    configurations = {}
+    with keras_group_norm_call():
+        configurations["baseline: Keras GroupNorm call, XLA off"] = model_runs(
+            False, images, labels, args.num_classes)
+    for jit_compile in (False, True):
+        configurations[f"bitkeras, XLA {'on' if jit_compile else 'off'}"] = model_runs(
+            jit_compile, images, labels, args.num_classes)
+    configurations["bound: convolutions + head alone"] = convolution_runs(
+        architecture, args.batch, args.size, args.num_classes)
+    runs = {"matmul": lambda: [matmul() for _ in range(4)]}
+    for label, (train, infer) in configurations.items():
+        runs[label, "train"] = train
+        runs[label, "infer"] = infer
+    seconds = interleaved_median_seconds(runs, args.steps)
+    ceiling = 4 * matmul_flops / seconds["matmul"]
+
     print(f"threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}"
-          f" (cpus {os.cpu_count()})")
+          f" (cpus {os.cpu_count()}); {args.steps} rounds, each timing every line once")
     print(f"matmul {args.matmul_size}x{args.matmul_size} float32: {ceiling / 1e9:.1f} GFLOP/s")
     print(f"R50x1 at {args.size}x{args.size}, batch {args.batch}: "
           f"{forward_flops / 1e9:.2f} GFLOP per image forward")
-
-    def report(label, train, infer, baseline=None):
-        train_mfu = 3 * forward_flops * train / ceiling
-        infer_mfu = forward_flops * infer / ceiling
+    baseline = None
+    for label in configurations:
+        train = args.batch / seconds[label, "train"]
+        infer = args.batch / seconds[label, "infer"]
         ratio = "" if baseline is None else (
             f"  [x{train / baseline[0]:.2f} train, x{infer / baseline[1]:.2f} inference"
             " vs baseline]")
-        print(f"  {label:<36} train {train:6.1f} images/s (MFU {train_mfu:.2f}), "
-              f"inference {infer:6.1f} images/s (MFU {infer_mfu:.2f}){ratio}")
-
-    with keras_group_norm_call():
-        baseline = model_images_per_second(False, images, labels, args.steps, args.num_classes)
-    report("baseline: Keras GroupNorm call, XLA off", *baseline)
-    for jit_compile in (False, True):
-        measured = model_images_per_second(
-            jit_compile, images, labels, args.steps, args.num_classes
-        )
-        report(f"bitkeras, XLA {'on' if jit_compile else 'off'}", *measured, baseline=baseline)
-    bound = convolutions_images_per_second(
-        architecture, args.batch, args.size, args.num_classes, args.steps
-    )
-    report("bound: convolutions + head alone", *bound, baseline=baseline)
+        baseline = baseline or (train, infer)
+        print(f"  {label:<40} train {train:6.1f} images/s "
+              f"(MFU {3 * forward_flops * train / ceiling:.2f}), inference {infer:6.1f} "
+              f"images/s (MFU {forward_flops * infer / ceiling:.2f}){ratio}")
 
 
 if __name__ == "__main__":
