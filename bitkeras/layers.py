@@ -61,9 +61,10 @@ class ChannelsLastGroupNormalization(keras.layers.GroupNormalization):
     (`var_g = mean_c(var_c + (mean_c - mean_g)**2)`), and applies one scale
     and shift per (example, channel). Keras's own call reduces a 5-D
     (batch, ..., groups, channels/group) view, which TensorFlow's CPU kernels
-    run up to 3x slower (measured per layer here): without XLA, R50x1 trains about x1.07 and infers
-    about x1.15 as fast with this call (benchmarks/throughput.py). Statistics
-    and normalization are computed in float32, as in Keras's layer.
+    run up to 3x slower (measured per layer here). Without XLA, R50x1 trains
+    about x1.07 and infers about x1.15 as fast with this call
+    (benchmarks/throughput.py); tracing a model takes about 10% longer.
+    Statistics and normalization are computed in float32, as in Keras's layer.
 
     Example:
 
