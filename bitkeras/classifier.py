@@ -93,8 +93,8 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         """Keras `compile` with BiT defaults for the arguments left at "auto".
 
         XLA is off by default: on CPU it made the R50x1 training step slower
-        and inference no faster (figures in README.md, from
-        benchmarks/throughput.py), and it compiles again for every new shape.
+        and inference faster (figures in README.md, from
+        benchmarks/throughput.py); pass `jit_compile=True` for inference-heavy use.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=BASE_LEARNING_RATE, momentum=0.9)

@@ -12,7 +12,7 @@ program, before building models; `fit(strategy="auto")` then finds it.
 
 Precision: "float32", "mixed_bfloat16" or "mixed_float16" (Keras dtype
 policies: float32 variables, half-precision compute). In every case the
-GroupNorm statistics and normalization (`ChannelsLastGroupNormalization`),
+GroupNorm statistics (Keras's GroupNormalization computes them in float32),
 the weight standardization (`StandardizedConv2D`) and the head stay in
 float32; "mixed_float16" trains with Keras's dynamic loss scaling.
 """
