@@ -125,7 +125,8 @@ def convolution_runs(architecture, batch, size, num_classes):
 
     @tf.function
     def forward_backward():
-        sources = [t for x, w, _ in operands for t in (x, w)] + [features, head]
+        # No gradient for the images (the first convolution's input), as in training.
+        sources = [t for x, w, _ in operands for t in (x, w)][1:] + [features, head]
         with tf.GradientTape() as tape:
             tape.watch(sources)
             results = outputs()
