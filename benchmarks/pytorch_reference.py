@@ -17,13 +17,12 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bitkeras  # noqa: E402
-from throughput import (  # noqa: E402
+from throughput import (  # noqa: E402  (this script's folder is on sys.path)
     matmul_flops_per_second,
     median_seconds,
     model_images_per_second,

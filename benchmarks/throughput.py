@@ -28,7 +28,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bitkeras  # noqa: E402
-from bitkeras.architecture import _conv_size  # noqa: E402
 
 
 def median_seconds(run, steps, warmup=2):
@@ -85,21 +84,6 @@ def model_images_per_second(jit_compile, images, labels, steps, num_classes):
     return len(images) / seconds["train"], len(images) / seconds["infer"]
 
 
-def convolution_shapes(architecture, size):
-    """(input height, in channels, out channels, kernel, stride, padding) of every conv."""
-    shapes = [(size, 3, architecture.root_channels, 7, 2, 3)]
-    size = _conv_size(_conv_size(size + 6, 7, 2) + 2, 3, 2)
-    for _, _, cin, mid, out, stride, projection in architecture.units():
-        out_size = _conv_size(size + 2, 3, stride)
-        shapes.append((size, cin, mid, 1, 1, 0))
-        if projection:
-            shapes.append((size, cin, out, 1, stride, 0))
-        shapes.append((size, mid, mid, 3, stride, 1))
-        shapes.append((out_size, mid, out, 1, 1, 0))
-        size = out_size
-    return shapes
-
-
 def convolution_runs(architecture, batch, size, num_classes):
     """Callables for the model's convolutions and head alone: forward + backward, forward."""
     rng = np.random.default_rng(0)
@@ -110,7 +94,7 @@ def convolution_runs(architecture, batch, size, num_classes):
     operands = [
         (tensor(batch, height + 2 * pad, height + 2 * pad, cin), tensor(kernel, kernel, cin, cout),
          stride)
-        for height, cin, cout, kernel, stride, pad in convolution_shapes(architecture, size)
+        for height, cin, cout, kernel, stride, pad in architecture.convolutions(size)
     ]
     features = tensor(batch, architecture.feature_channels)
     head = tensor(architecture.feature_channels, num_classes)

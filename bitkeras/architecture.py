@@ -74,23 +74,35 @@ class Architecture:
                 yield block, unit, in_channels, mid, out, stride, unit == 1
                 in_channels = out
 
+    def convolutions(self, image_size):
+        """Yields (input size, in channels, out channels, kernel, stride, padding) of every conv.
+
+        For a square image of `image_size`, in the order the forward pass runs
+        them: the root, then per unit conv a (1x1), the projection if any
+        (1x1, strided), conv b (3x3, strided) and conv c (1x1). Each pads its
+        input by `padding` on every side and convolves VALID.
+        """
+        yield image_size, 3, self.root_channels, 7, 2, 3
+        size = _conv_size(_conv_size(image_size + 6, 7, 2) + 2, 3, 2)  # root conv, max-pool
+        for _, _, cin, mid, out, stride, projection in self.units():
+            out_size = _conv_size(size + 2, 3, stride)
+            yield size, cin, mid, 1, 1, 0
+            if projection:
+                yield size, cin, out, 1, stride, 0
+            yield size, mid, mid, 3, stride, 1
+            yield out_size, mid, out, 1, 1, 0
+            size = out_size
+
     def multiply_adds(self, image_size, num_classes=0):
         """Multiply-accumulates of one forward pass on a square image.
 
         Counts the convolutions and the head (the work a FLOP count is made of);
         normalisation, activations and pooling are left out, as is customary.
         """
-        size = _conv_size(image_size + 6, 7, 2)
-        total = size * size * 7 * 7 * 3 * self.root_channels
-        size = _conv_size(size + 2, 3, 2)  # max-pool
-        for _, _, cin, mid, out, stride, projection in self.units():
-            out_size = _conv_size(size + 2, 3, stride)
-            total += size * size * cin * mid  # conv a, 1x1
-            total += out_size * out_size * 9 * mid * mid  # conv b, 3x3
-            total += out_size * out_size * mid * out  # conv c, 1x1
-            if projection:
-                total += out_size * out_size * cin * out
-            size = out_size
+        total = 0
+        for size, cin, cout, kernel, stride, padding in self.convolutions(image_size):
+            out_size = _conv_size(size + 2 * padding, kernel, stride)
+            total += out_size * out_size * kernel * kernel * cin * cout
         return total + self.feature_channels * num_classes
 
 

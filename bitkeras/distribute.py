@@ -115,7 +115,8 @@ def jit_compile_for(jit_compile, strategy):
     """XLA on where it is faster: TPUs (which need it) and GPUs; off on CPUs.
 
     On CPU, benchmarks/throughput.py measured the R50x1 training step slower
-    with XLA (0.49 vs 0.53 MFU on 2 cores), so "auto" leaves it off there.
+    with XLA (MFU 0.49 vs 0.57 on 2 cores, measured in one run), so "auto"
+    leaves it off there.
     """
     if jit_compile != "auto":
         return bool(jit_compile)
