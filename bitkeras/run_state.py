@@ -87,6 +87,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     def __init__(self, folder, every, run):
         super().__init__()
         self.folder, self.every, self.run = pathlib.Path(folder), every, run
+        self.saved_step = None
 
     def on_train_begin(self, logs=None):
         if not distribute.is_chief():
@@ -100,7 +101,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.save()
 
     def on_train_end(self, logs=None):
-        self.save()
+        if self.saved_step != optimizer_step(self.model):  # the last step may be saved already
+            self.save()
 
     def save(self):
         for variable in self.model.trainable_variables:
@@ -113,6 +115,7 @@ class RunCheckpoint(keras.callbacks.Callback):
                 )
         if distribute.is_chief():
             self.model.save_weights(self.folder / CHECKPOINT_FILE)
+        self.saved_step = optimizer_step(self.model)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
