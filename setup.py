@@ -6,11 +6,18 @@ setup(
     description="Big Transfer (BiT) ResNet-v2 models and fine-tuning for Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["bitkeras", "bitkeras.*"]),
+    # The models bitkeras ships live in the top-level saved_models/ and install as
+    # the package bitkeras.saved_models, so a wheel carries them.
+    packages=find_packages(include=["bitkeras", "bitkeras.*"]) + ["bitkeras.saved_models"],
+    package_dir={"bitkeras.saved_models": "saved_models"},
+    package_data={"bitkeras.saved_models": ["*/model.npz", "*/MODEL_CARD.md", "*/upstream.json"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.10",
+        "keras>=3.15",
+        # Where Keras users find pretrained vision models: BiTBackbone is one of its
+        # FeaturePyramidBackbones (presets, detection tasks); checked on 0.32.
+        "keras-hub>=0.32,<0.33",
         "numpy>=1.26",
         # Reads image headers cheaply, and decodes what tf.io cannot (palette BMP, TIFF).
         "pillow>=10",
@@ -20,16 +27,22 @@ setup(
         "scikit-learn>=1.3",
         # report.png, and the fonts the upstream glyphs are rendered from.
         "matplotlib>=3.7",
-        # TF-Hub handles (resolution and cache); tensorflow_hub imports tf_keras.
-        "tensorflow-hub>=0.16",
-        "tf-keras>=2.21,<2.22",
-        # tensorflow_hub 0.16.1 imports pkg_resources, gone in setuptools 82
-        # (tensorflow/hub#934).
-        "setuptools<82",
     ],
     extras_require={
-        # importlib_resources: what TFDS needs to build the tests' tiny dataset.
-        "test": ["pytest>=8", "importlib_resources"],
+        "test": [
+            "pytest>=8",
+            # What TFDS needs to build the tests' tiny dataset.
+            "importlib_resources",
+            # The Keras 2 clients the exports are tested with (hub.load, hub.KerasLayer).
+            "tensorflow-hub>=0.16",
+            "tf-keras>=2.21,<2.22",
+            # tensorflow_hub 0.16.1 imports pkg_resources, gone in setuptools 82
+            # (tensorflow/hub#934); only the tests import tensorflow_hub. 70.1 and later
+            # build wheels without the wheel package (the packaging test builds one).
+            "setuptools>=70.1,<82",
+            # Building the models under Keras's JAX backend.
+            "jax",
+        ],
     },
     entry_points={"console_scripts": ["bitkeras = bitkeras.cli:main"]},
 )

@@ -3,7 +3,8 @@
 from bitkeras.architecture import ARCHITECTURES, Architecture
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checkpoint import CheckpointMismatchError, load_npz, save_npz
-from bitkeras.classifier import BiTClassifier, Predictions, load_model
+from bitkeras.classifier import BiTClassifier, load_model
+from bitkeras.inference import Predictions
 from bitkeras.hub import HubUnavailableError
 from bitkeras.hyperrule import HyperRule
 from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization

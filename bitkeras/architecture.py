@@ -74,6 +74,13 @@ class Architecture:
                 yield block, unit, in_channels, mid, out, stride, unit == 1
                 in_channels = out
 
+    def layers_before(self, block):
+        """Names of the layers with weights that come before `block` (1..4): root and units."""
+        if block not in range(1, len(self.block_units) + 1):
+            raise ValueError(f"block must be 1..{len(self.block_units)}; got {block!r}")
+        return [ROOT_LAYER_NAME] + [unit_name(b, unit) for b, unit, *_ in self.units()
+                                    if b < block]
+
     def convolutions(self, image_size):
         """Yields (input size, in channels, out channels, kernel, stride, padding) of every conv.
 
@@ -104,6 +111,10 @@ class Architecture:
             out_size = _conv_size(size + 2 * padding, kernel, stride)
             total += out_size * out_size * kernel * kernel * cin * cout
         return total + self.feature_channels * num_classes
+
+
+ROOT_LAYER_NAME = "root_conv"
+"""Layer name of the root convolution, the only weights before block 1."""
 
 
 def unit_name(block, unit):

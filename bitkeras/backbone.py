@@ -1,45 +1,51 @@
 """BiTBackbone: images in [0, 1] -> pooled pre-logits features (2048 * w)."""
 
 import keras
+import keras_hub
 
-from bitkeras import checkpoint, presets
+from bitkeras import checkpoint, export, hub, presets
 from bitkeras.weights import resolve_weights
-from bitkeras.architecture import Architecture, unit_name
+from bitkeras.architecture import ROOT_LAYER_NAME, Architecture, unit_name
 from bitkeras.images import ImageModel
 from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class BiTBackbone(ImageModel):
+class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
 
     Takes NHWC RGB images of any size, float in [0, 1] or uint8 (see
-    `bitkeras.images`), rescales them to [-1, 1] itself, and returns the pooled
-    pre-logits features, shape (batch, 2048 * width_factor).
+    `bitkeras.images`), rescales them to [-1, 1] itself (the input contract
+    of BiT's TF-Hub modules), and returns the pooled pre-logits features,
+    shape (batch, 2048 * width_factor).
 
-    `pyramid_outputs` maps "block1".."block4" to the symbolic feature map after
-    each block (strides 4, 8, 16, 32), for detection or segmentation heads:
-    `keras.Model(backbone.input, backbone.pyramid_outputs)`.
+    A keras-hub `FeaturePyramidBackbone`: `pyramid_outputs` maps "P2".."P5"
+    to the symbolic feature map after blocks 1..4 (strides 4, 8, 16, 32),
+    for detection or segmentation tasks such as keras-hub's RetinaNet, or
+    `keras.Model(backbone.input, backbone.pyramid_outputs)`. `dtype`: a
+    dtype policy (name or `keras.DTypePolicy`) given to every layer; None
+    takes Keras's global policy.
 
     Example:
 
     >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
-    >>> backbone(np.zeros((2, 64, 64, 3), "float32")).shape
+    >>> tuple(backbone(np.zeros((2, 64, 64, 3), "float32")).shape)
     (2, 1024)
-    >>> r50 = BiTBackbone.from_preset("BiT-M-R50x1", weights="auto")  # downloads
+    >>> sorted(backbone.pyramid_outputs)
+    ['P2', 'P3', 'P4', 'P5']
     """
 
-    def __init__(self, block_units=(3, 4, 6, 3), width_factor=1, **kwargs):
+    def __init__(self, block_units=(3, 4, 6, 3), width_factor=1, dtype=None, **kwargs):
         architecture = Architecture(tuple(block_units), width_factor)
         images = keras.Input(shape=(None, None, 3), name="images")
         # The released weights expect x / 127.5 - 1 on 0..255 pixels.
-        x = keras.layers.Rescaling(scale=2.0, offset=-1.0, name="rescale")(images)
-        x = keras.layers.ZeroPadding2D(3, name="root_pad")(x)
+        x = keras.layers.Rescaling(scale=2.0, offset=-1.0, name="rescale", dtype=dtype)(images)
+        x = keras.layers.ZeroPadding2D(3, name="root_pad", dtype=dtype)(x)
         x = StandardizedConv2D(
-            architecture.root_channels, 7, strides=2, name="root_conv"
+            architecture.root_channels, 7, strides=2, name=ROOT_LAYER_NAME, dtype=dtype
         )(x)
-        x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
-        x = keras.layers.MaxPooling2D(3, strides=2, name="root_pool")(x)
+        x = keras.layers.ZeroPadding2D(1, name="root_pool_pad", dtype=dtype)(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="root_pool", dtype=dtype)(x)
         pyramid_outputs = {}
         for block, unit, _, mid, out, stride, projection in architecture.units():
             x = PreActBottleneck(
@@ -48,13 +54,15 @@ class BiTBackbone(ImageModel):
                 strides=stride,
                 projection=projection,
                 name=unit_name(block, unit),
+                dtype=dtype,
             )(x)
-            pyramid_outputs[f"block{block}"] = x
-        x = group_normalization(name="final_norm")(x)
-        x = keras.layers.ReLU(name="final_relu")(x)
-        features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+            # Block b halves the resolution b + 1 times: level P(b + 1).
+            pyramid_outputs[f"P{block + 1}"] = x
+        x = group_normalization(name="final_norm", dtype=dtype)(x)
+        x = keras.layers.ReLU(name="final_relu", dtype=dtype)(x)
+        features = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
         kwargs.setdefault("name", "bit_backbone")
-        super().__init__(inputs=images, outputs=features, **kwargs)
+        super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
         self.architecture = architecture
         self.block_units = architecture.block_units
         self.width_factor = width_factor
@@ -66,16 +74,9 @@ class BiTBackbone(ImageModel):
         return self.architecture.feature_channels
 
     def get_config(self):
-        return {
-            "block_units": list(self.block_units),
-            "width_factor": self.width_factor,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        config = super().get_config()  # keras-hub's: name, trainable, dtype
+        config.update(block_units=list(self.block_units), width_factor=self.width_factor)
+        return config
 
     @classmethod
     def from_preset(cls, name, weights="default", **kwargs):
@@ -83,7 +84,9 @@ class BiTBackbone(ImageModel):
 
         `name`: an architecture ("R50x1", ...) or a released model
         ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
-        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.presets.list_presets()`).
+        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.presets.list_presets()`),
+        or a keras-hub preset folder written by `save_to_preset` (its weights
+        loaded unless `weights=None`).
         `weights`: None (random initialisation), a path to a `.npz` file in the
         released format, "auto" (the preset's own file: shipped with bitkeras,
         or released, from the cache or downloaded), or "default" ("auto" for
@@ -91,6 +94,8 @@ class BiTBackbone(ImageModel):
         rest, so nothing is downloaded unasked). The file's head, if any, is
         not part of a backbone.
         """
+        if presets.is_keras_hub_preset(name):
+            return super().from_preset(str(name), load_weights=weights is not None, **kwargs)
         preset = presets.get_preset(name)
         backbone = cls(
             block_units=preset.architecture.block_units,
@@ -104,7 +109,7 @@ class BiTBackbone(ImageModel):
 
     @classmethod
     def from_hub(cls, handle, trainable=True, convert=False):
-        """A backbone from a TF-Hub module: a URL (cached by tensorflow_hub) or a folder.
+        """A backbone from a TF-Hub module: a URL (cached as TF-Hub caches it) or a folder.
 
         `convert=False`: a `bitkeras.hub.HubBackbone`, the module itself as a
         Keras 3 layer (its variables trained by `fit`). `convert=True`: a
@@ -112,17 +117,21 @@ class BiTBackbone(ImageModel):
         its variables (BiT modules only; a classification module's head is
         dropped), so presets' tooling, freezing by block and export all apply.
         """
-        from bitkeras import hub
-
         if convert:
-            return hub.native_backbone(handle, trainable)[0]
+            return cls.from_module_checkpoint(handle, trainable)[0]
         return hub.HubBackbone(handle, trainable=trainable)
+
+    @classmethod
+    def from_module_checkpoint(cls, handle, trainable=True):
+        """(native backbone, the module's arrays, its label names) of a BiT TF-Hub module."""
+        architecture, arrays, labels = hub.module_checkpoint(handle)
+        backbone = cls(architecture.block_units, architecture.width_factor, trainable=trainable)
+        checkpoint.load_arrays(backbone, arrays, handle)
+        return backbone, arrays, labels
 
     def export(self, filepath, format="saved_model", **kwargs):
         """Writes a TF-Hub style feature-vector SavedModel (see `bitkeras.export`).
 
         Keras's own formats ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
         """
-        from bitkeras import export
-
         return export.export_or_delegate(self, filepath, format, super().export, **kwargs)

@@ -12,7 +12,8 @@ import numpy as np
 from keras import ops
 
 from bitkeras import files
-from bitkeras.architecture import ROOT_CHANNELS, Architecture, architecture_name, unit_name
+from bitkeras.architecture import (ROOT_CHANNELS, ROOT_LAYER_NAME, Architecture, architecture_name,
+                                   unit_name)
 
 HEAD_PREFIX = "resnet/head/"
 _UNIT_KEY = re.compile(r"^resnet/block(\d)/unit(\d+)/")
@@ -32,7 +33,7 @@ def _norm_entries(prefix, layer):
 
 def backbone_variables(backbone):
     """Checkpoint key -> variable for every weight of a BiTBackbone."""
-    entries = {f"resnet/root_block/{_CONV}": backbone.get_layer("root_conv").kernel}
+    entries = {f"resnet/root_block/{_CONV}": backbone.get_layer(ROOT_LAYER_NAME).kernel}
     for block, unit, *_ in backbone.architecture.units():
         layer = backbone.get_layer(unit_name(block, unit))
         prefix = f"resnet/block{block}/unit{unit:02d}/"

@@ -5,21 +5,24 @@ Fine-tuning (`fit`), evaluation and prediction take data in any form
 """
 
 import dataclasses
+import types
+import warnings
 
 import keras
-import numpy as np
 
-from bitkeras import checkpoint, distribute, files, pipeline, presets, run_state, sources, training
+from bitkeras import (checkpoint, distribute, export, files, hub, pipeline, presets, run_state,
+                      sources, training)
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
+from bitkeras.upstream import rule_from_config
 from bitkeras.images import standardize_images
+from bitkeras.inference import Predictions, ViewAverage, check_test_time_augmentation
 from bitkeras.weights import resolve_weights
 
 EVAL_BATCH_SIZE = 32
 """Images per batch in `evaluate` and `predict` (views, with ten-crop)."""
 
-TEST_TIME_AUGMENTATIONS = (None, "ten_crop")
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -30,20 +33,26 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
     starts. Without `num_classes` the classifier has no head until `fit`
     reads the number of classes (and their names) from the data.
 
-    `fit(data)` fine-tunes with the BiT-HyperRule on a folder of class
-    sub-folders, a TFDS name, `(images, labels)` arrays or a tf.data dataset;
-    `evaluate(data)` returns accuracy and loss; `predict(images)` returns class
-    ids, probabilities and class names. Images follow `bitkeras.images`: float
-    in [0, 1] or uint8.
+    A Keras model whose calls keep Keras's meaning: `fit(x, y, ...)`
+    fine-tunes with the BiT-HyperRule filling in what the call leaves open,
+    on arrays, a folder of class sub-folders, a TFDS name or a tf.data
+    dataset; `predict(x)` returns logits as an array; `evaluate(x, y)` the
+    compiled loss and metrics; `classify(x)` adds class ids, probabilities
+    and names. Images follow `bitkeras.images`: float in [0, 1] or uint8.
 
     Example:
 
     >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
     >>> classifier = BiTClassifier(backbone)
-    >>> history = classifier.fit("flowers/", steps=50)   # one sub-folder per class
-    >>> classifier.predict(["rose.jpg"]).class_names
-    ('roses',)
-    >>> imagenet = BiTClassifier.from_preset("BiT-M-R50x1-ILSVRC2012", weights="auto")
+    >>> images = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    >>> labels = np.arange(16) % 2
+    >>> history = classifier.fit(images, labels, epochs=2, batch_size=8, crop_size=32,
+    ...                          resize_size=36, verbose=0)
+    >>> len(history.epoch), classifier.hyperrule.steps, classifier.num_classes
+    (2, 4, 2)
+    >>> classifier.predict(images[:3], verbose=0).shape
+    (3, 2)
+    >>> classifier.fit("flowers/train")  # doctest: +SKIP
     """
 
     def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None, **kwargs):
@@ -54,7 +63,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         self.num_classes = None
         self.class_names = None
         if isinstance(hyperrule, dict):
-            hyperrule = HyperRule(**hyperrule)
+            hyperrule = rule_from_config(hyperrule)
         self.hyperrule = hyperrule
         if class_names is not None:
             class_names = tuple(str(name) for name in class_names)
@@ -88,48 +97,85 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         images = standardize_images(images, self.name)
         return self.head(self.backbone(images, training=training))
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile=False,
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto",
                 **kwargs):
         """Keras `compile` with BiT defaults for the arguments left at "auto".
 
-        XLA is off by default: on CPU it made the R50x1 training step slower
-        and inference faster (figures in README.md, from
-        benchmarks/throughput.py); pass `jit_compile=True` for inference-heavy use.
+        "auto": SGD with momentum 0.9 at BiT's base learning rate 0.003, sparse
+        softmax cross-entropy on the logits, accuracy; XLA on GPUs and TPUs
+        and off on CPUs, where it made the R50x1 training step slower and
+        inference faster (figures in README.md, from benchmarks/throughput.py).
+        `fit` then keeps whatever is not "auto" (the user's optimizer, loss,
+        metrics and settings) and fills the "auto" ones from the HyperRule
+        (SGD on the rule's warm-up and decays; one-hot cross-entropy, which
+        MixUp needs).
         """
+        # Read-only and not a dict, so Keras does not track the metrics in it as state.
+        self._compile_request = types.MappingProxyType(dict(
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs))
+        self._compile_defaults(optimizer, loss, metrics, jit_compile, **kwargs)
+
+    def _compile_defaults(self, optimizer="auto", loss="auto", metrics="auto",
+                          jit_compile="auto", **kwargs):
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=BASE_LEARNING_RATE, momentum=0.9)
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics == "auto":
             metrics = ["accuracy"]
+        jit_compile = distribute.jit_compile_for(jit_compile, distribute.strategy_for("default"))
         self._micro_batches = 1  # whole batches, unless fit sets batch_split after this
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
 
     def compile_from_config(self, config):
         """Restores the compile arguments saved in a `.keras` file."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        super().compile(**keras.saving.deserialize_keras_object(config))
+        self._micro_batches = 1
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def fit(self, data=None, validation_data=None, hyperrule=None, *, examples_per_class=None,
-            seed=0, trainable="all", batch_split=1, variant="paper", split=None,
-            class_names=None, on_bad_image="warn", callbacks=None, verbose="auto",
-            strategy="auto", precision="float32", jit_compile="auto", checkpoint_dir=None,
+    def fit(self, x=None, y=None, batch_size=None, epochs=None, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1, *, hyperrule=None,
+            examples_per_class=None, seed=0, trainable="all", batch_split=1, variant="paper",
+            split=None, class_names=None, on_bad_image="warn", strategy="auto",
+            precision="float32", jit_compile="auto", checkpoint_dir=None,
             checkpoint_every=None, **overrides):
-        """Fine-tunes on `data` with the BiT-HyperRule; returns Keras's `History`.
+        """Keras's `fit`, sized and scheduled by the BiT-HyperRule; returns Keras's `History`.
 
-        `data`: a folder with one sub-folder of images per class (JPEG, PNG,
-        BMP, GIF, ...), "tfds:NAME" (or "tfds:NAME:SPLIT"; `split` defaults to
-        "train"), a tuple `(images, labels)` of NumPy arrays, or a
-        tf.data.Dataset of unbatched `(image, label)`. A classifier without a
-        head gets one sized (and named) from the data.
+        `x`: images as a NumPy array with labels `y` (as in Keras), or data
+        that carries its labels: a folder with one sub-folder of images per
+        class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (or "tfds:NAME:SPLIT";
+        `split` defaults to "train"), a tuple `(images, labels)`, or a
+        tf.data.Dataset of `(image, label)` (batched or not: bitkeras batches
+        by the rule). A classifier without a head gets one sized (and named)
+        from the data.
 
         The rule (`bitkeras.HyperRule`) is computed from the number of
-        examples and their typical size, unless `hyperrule` is given; keyword
-        `overrides` replace its fields (`steps=`, `batch_size=`,
-        `crop_size=`, `mixup_alpha=`, `flip=False`, ...). It is printed at the
-        start, stored as `history.hyperrule` and on the classifier.
+        examples and their typical size, unless `hyperrule` is given. Keras's
+        `batch_size` and `epochs` override its batch (the learning rate
+        scaled linearly, as the rule says) and its length (`epochs` passes of
+        `steps_per_epoch` steps, default one pass over the data; warm-up and
+        decays move in proportion); keyword `overrides` replace any rule
+        field (`steps=`, `crop_size=`, `mixup_alpha=`, `flip=False`, ...).
+        It is printed at the start, stored as `history.hyperrule` and on the
+        classifier. Without `epochs`, Keras epochs are rounds of at least one
+        pass over the data (at most 20) and training stops after exactly the
+        rule's `steps` optimizer steps.
+
+        A classifier the user compiled trains with the user's optimizer, loss
+        and metrics (those not left at "auto"); a sparse loss gets class ids
+        and needs `mixup_alpha=0`. Otherwise fit compiles SGD (momentum 0.9)
+        on the rule's schedule and one-hot cross-entropy.
+
+        Keras's `verbose`, `callbacks`, `validation_data` (any form `x`
+        takes), `validation_split` (arrays), `shuffle`, `class_weight`,
+        `steps_per_epoch`, `validation_steps`, `validation_batch_size` and
+        `validation_freq` keep their Keras meaning. `sample_weight` and
+        `initial_epoch` are refused (the rule's pipeline has no per-example
+        weights; resume with `checkpoint_dir`).
 
         - `examples_per_class`, `seed`: few-shot training on K examples of each
           class, drawn reproducibly; `seed` also seeds the augmentation.
@@ -137,7 +183,6 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
           frozen features) or "block1".."block4" (that block onwards).
         - `batch_split`: accumulate gradients over this many micro-batches per
           optimizer step (same update as the full batch, less memory).
-        - `validation_data`: any form `data` takes, evaluated each Keras epoch.
         - `on_bad_image`: "warn" skips unreadable files with one warning that
           names them, "raise" stops.
         - `strategy`: "auto" (see `bitkeras.distribute`: TPU, several workers,
@@ -157,12 +202,27 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
           same call after a crash resumes from it and ends at the same step,
           on the same batches. A NaN or Inf loss stops the run with
           `NonFiniteLossError`, keeping the last good checkpoint.
-
-        Keras epochs here are rounds of at least one pass over the data (at
-        most 20); training stops after exactly `steps` optimizer steps.
         """
-        if data is None:
-            raise TypeError("fit() needs data: a folder, 'tfds:NAME', (images, labels) or a dataset")
+        if x is None:
+            raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
+                            "a dataset")
+        if sample_weight is not None:
+            raise ValueError(
+                "fit(sample_weight=...) is not supported: the HyperRule pipeline crops, flips "
+                "and mixes examples; use class_weight=, or keras.Model.fit on your own batches"
+            )
+        if initial_epoch:
+            raise ValueError(
+                f"fit(initial_epoch={initial_epoch!r}) is not supported: pass checkpoint_dir= "
+                f"and rerun the same call to resume a fit where it stopped"
+            )
+        if epochs is not None and "steps" in overrides:
+            raise ValueError(
+                f"fit got both epochs={epochs!r} and steps={overrides['steps']!r}; give one"
+            )
+        data = sources.keras_data(x, y)
+        if validation_split and validation_data is None:
+            data, validation_data = sources.split_validation(data, validation_split)
         if validation_data is not None:
             sources.data_form(validation_data, "validation_data")  # fail before any work
         strategy = distribute.training_strategy(self, strategy)
@@ -177,11 +237,23 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
                                      on_bad_image=on_bad_image)
         if examples_per_class is not None:
             source = source.few_shot(examples_per_class, seed)
+        if batch_size is not None:
+            overrides["batch_size"] = batch_size
         rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
                                      variant, **overrides)
+        passes = training.keras_schedule(rule, source.num_examples, epochs, steps_per_epoch)
+        rule = passes.rule
         training.check_batching(rule, source.num_examples, batch_split,
                                 strategy.num_replicas_in_sync)
         training.check_trainable(trainable, self.backbone)
+        request = getattr(self, "_compile_request", {})
+        sparse_labels = training.wants_sparse_labels(request.get("loss", "auto"))
+        if sparse_labels and rule.mixup_alpha > 0:
+            raise ValueError(
+                f"the compiled loss takes class ids, but the rule mixes labels (MixUp, alpha "
+                f"{rule.mixup_alpha}): pass mixup_alpha=0 to fit, or compile with a loss on "
+                f"one-hot labels such as CategoricalCrossentropy(from_logits=True)"
+            )
         # Last of the checks: it may add the head, which nothing should do on bad input.
         source = self._adopt_classes(source)
         validation = None
@@ -190,8 +262,9 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
                 validation_data, class_names=self.class_names, on_bad_image=on_bad_image,
                 default_split="validation|test")
             validation_source.check_labels(self.num_classes)
-            validation = pipeline.eval_dataset(validation_source, rule.crop_size,
-                                               rule.batch_size, one_hot_classes=self.num_classes)
+            validation = pipeline.eval_dataset(
+                validation_source, rule.crop_size, validation_batch_size or rule.batch_size,
+                one_hot_classes=None if sparse_labels else self.num_classes)
         if verbose:
             print(rule.describe(source.num_examples))
         model = distribute.replicate(self, strategy, precision) if replicated else self
@@ -199,8 +272,10 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
                "classes": self.num_classes, "examples_per_class": examples_per_class,
                "trainable": trainable, "batch_split": batch_split, "precision": precision}
         with strategy.scope(), training.trainable_from(model, trainable):
+            if jit_compile == "auto":
+                jit_compile = request.get("jit_compile", "auto")
             model._compile_for_fit(rule, batch_split, trainable,
-                                   distribute.jit_compile_for(jit_compile, strategy))
+                                   distribute.jit_compile_for(jit_compile, strategy), request)
             start_step, fit_callbacks = run_state.begin(
                 model, checkpoint_dir, checkpoint_every, run, rule.steps, announce=bool(verbose))
             remaining = rule.steps - start_step
@@ -209,12 +284,16 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
             if remaining > 0:
                 train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size,
                                                seed, skip_bad_images=on_bad_image == "warn",
-                                               start_step=start_step)
-                epochs, steps_per_epoch = training.keras_epochs(
-                    remaining, -(-source.num_examples // rule.batch_size))
+                                               start_step=start_step, shuffle=shuffle)
+                if sparse_labels:
+                    train = train.map(lambda images, labels: (
+                        images, keras.ops.argmax(labels, axis=-1)))
+                epochs, steps_per_epoch = passes.keras_epochs(remaining)
                 history = keras.Model.fit(
                     model, train, validation_data=validation, epochs=epochs,
                     steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
+                    class_weight=class_weight, validation_steps=validation_steps,
+                    validation_freq=validation_freq,
                     callbacks=[*fit_callbacks, training.StopAfterSteps(remaining),
                                *(callbacks or [])],
                 )
@@ -248,28 +327,38 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def _compile_for_fit(self, rule, batch_split, trainable, jit_compile):
+    def _compile_for_fit(self, rule, batch_split, trainable, jit_compile, request):
         """Compiles for `fit`, or, for a repeat of the last fit's setup, starts its optimizer afresh.
 
-        Repeating the setup keeps Keras's traced train step (seconds per fit
-        for many short fits, as in a few-shot table) while the optimizer's
-        state (step count, momentum) returns to zero, so the fit is the same
-        as on a newly compiled model.
+        `request`: what the user's own `compile` asked for; what it left at
+        "auto" (all of it, without one) comes from the rule. Repeating the
+        setup with the rule's own optimizer keeps Keras's traced train step
+        (seconds per fit for many short fits, as in a few-shot table) while
+        the optimizer's state (step count, momentum) returns to zero, so the
+        fit is the same as on a newly compiled model.
         """
+        arguments = dict(request, jit_compile=jit_compile)
+        optimizer = arguments.pop("optimizer", "auto")
+        loss = arguments.pop("loss", "auto")
+        metrics = arguments.pop("metrics", "auto")
+        sparse_labels = training.wants_sparse_labels(loss)
         setup = (rule, batch_split, trainable, jit_compile)
         cached = getattr(self, "_fit_setup", None)
-        if cached is not None and cached[0] == setup and cached[1] is self.optimizer and (
+        if optimizer == "auto" and cached is not None and cached[0] == setup and (
+                cached[1] is self.optimizer) and (
                 type(self.optimizer) is keras.optimizers.SGD):  # all of its state starts at 0
             for variable in self.optimizer.variables:
                 variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
         else:
-            self.compile(
-                optimizer=training.make_optimizer(rule),
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                metrics=self._fit_metrics(),
-                jit_compile=jit_compile,
+            keras.Model.compile(
+                self,
+                optimizer=training.make_optimizer(rule) if optimizer == "auto" else optimizer,
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True) if loss == "auto"
+                else loss,
+                metrics=self._fit_metrics(sparse_labels) if metrics == "auto" else metrics,
+                **arguments,
             )
-            self._fit_setup = (setup, self.optimizer)
+            self._fit_setup = (setup, self.optimizer) if optimizer == "auto" else None
         self._micro_batches = batch_split
 
     def _adopt_classes(self, source):
@@ -294,75 +383,101 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         source.check_labels(self.num_classes)
         return source.relabel(self.class_names)
 
-    def _fit_metrics(self):
-        """Accuracy on the soft one-hot labels of training, and top-5 where it means something."""
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    def _fit_metrics(self, sparse_labels=False):
+        """Accuracy, and top-5 where it means something, on the labels fit feeds."""
+        if sparse_labels:
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            top5 = keras.metrics.SparseTopKCategoricalAccuracy
+        else:
+            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+            top5 = keras.metrics.TopKCategoricalAccuracy
         if self.num_classes > 5:
-            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+            metrics.append(top5(k=5, name="top5_accuracy"))
         return metrics
 
-    def evaluate(self, data=None, *, split=None, test_time_augmentation=None, image_size=None,
-                 batch_size=EVAL_BATCH_SIZE, on_bad_image="warn", verbose="auto",
-                 **keras_arguments):
-        """Accuracy (top-1, and top-5 with more than 5 classes) and loss on `data`.
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False, *, split=None,
+                 image_size=None, test_time_augmentation=None, on_bad_image="warn",
+                 **kwargs):
+        """Keras's `evaluate` on images preprocessed as fine-tuning does; returns what Keras returns.
 
-        `data` takes the forms `fit` takes (TFDS defaults to the "test" split,
-        else "validation"). Images are resized to the crop size of the rule
-        the classifier was fine-tuned with (`image_size` to override; a
+        The loss and metrics are the compiled ones: after `fit`, the loss,
+        "accuracy" and, with more than 5 classes, "top5_accuracy"; a
+        classifier never compiled is compiled with `compile()`'s defaults
+        first. `x`, `y` as in `fit` (TFDS defaults to the "test" split, else
+        "validation"). Images are resized to the crop size of the rule the
+        classifier was fine-tuned with (`image_size` to override; a
         never-fitted classifier uses the HyperRule's size for the data).
-        `test_time_augmentation="ten_crop"` averages the probabilities of ten
-        crops. Unreadable files are skipped with a warning, or raise with
-        `on_bad_image="raise"`. Returns {"accuracy", ["top5_accuracy",] "loss"}, the loss being
-        the mean cross-entropy of the (averaged) probabilities.
+        `test_time_augmentation="ten_crop"` scores the mean probabilities of
+        ten crops. Unreadable files are skipped with a warning, or raise with
+        `on_bad_image="raise"`. `batch_size` (default 32 images), `verbose`,
+        `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
-        if keras_arguments.get("_use_cached_eval_dataset"):
-            # Keras's own validation inside fit: its plain loop.
-            return super().evaluate(**keras_arguments)
-        if keras_arguments:
-            raise TypeError(f"unknown evaluate argument(s) {sorted(keras_arguments)}")
+        if kwargs.pop("_use_cached_eval_dataset", False):
+            # Keras's own validation inside fit: its plain loop on our dataset.
+            return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
+                                    sample_weight=sample_weight, steps=steps,
+                                    callbacks=callbacks, return_dict=return_dict,
+                                    _use_cached_eval_dataset=True, **kwargs)
+        if kwargs:
+            raise TypeError(f"unknown evaluate argument(s) {sorted(kwargs)}")
+        if sample_weight is not None:
+            raise ValueError("evaluate(sample_weight=...) is not supported by bitkeras's "
+                             "evaluation pipeline; call keras.Model.evaluate on your own batches")
         self._require_head()
-        source = sources.open_source(data, split=split, class_names=self.class_names,
-                                     on_bad_image=on_bad_image, default_split="test|validation")
+        if not self.compiled:
+            self._compile_defaults()
+        source = sources.open_source(sources.keras_data(x, y), split=split,
+                                     class_names=self.class_names, on_bad_image=on_bad_image,
+                                     default_split="test|validation")
         source.check_labels(self.num_classes)
-        probabilities = self._probabilities(source, test_time_augmentation, image_size,
-                                            batch_size, verbose)
-        labels = source.labels
-        ranked = np.argsort(-probabilities, axis=1)
-        results = {"accuracy": float(np.mean(ranked[:, 0] == labels))}
-        if self.num_classes > 5:
-            results["top5_accuracy"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], 1)))
-        chosen = probabilities[np.arange(len(labels)), labels]
-        results["loss"] = float(-np.mean(np.log(np.maximum(chosen, np.finfo(np.float32).tiny))))
-        return results
+        sparse_labels = training.wants_sparse_labels(self.loss)
+        model, dataset = self._inference(source, test_time_augmentation, image_size,
+                                         batch_size, None if sparse_labels else self.num_classes)
+        if model is not self:
+            model.compile(**training.loss_and_metrics(self))
+        return keras.Model.evaluate(model, dataset, verbose=verbose, steps=steps,
+                                    callbacks=callbacks, return_dict=return_dict)
 
-    def predict(self, images, *, test_time_augmentation=None, image_size=None,
-                batch_size=EVAL_BATCH_SIZE, verbose="auto"):
-        """Class ids, probabilities and class names for `images`.
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
+                image_size=None, test_time_augmentation=None):
+        """Keras's `predict`: logits, a NumPy array (N, num_classes), as `call` returns them.
 
-        `images`: an array (N, height, width, 3) (uint8, or float in [0, 1]),
-        a list of image file paths (or one path), or a tf.data.Dataset of
-        images or of (image, label). Preprocessing as in `evaluate`.
-        Returns a `Predictions` (class_ids (N,), probabilities (N, classes),
-        class_names: N names).
+        `x`: an array (N, height, width, 3) (uint8, or float in [0, 1]), image
+        file paths (a list, or one path), or a tf.data.Dataset of images or of
+        (image, label), batched or not. Preprocessing as in `evaluate`. With
+        `test_time_augmentation="ten_crop"` the rows are the log of the mean
+        probability over the ten views: softmax of them gives those means, as
+        it gives the probabilities of plain logits. `classify` returns class
+        ids, probabilities and names instead.
         """
         self._require_head()
-        source = sources.open_images(images)
-        probabilities = self._probabilities(source, test_time_augmentation, image_size,
-                                            batch_size, verbose)
-        class_ids = np.argmax(probabilities, axis=1)
+        model, dataset = self._inference(sources.open_images(x), test_time_augmentation,
+                                         image_size, batch_size)
+        return keras.Model.predict(model, dataset.map(lambda images, labels: images),
+                                   verbose=verbose, steps=steps, callbacks=callbacks)
+
+    def classify(self, x, batch_size=None, verbose="auto", *, image_size=None,
+                 test_time_augmentation=None):
+        """Class ids, probabilities and class names for images: a `Predictions`.
+
+        Takes what `predict` takes. Returns class_ids (N,), probabilities
+        (N, classes) (averaged over the views with ten-crop) and class_names
+        (N names; class ids as strings for a classifier without names).
+        """
+        logits = self.predict(x, batch_size=batch_size, verbose=verbose, image_size=image_size,
+                              test_time_augmentation=test_time_augmentation)
         names = self.class_names or tuple(str(i) for i in range(self.num_classes))
-        return Predictions(class_ids, probabilities, tuple(names[i] for i in class_ids))
+        return Predictions.from_logits(logits, names)
 
     def _require_head(self):
         if self.head is None:
             raise ValueError(f"{self.name} has no head yet: fit it first, or pass num_classes")
 
-    def _probabilities(self, source, test_time_augmentation, image_size, batch_size, verbose):
-        if test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
-            raise ValueError(
-                f"test_time_augmentation must be one of {list(TEST_TIME_AUGMENTATIONS)}; "
-                f"got {test_time_augmentation!r}"
-            )
+    def _inference(self, source, test_time_augmentation, image_size, batch_size,
+                   one_hot_classes=None):
+        """(the model to run, batches of (images, labels)) for `source` at the rule's crop size."""
+        check_test_time_augmentation(test_time_augmentation)
         rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
         if image_size is not None:
             rule = dataclasses.replace(rule, crop_size=image_size,
@@ -370,13 +485,9 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         ten_crop = test_time_augmentation == "ten_crop"
         views = 10 if ten_crop else 1
         dataset = pipeline.eval_dataset(
-            source, rule.crop_size, max(1, batch_size // views),
-            resize_size=rule.resize_size, ten_crop=ten_crop)
-        dataset = dataset.map(lambda images, labels: keras.ops.reshape(
-            images, (-1, rule.crop_size, rule.crop_size, 3)))
-        logits = keras.Model.predict(self, dataset, verbose=verbose)
-        logits = logits.reshape(source.num_examples, views, self.num_classes)
-        return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)).mean(axis=1)
+            source, rule.crop_size, max(1, (batch_size or EVAL_BATCH_SIZE) // views),
+            one_hot_classes=one_hot_classes, resize_size=rule.resize_size, ten_crop=ten_crop)
+        return (ViewAverage(self) if ten_crop else self), dataset
 
     def get_config(self):
         return {
@@ -405,6 +516,9 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         new zero-initialised head of that size added.
 
         >>> glyphs = BiTClassifier.from_preset("BiT-Glyphs-R14x0.5")  # shipped, offline
+        >>> glyphs.num_classes, glyphs.class_names[:3]
+        (132, ('char_0', 'char_1', 'char_2'))
+        >>> BiTClassifier.from_preset("BiT-M-R50x1", weights="auto")  # doctest: +SKIP
         """
         preset = presets.get_preset(name)
         path = resolve_weights(preset, weights)
@@ -433,35 +547,36 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
     @classmethod
     def from_hub(cls, handle, num_classes=None, class_names=None, trainable=True,
                  convert=False, **kwargs):
-        """A classifier on a TF-Hub module: a URL (cached by tensorflow_hub) or a folder.
+        """A classifier on a TF-Hub module: a URL (cached as TF-Hub caches it) or a folder.
 
         A feature-vector module gets a new zero-initialised head (`num_classes`
         or `class_names`; or none yet, sized by `fit`). `convert=True` makes
-        the backbone native (see `BiTBackbone.from_hub`); a classification
-        module converted with `num_classes=None` keeps its head, and its
-        class names when it carries a labels file. Unconverted, a
-        classification module outputs logits rather than features, so it
-        cannot take a new head: that raises, saying to convert it.
+        the backbone native (see `BiTBackbone.from_hub`). A BiT
+        classification module outputs logits, not features, so it is always
+        converted (with a warning saying so, unless `convert=True` asked for
+        it): with `num_classes=None` and no class names it keeps its head (and
+        the class names of its labels file), otherwise a new head goes on its
+        backbone.
         """
-        from bitkeras import hub
-
-        if convert:
-            backbone, arrays, labels = hub.native_backbone(handle, trainable)
-            has_head = checkpoint.HEAD_PREFIX + "conv2d/bias" in arrays
-            if num_classes is None and class_names is None and has_head:
-                head_classes = arrays[checkpoint.HEAD_PREFIX + "conv2d/bias"].shape[0]
-                names = labels if labels and len(labels) == head_classes else None
-                classifier = cls(backbone, head_classes, names, **kwargs)
-                checkpoint.load_arrays(classifier, arrays, handle)
-                return classifier
-            return cls(backbone, num_classes, class_names, **kwargs)
-        backbone = hub.HubBackbone(handle, trainable=trainable)
-        if backbone.module.has_bit_head:
-            raise ValueError(
-                f"the module {str(handle)!r} is a classification module: it outputs logits, "
-                f"not features. Use BiTClassifier.from_hub(..., convert=True) to keep its "
-                f"head, or to put a new one on its backbone."
-            )
+        if not convert:
+            module = hub.HubModule(handle, trainable=trainable, name="hub_module")
+            if not module.has_bit_head:
+                return cls(hub.HubBackbone(module=module, trainable=trainable), num_classes,
+                           class_names, **kwargs)
+            warnings.warn(
+                f"{str(handle)!r} is a BiT classification module: it outputs logits, not "
+                f"features, so it was converted to a native BiTBackbone "
+                f"(from_hub(..., convert=True)) to "
+                + ("keep its head" if num_classes is None and class_names is None else
+                   "put a new head on its features"), stacklevel=2)
+        backbone, arrays, labels = BiTBackbone.from_module_checkpoint(handle, trainable)
+        has_head = checkpoint.HEAD_PREFIX + "conv2d/bias" in arrays
+        if num_classes is None and class_names is None and has_head:
+            head_classes = arrays[checkpoint.HEAD_PREFIX + "conv2d/bias"].shape[0]
+            names = labels if labels and len(labels) == head_classes else None
+            classifier = cls(backbone, head_classes, names, **kwargs)
+            checkpoint.load_arrays(classifier, arrays, handle)
+            return classifier
         return cls(backbone, num_classes, class_names, **kwargs)
 
     def export(self, filepath, format="saved_model", output="logits", **kwargs):
@@ -473,23 +588,9 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         (a feature-vector module). See `bitkeras.export`. Keras's own formats
         ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
         """
-        from bitkeras import export
-
         if format in export.FORMATS:
             kwargs["output"] = output
         return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictions:
-    """What `BiTClassifier.predict` returns, one entry per image."""
-
-    class_ids: np.ndarray
-    """Most probable class of each image, shape (N,)."""
-    probabilities: np.ndarray
-    """Softmax probabilities, shape (N, num_classes), averaged over views with ten-crop."""
-    class_names: tuple
-    """Name of each image's most probable class."""
 
 
 def load_model(path, safe_mode=True):

@@ -170,9 +170,14 @@ def replicate(model, strategy, precision):
     Several workers each start from the first replica's (the chief's) weights.
     Train the copy, then copy its weights back with `model.set_weights`.
     """
+    config = model.get_config()
+    backbone = config.get("backbone")
+    if isinstance(backbone, dict) and "dtype" in backbone.get("config", {}):
+        # A keras-hub backbone records its policy, which would win over the global one.
+        backbone["config"]["dtype"] = precision
     with strategy.scope():
         with dtype_policy(precision):
-            replica = type(model).from_config(model.get_config())
+            replica = type(model).from_config(config)
         replica.set_weights(model.get_weights())
     if worker_count() > 1:
         broadcast_from_first_replica(strategy, replica.variables)

@@ -10,6 +10,7 @@ process killed mid-write leaves at most a `.partial-*` file beside it.
 import contextlib
 import os
 import pathlib
+import shutil
 
 PARTIAL_MARK = ".partial-"
 """In the name of a file being written; such files are never the finished product."""
@@ -30,7 +31,10 @@ def atomic_path(path, suffix=None):
         yield temporary
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        if temporary.is_dir():  # a folder written in one go, such as an extracted module
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
         raise
 
 

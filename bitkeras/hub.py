@@ -1,7 +1,8 @@
 """TF-Hub modules in: as a Keras 3 layer, or converted into a native BiTBackbone.
 
-A handle is a TF-Hub URL (resolved and cached by `tensorflow_hub`, which
-honours `$TFHUB_CACHE_DIR`) or a local SavedModel folder. Keras 3 does not
+A handle is a TF-Hub URL (resolved into TF-Hub's own cache layout,
+`$TFHUB_CACHE_DIR/<sha1 of the handle>`, so a cache that `tensorflow_hub` filled
+is reused and the other way round) or a local SavedModel folder. Keras 3 does not
 take `hub.KerasLayer`; `HubModule` is Keras's own `TFSMLayer` pointed at the
 module's reusable-SavedModel `__call__`, so its variables are tracked, `fit`
 trains them, and a model holding one saves and reloads.
@@ -12,12 +13,22 @@ exports record in `bit_keys.txt`) also convert into a native BiTBackbone.
 """
 
 import hashlib
+import http.client
+import os
 import pathlib
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
 
 import keras
 import tensorflow as tf
 
-from bitkeras import checkpoint
+from bitkeras import checkpoint, files
+
+CACHE_ENV = "TFHUB_CACHE_DIR"
+DOWNLOAD_TIMEOUT_SECONDS = 30
 
 PROBE_SIZE = 32
 """Side of the blank images a module is probed with when it is loaded."""
@@ -34,16 +45,7 @@ def is_remote(handle):
 def resolve(handle):
     """The local SavedModel folder of `handle` (downloaded into the TF-Hub cache if needed)."""
     if is_remote(handle):
-        try:
-            import tensorflow_hub
-        except ImportError as error:
-            raise ImportError(
-                f"loading {handle} needs tensorflow_hub: pip install tensorflow-hub"
-            ) from error
-        try:
-            path = pathlib.Path(tensorflow_hub.resolve(str(handle)))
-        except Exception as error:  # urllib, HTTP and tarfile errors alike
-            raise HubUnavailableError(_offline_message(handle, error)) from error
+        path = cached_module(str(handle))
     else:
         path = pathlib.Path(handle).expanduser()
         if not path.exists():
@@ -60,17 +62,45 @@ def resolve(handle):
     return path
 
 
-def _offline_message(handle, error):
-    import tensorflow_hub
+def cache_dir():
+    """TF-Hub's cache folder: `$TFHUB_CACHE_DIR`, else `tfhub_modules` in the temporary folder.
 
-    cache = pathlib.Path(tensorflow_hub.resolver.tfhub_cache_dir(use_temp=True))
-    folder = cache / hashlib.sha1(str(handle).encode("utf8")).hexdigest()
-    return (
-        f"could not download the TF-Hub module {handle} ({error}). On a machine with "
-        f"internet access download {handle}?tf-hub-format=compressed (a .tar.gz), "
-        f"extract it into a folder and pass that folder instead of the URL, or extract it "
-        f"to {folder} (TF-Hub's cache for this handle; set TFHUB_CACHE_DIR to move the cache)."
-    )
+    The same default `tensorflow_hub` uses, so either fills the cache for the other.
+    """
+    return pathlib.Path(
+        os.environ.get(CACHE_ENV) or pathlib.Path(tempfile.gettempdir()) / "tfhub_modules"
+    ).expanduser()
+
+
+def cache_folder(handle):
+    """Where TF-Hub's cache keeps the module of a URL handle: named by the handle's SHA-1."""
+    return cache_dir() / hashlib.sha1(str(handle).encode("utf8")).hexdigest()
+
+
+def cached_module(handle):
+    """The cached folder of a URL handle, downloading and extracting the module first if needed."""
+    folder = cache_folder(handle)
+    if folder.is_dir():
+        return folder
+    url = f"{handle}?tf-hub-format=compressed"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, \
+                tempfile.TemporaryFile() as archive:
+            shutil.copyfileobj(response, archive)
+            archive.seek(0)
+            with files.atomic_path(folder) as temporary, \
+                    tarfile.open(fileobj=archive, mode="r:gz") as tar:
+                tar.extractall(temporary, filter="data")
+    except (urllib.error.URLError, http.client.HTTPException, OSError, tarfile.TarError) as error:
+        raise HubUnavailableError(
+            f"could not download the TF-Hub module {handle} "
+            f"({getattr(error, 'reason', error)}). On a machine with internet access "
+            f"download {url} (a .tar.gz), extract it into a folder and pass that folder "
+            f"instead of the URL, or extract it to {folder} (TF-Hub's cache for this handle; "
+            f"set {CACHE_ENV} to move the cache)."
+        ) from error
+    return folder
 
 
 def load_module(handle):
@@ -112,10 +142,12 @@ def label_names(module):
     return tuple(pathlib.Path(labels.asset_path.numpy().decode()).read_text().splitlines())
 
 
-def native_backbone(handle, trainable=True):
-    """(BiTBackbone with the module's weights, the module's arrays, its label names)."""
-    from bitkeras.backbone import BiTBackbone
+def module_checkpoint(handle):
+    """(architecture, arrays under the released `.npz` keys, label names) of a BiT module.
 
+    What converting a module into a native backbone needs; raises for a
+    module whose variables are not BiT's.
+    """
     module, _ = load_module(handle)
     arrays = bit_arrays(module)
     architecture = checkpoint.describe_arrays(arrays)[0] if arrays else None
@@ -124,10 +156,7 @@ def native_backbone(handle, trainable=True):
             f"the module {str(handle)!r} does not hold BiT variables (named 'resnet/...'), so "
             f"it cannot become a native BiTBackbone: use it as a layer (convert=False)"
         )
-    backbone = BiTBackbone(architecture.block_units, architecture.width_factor,
-                           trainable=trainable)
-    checkpoint.load_arrays(backbone, arrays, handle)
-    return backbone, arrays, label_names(module)
+    return architecture, arrays, label_names(module)
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -139,9 +168,9 @@ class HubModule(keras.layers.TFSMLayer):
     saved model reads the module from `handle` again, then its saved weights
     (Keras asks for `safe_mode=False` to reload any SavedModel layer).
 
-    >>> layer = HubModule("https://tfhub.dev/google/bit/m-r50x1/1")  # or a folder
-    >>> layer(np.zeros((1, 128, 128, 3), "float32")).shape
-    TensorShape([1, 2048])
+    >>> layer = HubModule("https://tfhub.dev/google/bit/m-r50x1/1")  # doctest: +SKIP
+    >>> tuple(layer(np.zeros((1, 128, 128, 3), "float32")).shape)  # doctest: +SKIP
+    (1, 2048)
     """
 
     def __init__(self, handle, trainable=True, name=None, dtype=None, **kwargs):

@@ -37,8 +37,13 @@ RESOLUTIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class HyperRule:
-    """Everything `BiTClassifier.fit` needs to fine-tune, as training uses it.
+class TrainingRule:
+    """What one training run needs, as training uses it; the base of BiT's two rules.
+
+    `HyperRule` (downstream fine-tuning) and `bitkeras.UpstreamRecipe`
+    (pre-training, with weight decay) are its siblings: each computes these
+    fields from the data its own way (`for_dataset`), and the training loop
+    takes either.
 
     Fields (sizes in pixels, step counts in optimizer steps at `batch_size`):
 
@@ -72,30 +77,73 @@ class HyperRule:
     def __post_init__(self):
         object.__setattr__(self, "decay_boundaries", tuple(self.decay_boundaries))
         for name in ("resize_size", "crop_size", "steps", "batch_size"):
-            check_positive_integer(getattr(self, name), f"HyperRule.{name}")
+            check_positive_integer(getattr(self, name), f"{type(self).__name__}.{name}")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(
-                f"HyperRule.warmup_steps must be an integer in [0, steps={self.steps}]; "
+                f"{type(self).__name__}.warmup_steps must be an integer in [0, steps={self.steps}]; "
                 f"got {self.warmup_steps!r}"
             )
         boundaries = self.decay_boundaries
         if any(not isinstance(b, int) for b in boundaries) or list(boundaries) != sorted(set(boundaries)) \
                 or any(not self.warmup_steps <= b <= self.steps for b in boundaries):
             raise ValueError(
-                f"HyperRule.decay_boundaries must be increasing integers between warmup_steps="
+                f"{type(self).__name__}.decay_boundaries must be increasing integers between warmup_steps="
                 f"{self.warmup_steps} and steps={self.steps}; got {boundaries!r}"
             )
         if self.crop and self.crop_size > self.resize_size:
             raise ValueError(
-                f"HyperRule.crop_size ({self.crop_size}) cannot exceed resize_size "
+                f"{type(self).__name__}.crop_size ({self.crop_size}) cannot exceed resize_size "
                 f"({self.resize_size}) when crop=True"
             )
         if not self.base_learning_rate > 0:
             raise ValueError(
-                f"HyperRule.base_learning_rate must be positive; got {self.base_learning_rate!r}"
+                f"{type(self).__name__}.base_learning_rate must be positive; got {self.base_learning_rate!r}"
             )
         if not self.mixup_alpha >= 0:
-            raise ValueError(f"HyperRule.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
+            raise ValueError(f"{type(self).__name__}.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
+
+    def with_steps(self, steps):
+        """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""
+        check_positive_integer(steps, "steps")
+        scale = steps / self.steps
+        boundaries = sorted({min(steps, round(b * scale)) for b in self.decay_boundaries})
+        warmup_steps = min([round(self.warmup_steps * scale), steps, *boundaries])
+        return dataclasses.replace(
+            self, steps=steps, warmup_steps=warmup_steps, decay_boundaries=tuple(boundaries)
+        )
+
+    def epochs(self, num_examples):
+        """How many passes over `num_examples` images the rule trains for."""
+        return self.steps * self.batch_size / num_examples
+
+    title = "Training rule"
+
+    def describe(self, num_examples=None):
+        """The rule as a readable block of text, one field a line."""
+        lines = [f"{self.title}:"]
+        for field in dataclasses.fields(self):
+            lines.append(f"  {field.name:<20} {getattr(self, field.name)!r}")
+        if num_examples is not None:
+            lines.append(f"  ({num_examples} training examples: "
+                         f"{self.epochs(num_examples):.1f} epochs)")
+        return "\n".join(lines)
+
+    def get_config(self):
+        """The rule as a JSON-friendly dict; `rule_from_config` (or the class) restores it."""
+        config = dataclasses.asdict(self)
+        config["decay_boundaries"] = list(self.decay_boundaries)
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperRule(TrainingRule):
+    """The BiT-HyperRule: fine-tuning settings from the size of the data (`for_dataset`).
+
+    Fields as `TrainingRule`; SGD with momentum 0.9 and no weight decay.
+    Change any field with `dataclasses.replace(rule, ...)`.
+    """
+
+    title = "BiT-HyperRule"
 
     @classmethod
     def for_dataset(cls, num_examples, image_size, batch_size=REFERENCE_BATCH_SIZE,
@@ -131,38 +179,6 @@ class HyperRule:
             batch_size=batch_size,
             mixup_alpha=MIXUP_ALPHA if num_examples >= MIXUP_MIN_EXAMPLES else 0.0,
         )
-
-    def with_steps(self, steps):
-        """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""
-        check_positive_integer(steps, "steps")
-        scale = steps / self.steps
-        boundaries = sorted({min(steps, round(b * scale)) for b in self.decay_boundaries})
-        warmup_steps = min([round(self.warmup_steps * scale), steps, *boundaries])
-        return dataclasses.replace(
-            self, steps=steps, warmup_steps=warmup_steps, decay_boundaries=tuple(boundaries)
-        )
-
-    def epochs(self, num_examples):
-        """How many passes over `num_examples` images the rule trains for."""
-        return self.steps * self.batch_size / num_examples
-
-    title = "BiT-HyperRule"
-
-    def describe(self, num_examples=None):
-        """The rule as a readable block of text, one field a line."""
-        lines = [f"{self.title}:"]
-        for field in dataclasses.fields(self):
-            lines.append(f"  {field.name:<20} {getattr(self, field.name)!r}")
-        if num_examples is not None:
-            lines.append(f"  ({num_examples} training examples: "
-                         f"{self.epochs(num_examples):.1f} epochs)")
-        return "\n".join(lines)
-
-    def get_config(self):
-        """The rule as a JSON-friendly dict; `HyperRule(**config)` restores it."""
-        config = dataclasses.asdict(self)
-        config["decay_boundaries"] = list(self.decay_boundaries)
-        return config
 
 
 def _height_width(image_size):

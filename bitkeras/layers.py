@@ -28,7 +28,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
     Example:
 
     >>> layer = StandardizedConv2D(64, 3, padding="same")
-    >>> layer(np.zeros((1, 8, 8, 3), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 8, 8, 3), "float32")).shape)
     (1, 8, 8, 64)
     """
 
@@ -81,7 +81,7 @@ class PreActBottleneck(keras.layers.Layer):
 
     >>> unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2,
     ...                         projection=True)
-    >>> unit(np.zeros((2, 9, 9, 64), "float32")).shape
+    >>> tuple(unit(np.zeros((2, 9, 9, 64), "float32")).shape)
     (2, 5, 5, 128)
     """
 
@@ -91,14 +91,16 @@ class PreActBottleneck(keras.layers.Layer):
         self.mid_channels = mid_channels
         self.strides = strides
         self.projection = projection
-        self.norm_a = group_normalization(name="norm_a")
-        self.conv_a = StandardizedConv2D(mid_channels, 1, name="conv_a")
-        self.norm_b = group_normalization(name="norm_b")
-        self.conv_b = StandardizedConv2D(mid_channels, 3, strides=strides, name="conv_b")
-        self.norm_c = group_normalization(name="norm_c")
-        self.conv_c = StandardizedConv2D(out_channels, 1, name="conv_c")
+        dtype = self.dtype_policy  # the unit's policy, for every layer in it
+        self.norm_a = group_normalization(name="norm_a", dtype=dtype)
+        self.conv_a = StandardizedConv2D(mid_channels, 1, name="conv_a", dtype=dtype)
+        self.norm_b = group_normalization(name="norm_b", dtype=dtype)
+        self.conv_b = StandardizedConv2D(mid_channels, 3, strides=strides, name="conv_b",
+                                         dtype=dtype)
+        self.norm_c = group_normalization(name="norm_c", dtype=dtype)
+        self.conv_c = StandardizedConv2D(out_channels, 1, name="conv_c", dtype=dtype)
         self.proj = (
-            StandardizedConv2D(out_channels, 1, strides=strides, name="proj")
+            StandardizedConv2D(out_channels, 1, strides=strides, name="proj", dtype=dtype)
             if projection else None
         )
 

@@ -40,7 +40,7 @@ def _options():
 
 
 def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=True,
-                  start_step=0):
+                  start_step=0, shuffle=True):
     """Endless batches (images (B, crop, crop, 3) float32, labels (B, classes) float32).
 
     `batch_size` is the global batch of one optimizer step (a strategy
@@ -50,10 +50,14 @@ def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=T
     from that step's batch on, the same batches an uninterrupted stream
     would give then (the record order is replayed; only records are skipped,
     not decoded). Unreadable files that are skipped shift it by their number.
+    `shuffle=False` keeps the source's order (augmentation stays random).
     """
-    buffer = source.num_examples if source.record_kind == "file" else min(
-        source.num_examples, SHUFFLE_BUFFER)
-    records = source.records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    records = source.records
+    if shuffle:
+        buffer = source.num_examples if source.record_kind == "file" else min(
+            source.num_examples, SHUFFLE_BUFFER)
+        records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    records = records.repeat()
 
     def prepare(index, element):
         record, label = element

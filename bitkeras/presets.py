@@ -8,6 +8,7 @@ always read from the file itself.
 
 import dataclasses
 import difflib
+import importlib.resources
 import pathlib
 
 from bitkeras import glyphs
@@ -16,8 +17,9 @@ from bitkeras.architecture import ARCHITECTURES, Architecture
 BUCKET_URL = "https://storage.googleapis.com/bit_models/"
 """Where the released `.npz` files live; a preset's file is relative to it."""
 
-SAVED_MODELS = pathlib.Path(__file__).resolve().parent.parent / "saved_models"
-"""The repository folder of the models bitkeras itself trained and ships."""
+SAVED_MODELS = pathlib.Path(str(importlib.resources.files("bitkeras.saved_models")))
+"""The models bitkeras itself trained and ships: the repository's saved_models/, installed
+as the package data `bitkeras.saved_models` (in a clone, an editable install or a wheel)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Preset:
 
     `weights_file`: relative to `BUCKET_URL` (released BiT models, downloaded
     on request), or, with `shipped=True`, to `SAVED_MODELS` (no network).
+    `resolution`: the image side the weights were trained (or fine-tuned) at.
+    `sha256`: the file's published SHA-256, checked after a download (None
+    where none is published: the bucket publishes none).
     `class_names`: the names of the checkpoint head's classes, where known.
     """
 
@@ -33,6 +38,8 @@ class Preset:
     architecture: Architecture
     weights_file: str | None
     description: str
+    resolution: int | None = None
+    sha256: str | None = None
     shipped: bool = False
     class_names: tuple | None = None
 
@@ -48,40 +55,45 @@ class Preset:
         return SAVED_MODELS / self.weights_file if self.shipped else None
 
 
-def _build_table():
-    table = {}
+# The released families: name prefix -> (file name pattern, training data, resolution).
+# BiT-S/M were pre-trained at 224 px; the ILSVRC-2012 fine-tunes at 480 px (the
+# released HyperRule's 512 -> 480).
+RELEASED_FAMILIES = {
+    "BiT-S-{}": ("BiT-S-{}.npz", "pre-trained on ILSVRC-2012 (1000-class head)", 224),
+    "BiT-M-{}": ("BiT-M-{}.npz", "pre-trained on ImageNet-21k (21843-class head)", 224),
+    "BiT-M-{}-ILSVRC2012": ("BiT-M-{}-ILSVRC2012.npz",
+                            "BiT-M fine-tuned on ILSVRC-2012 (1000-class head)", 480),
+}
 
-    def add(name, architecture, weights_file, description, **extra):
-        if isinstance(architecture, str):
-            architecture = ARCHITECTURES[architecture]
-        table[name] = Preset(name, architecture, weights_file, description, **extra)
-
-    for architecture in ARCHITECTURES:
-        add(architecture, architecture, None, f"{architecture}, random initialisation")
-        add(f"BiT-S-{architecture}", architecture, f"BiT-S-{architecture}.npz",
-            f"{architecture} pre-trained on ILSVRC-2012 (1000-class head)")
-        add(f"BiT-M-{architecture}", architecture, f"BiT-M-{architecture}.npz",
-            f"{architecture} pre-trained on ImageNet-21k (21843-class head)")
-        add(f"BiT-M-{architecture}-ILSVRC2012", architecture,
-            f"BiT-M-{architecture}-ILSVRC2012.npz",
-            f"BiT-M-{architecture} fine-tuned on ILSVRC-2012 (1000-class head)")
-    for resolution in (224, 160):
-        add(f"BiT-M-R50x1-distilled-{resolution}", "R50x1", f"distill/R50x1_{resolution}.npz",
-            f"R50x1 student distilled from BiT-M-R152x2 on ILSVRC-2012 at {resolution}px")
-    add("BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5),
-        "BiT-Glyphs-R14x0.5/model.npz",
+PRESETS = {
+    **{name: Preset(name, architecture, None, f"{name}, random initialisation")
+       for name, architecture in ARCHITECTURES.items()},
+    **{family.format(name): Preset(family.format(name), architecture, file.format(name),
+                                   f"{name} {what}", resolution)
+       for family, (file, what, resolution) in RELEASED_FAMILIES.items()
+       for name, architecture in ARCHITECTURES.items()},
+    **{f"BiT-M-R50x1-distilled-{side}": Preset(
+        f"BiT-M-R50x1-distilled-{side}", ARCHITECTURES["R50x1"], f"distill/R50x1_{side}.npz",
+        f"R50x1 student distilled from BiT-M-R152x2 on ILSVRC-2012 at {side}px", side)
+       for side in (224, 160)},
+    "BiT-Glyphs-R14x0.5": Preset(
+        "BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5), "BiT-Glyphs-R14x0.5/model.npz",
         "a small BiT pre-trained by bitkeras on its generated glyphs (ships with bitkeras; "
         "see saved_models/BiT-Glyphs-R14x0.5/MODEL_CARD.md)",
-        shipped=True, class_names=glyphs.CLASS_NAMES)
-    return table
-
-
-PRESETS = _build_table()
+        resolution=32, shipped=True, class_names=glyphs.CLASS_NAMES),
+}
+"""Every preset by name: architectures, released models, and the models bitkeras ships."""
 
 
 def list_presets():
     """Names of every preset, architectures first."""
     return list(PRESETS)
+
+
+def is_keras_hub_preset(name):
+    """Whether `name` is a keras-hub preset folder (`save_to_preset` output: a config.json)."""
+    return isinstance(name, (str, pathlib.PurePath)) and (
+        pathlib.Path(name).expanduser() / "config.json").is_file()
 
 
 def get_preset(name):

@@ -90,8 +90,11 @@ def run(args):
 def upstream_accuracy(classifier, num_examples, seed, image_size):
     """Top-1 / top-5 accuracy on `num_examples` glyphs rendered with `seed`."""
     images, labels = glyphs.make_glyphs(num_examples, seed, image_size)
-    results = classifier.evaluate((images, labels), image_size=image_size, batch_size=256,
-                                  verbose=0)
+    classifier.compile(metrics=[
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy")])
+    results = classifier.evaluate(images, labels, image_size=image_size, batch_size=256,
+                                  verbose=0, return_dict=True)
     return {"examples": num_examples, "seed": seed, "accuracy": results["accuracy"],
             "top5_accuracy": results["top5_accuracy"]}
 

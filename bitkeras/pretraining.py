@@ -12,12 +12,8 @@ import keras
 import numpy as np
 
 from bitkeras import distribute, pipeline, run_state
-from bitkeras.schedules import WarmupStaircase
-from bitkeras.training import StopAfterSteps, check_batching, keras_epochs
+from bitkeras.training import StopAfterSteps, check_batching, keras_epochs, make_optimizer
 from bitkeras.upstream import UpstreamRecipe
-
-NOT_DECAYED = ("gamma", "beta", "bias")
-"""Variables weight decay leaves alone: GroupNorm scales and offsets, biases."""
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -92,7 +88,7 @@ def _train(model, images, targets, multi_label, recipe, seed, checkpoint_dir, ch
            callbacks, verbose, jit_compile, run_extras):
     """Compiles `model`, resumes it from `checkpoint_dir` if possible, and trains the rest."""
     model.compile(
-        optimizer=_optimizer(recipe),
+        optimizer=make_optimizer(recipe),
         loss=(multi_label_sigmoid_cross_entropy if multi_label
               else keras.losses.CategoricalCrossentropy(from_logits=True)),
         metrics=[] if multi_label else [keras.metrics.CategoricalAccuracy(name="accuracy")],
@@ -134,11 +130,3 @@ def _targets(labels, num_examples):
         f"labels must be (N,) class ids or (N, classes) multi-hot 0/1 rows; got shape "
         f"{labels.shape}"
     )
-
-
-def _optimizer(recipe):
-    optimizer = keras.optimizers.SGD(
-        learning_rate=WarmupStaircase.from_hyperrule(recipe), momentum=0.9,
-        weight_decay=recipe.weight_decay or None)
-    optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
-    return optimizer

@@ -20,7 +20,7 @@ class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
     Example:
 
     >>> schedule = WarmupStaircase(0.003, warmup_steps=100, decay_boundaries=(200, 300, 400))
-    >>> float(schedule(50)), float(schedule(250))
+    >>> round(float(schedule(50)), 6), round(float(schedule(250)), 6)
     (0.0015, 0.0003)
     """
 

@@ -175,6 +175,52 @@ def open_source(data, split=None, class_names=None, on_bad_image="warn", default
     return source
 
 
+def keras_data(x, y=None, name="x"):
+    """Keras's `(x, y)` as one data argument: `(x, y)` arrays when `y` is given, else `x`.
+
+    Arrays without labels are refused where labels are needed; every other form
+    carries its own labels, so a `y` beside it is refused rather than ignored.
+    """
+    if y is None:
+        if isinstance(x, np.ndarray):
+            raise ValueError(
+                f"{name} is an array of images but y (the labels) is missing: "
+                f"pass fit(images, labels) or fit((images, labels))"
+            )
+        return x
+    if isinstance(x, (str, os.PathLike, tf.data.Dataset, tuple)):
+        raise ValueError(
+            f"y is given, but {name} is a {type(x).__name__} that carries its own labels; "
+            f"pass y only with an array of images"
+        )
+    return (x, y)
+
+
+def split_validation(data, fraction):
+    """Keras's `validation_split` on `(images, labels)` arrays: the last `fraction` held out.
+
+    As Keras does, the examples are taken from the end, before any shuffling.
+    Returns (training arrays, validation arrays).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be in (0, 1); got {fraction!r}")
+    if data_form(data) != "arrays":
+        raise ValueError(
+            f"validation_split only applies to arrays (as in Keras); for a "
+            f"{type(data).__name__} pass validation_data instead"
+        )
+    images, labels = data
+    count = len(labels)
+    held_out = int(count * fraction)
+    if held_out == 0 or held_out == count:
+        raise ValueError(
+            f"validation_split={fraction} of {count} examples leaves "
+            f"{count - held_out} for training and {held_out} for validation; both need some"
+        )
+    cut = count - held_out
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
+
+
 def data_form(data, name="data"):
     """Which form `data` takes: "source", "dataset", "arrays", "tfds" or "folder"; else TypeError."""
     if isinstance(data, ImageSource):
@@ -205,6 +251,8 @@ def open_images(images):
     """
     if isinstance(images, tf.data.Dataset):
         if not isinstance(images.element_spec, tuple):
+            if images.element_spec.shape.rank == 4:
+                images = images.unbatch()
             images = images.map(lambda image: (image, tf.zeros([], tf.int64)))
         return _from_dataset(images)
     if isinstance(images, (str, os.PathLike)):
@@ -403,16 +451,19 @@ def _from_dataset(dataset):
             f"Map dict elements with .map(lambda e: (e['image'], e['label']))"
         )
     image_spec, label_spec = spec
+    if image_spec.shape.rank == 4 or (image_spec.dtype == tf.string and image_spec.shape.rank == 1):
+        # Keras users pass batched datasets; bitkeras batches by the HyperRule itself.
+        dataset = dataset.unbatch()
+        image_spec, label_spec = dataset.element_spec
     if image_spec.dtype == tf.string and image_spec.shape.rank == 0:
         kind = "encoded"
     elif image_spec.shape.rank == 3 and image_spec.shape[-1] in (3, None) \
             and (image_spec.dtype == tf.uint8 or image_spec.dtype.is_floating):
         kind = "pixels"
     else:
-        hint = " Unbatch it with dataset.unbatch()." if image_spec.shape.rank == 4 else ""
         raise ValueError(
-            f"a tf.data.Dataset must yield single images, shaped (height, width, 3), uint8 "
-            f"or float in [0, 1], or encoded image bytes; got {image_spec}.{hint}"
+            f"a tf.data.Dataset must yield images shaped (height, width, 3) (or batches of "
+            f"them), uint8 or float in [0, 1], or encoded image bytes; got {image_spec}"
         )
     if not label_spec.dtype.is_integer or label_spec.shape.rank != 0:
         raise ValueError(f"labels must be scalar integer class ids; got {label_spec}")

@@ -12,6 +12,7 @@ import keras
 from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
 from bitkeras.schedules import WarmupStaircase
+from bitkeras.upstream import UpstreamRecipe
 
 MAX_KERAS_EPOCHS = 20
 """At most this many Keras epochs (progress-bar rounds, validation points) per fit."""
@@ -33,17 +34,16 @@ def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **ov
     """
     unknown = sorted(set(overrides) - set(_RULE_FIELDS))
     if unknown:
-        hint = (" The rule counts optimizer steps: pass steps=... instead of epochs."
-                if "epochs" in unknown else "")
         raise TypeError(
-            f"unknown fit argument(s) {unknown}; HyperRule fields are {list(_RULE_FIELDS)}.{hint}"
-            f" For a plain Keras training loop call keras.Model.fit(classifier, x, y, ...)."
+            f"unknown fit argument(s) {unknown}; Keras's fit arguments and the HyperRule "
+            f"fields {list(_RULE_FIELDS)} are accepted"
         )
     if hyperrule is None:
         batch_size = overrides.pop("batch_size", min(REFERENCE_BATCH_SIZE, num_examples))
         hyperrule = HyperRule.for_dataset(num_examples, image_size, batch_size, variant)
-    elif not isinstance(hyperrule, HyperRule):
-        raise TypeError(f"hyperrule must be a bitkeras.HyperRule; got {type(hyperrule).__name__}")
+    elif not isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
+        raise TypeError(f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe; got "
+                        f"{type(hyperrule).__name__}")
     if "steps" in overrides and not any(name in overrides for name in _SCHEDULE_FIELDS):
         hyperrule = hyperrule.with_steps(overrides.pop("steps"))
     return dataclasses.replace(hyperrule, **overrides)
@@ -71,10 +71,21 @@ def check_batching(rule, num_examples, batch_split, replicas=1):
         )
 
 
+NOT_DECAYED = ("gamma", "beta", "bias")
+"""Variables an upstream recipe's weight decay leaves alone: GroupNorm's and biases."""
+
+
 def make_optimizer(rule):
-    """SGD, momentum 0.9, no weight decay, on the rule's schedule."""
-    return keras.optimizers.SGD(
-        learning_rate=WarmupStaircase.from_hyperrule(rule), momentum=0.9)
+    """SGD, momentum 0.9, on the rule's schedule; with an UpstreamRecipe's decay on kernels.
+
+    A HyperRule has no weight decay (BiT fine-tunes without it).
+    """
+    weight_decay = rule.weight_decay if isinstance(rule, UpstreamRecipe) else None
+    optimizer = keras.optimizers.SGD(learning_rate=WarmupStaircase.from_hyperrule(rule),
+                                     momentum=0.9, weight_decay=weight_decay or None)
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
+    return optimizer
 
 
 def accumulated_train_step(model, data, micro_batches):
@@ -112,6 +123,56 @@ def accumulated_train_step(model, data, micro_batches):
     model.optimizer.apply_gradients(
         zip([sum_ / micro_batches for sum_ in total], variables))
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasSchedule:
+    """A rule's optimizer steps laid out as Keras epochs.
+
+    With `epochs` given (Keras's meaning), the rule lasts `epochs` rounds of
+    `steps_per_epoch` steps; otherwise its own `steps`, in rounds of at least
+    one pass over the data (`steps_per_epoch`, if given, sets the round).
+    """
+
+    rule: HyperRule
+    steps_per_pass: int
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+
+    def keras_epochs(self, remaining_steps):
+        """(epochs, steps per epoch) for the last `remaining_steps` of the run."""
+        if self.epochs is not None:
+            return math.ceil(remaining_steps / self.steps_per_epoch), self.steps_per_epoch
+        return keras_epochs(remaining_steps, self.steps_per_epoch or self.steps_per_pass)
+
+
+def keras_schedule(rule, num_examples, epochs=None, steps_per_epoch=None):
+    """The rule, resized to Keras's `epochs` x `steps_per_epoch` when given, as a KerasSchedule."""
+    steps_per_pass = math.ceil(num_examples / rule.batch_size)
+    if steps_per_epoch is not None:
+        check_positive_integer(steps_per_epoch, "steps_per_epoch")
+    if epochs is None:
+        return KerasSchedule(rule, steps_per_pass, steps_per_epoch=steps_per_epoch)
+    check_positive_integer(epochs, "epochs")
+    steps_per_epoch = steps_per_epoch or steps_per_pass
+    return KerasSchedule(rule.with_steps(epochs * steps_per_epoch), steps_per_pass, epochs,
+                         steps_per_epoch)
+
+
+def wants_sparse_labels(loss):
+    """Whether a compiled Keras loss takes class ids rather than one-hot rows."""
+    if isinstance(loss, str):
+        return "sparse" in loss
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return True
+    function = getattr(loss, "fn", loss)  # a LossFunctionWrapper's function, or the loss
+    return getattr(function, "__name__", "").startswith("sparse")
+
+
+def loss_and_metrics(model):
+    """Fresh copies of a compiled model's loss and metrics, to compile a model around it."""
+    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    return {"loss": config["loss"], "metrics": config.get("metrics")}
 
 
 def keras_epochs(total_steps, steps_per_pass):
@@ -160,19 +221,16 @@ def trainable_from(classifier, trainable):
     frozen features; "blockK": block K onwards, the final norm and the head.
     """
     check_trainable(trainable, classifier.backbone)
-    layers = classifier.backbone.layers
-    saved = [(layer, layer.trainable) for layer in layers]
-    saved.append((classifier.backbone, classifier.backbone.trainable))
+    backbone = classifier.backbone
+    saved = [(layer, layer.trainable) for layer in backbone.layers]
+    saved.append((backbone, backbone.trainable))
     try:
         if trainable == "head":
-            classifier.backbone.trainable = False
+            backbone.trainable = False
         elif trainable.startswith("block"):
-            first = int(trainable[len("block"):])
-            for layer in layers:
-                if layer.name == "root_conv" or (
-                    layer.name.startswith("block") and int(layer.name[5]) < first
-                ):
-                    layer.trainable = False
+            first_block = int(trainable.removeprefix("block"))
+            for name in backbone.architecture.layers_before(first_block):
+                backbone.get_layer(name).trainable = False
         yield
     finally:
         for layer, flag in reversed(saved):

@@ -61,7 +61,9 @@ def run(args):
             f"--few-shot {max(args.few_shot)} asks for more examples per class than the "
             f"smallest class of {data.description} has ({smallest}): use smaller K"
         )
-    out = pathlib.Path(args.out) if args.out else presets.SAVED_MODELS / (
+    # saved_models/ of the working folder (in a clone, beside the shipped model), never
+    # the installed package.
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
         "finetuned-" + _slug(args.data or "digits"))
     out.mkdir(parents=True, exist_ok=True)
     models = ModelPair(args.model, args.seed)
@@ -202,7 +204,7 @@ def _pretrained_backbone(model):
     """
     path = pathlib.Path(str(model)).expanduser()
     if hub.is_remote(model) or path.is_dir():
-        backbone = hub.native_backbone(str(model))[0]
+        backbone = BiTBackbone.from_hub(str(model), convert=True)
         return backbone, f"{model} (TF-Hub module, {checkpoint.describe(backbone.architecture, None)})"
     if path.suffix == ".keras" and path.is_file():
         classifier = load_model(path)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 
 from bitkeras.checks import check_positive_integer
-from bitkeras.hyperrule import HyperRule
+from bitkeras.hyperrule import TrainingRule
 
 UPSTREAM_LEARNING_RATE = 0.03
 """Learning rate at batch size 256."""
@@ -29,8 +29,8 @@ CROP_RATIO = 224 / 256
 
 
 @dataclasses.dataclass(frozen=True)
-class UpstreamRecipe(HyperRule):
-    """The HyperRule's fields, read as an upstream run, plus `weight_decay`.
+class UpstreamRecipe(TrainingRule):
+    """BiT's pre-training recipe: a `TrainingRule` plus `weight_decay`; HyperRule's sibling.
 
     `weight_decay` is Keras's decoupled weight decay on kernels (each step
     shrinks every convolution and head kernel by `learning_rate *
@@ -43,7 +43,7 @@ class UpstreamRecipe(HyperRule):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.weight_decay >= 0:
+        if isinstance(self.weight_decay, bool) or not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
 
     @classmethod
@@ -76,3 +76,10 @@ class UpstreamRecipe(HyperRule):
             mixup_alpha=0.0,
             flip=flip,
         )
+
+
+def rule_from_config(config):
+    """The HyperRule or UpstreamRecipe a `get_config()` dict describes (only recipes decay)."""
+    from bitkeras.hyperrule import HyperRule
+
+    return (UpstreamRecipe if "weight_decay" in config else HyperRule)(**config)

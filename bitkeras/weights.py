@@ -4,6 +4,7 @@ The cache folder is `$BITKERAS_CACHE_DIR`, else `~/.cache/bitkeras`; a
 preset's file keeps its bucket path there (e.g. `distill/R50x1_224.npz`).
 """
 
+import hashlib
 import http.client
 import os
 import pathlib
@@ -56,7 +57,7 @@ def resolve_weights(preset, weights):
             )
         if preset.shipped:
             return _shipped(preset)
-        return fetch(preset.weights_file, preset.url)
+        return fetch(preset.weights_file, preset.url, preset.sha256)
     path = pathlib.Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -79,15 +80,19 @@ def _shipped(preset):
     return path
 
 
-def fetch(relative_path, url):
-    """The cached copy of a released file, downloading it first if needed."""
+def fetch(relative_path, url, sha256=None):
+    """The cached copy of a released file, downloading it first if needed.
+
+    `sha256`: the file's published hash, checked on the download before it
+    is renamed into the cache.
+    """
     target = cache_dir() / relative_path
     if target.is_file():
         verify_npz(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        download(url, target)
+        download(url, target, sha256)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise WeightsUnavailableError(
             f"could not download {url} ({getattr(error, 'reason', error)}). On a machine "
@@ -98,12 +103,12 @@ def fetch(relative_path, url):
     return target
 
 
-def download(url, target):
+def download(url, target, sha256=None):
     """Downloads `url` to `target` with a progress bar, atomically and verified.
 
     The bytes go to a temporary file beside `target`, which is checked (length,
-    zip CRCs, BiT keys) and only then renamed: an interrupted download never
-    leaves a partial file at `target`.
+    the published SHA-256 if there is one, zip CRCs, BiT keys) and only then
+    renamed: an interrupted download never leaves a partial file at `target`.
     """
     target = pathlib.Path(target)
     print(f"Downloading {url} to {target}")
@@ -113,15 +118,22 @@ def download(url, target):
         progress = keras.utils.Progbar(expected, unit_name="byte")
         with files.atomic_path(target) as temporary:
             received = 0
+            digest = hashlib.sha256()
             with open(temporary, "wb") as out:
                 while chunk := response.read(_CHUNK_BYTES):
                     out.write(chunk)
+                    digest.update(chunk)
                     received += len(chunk)
                     progress.update(received)
             if expected is not None and received != expected:
                 raise CorruptWeightsError(
                     f"download of {url} stopped after {received} of {expected} bytes: "
                     f"try again"
+                )
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise CorruptWeightsError(
+                    f"download of {url} has SHA-256 {digest.hexdigest()}, not the published "
+                    f"{sha256}: the file is damaged or another one; try again"
                 )
             verify_npz(temporary, source=url)
 

@@ -84,7 +84,7 @@ def main():
                    batch_split=args.batch_split, trainable=args.trainable, verbose=2,
                    **overrides)
     if test is not None:
-        results = classifier.evaluate(test, verbose=0)
+        results = classifier.evaluate(test, verbose=0, return_dict=True)
         print("Test: " + ", ".join(f"{name} {value:.3f}" for name, value in results.items()))
     classifier.save(out / "model.keras")
     print(f"Saved {out / 'model.keras'} (classes: {', '.join(classifier.class_names)})")

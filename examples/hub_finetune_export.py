@@ -73,7 +73,7 @@ def main():
     print(f"Backbone: {type(classifier.backbone).__name__} from {module}")
     classifier.fit(train, verbose=2, **overrides)
     if test:
-        print(f"Test: {classifier.evaluate(test, verbose=0)}")
+        print(f"Test: {classifier.evaluate(test, verbose=0, return_dict=True)}")
 
     exported = classifier.export(out / "serving")
     print(f"Exported a SavedModel for serving to {exported}")

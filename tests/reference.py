@@ -87,7 +87,7 @@ def relu(x):
 
 
 def forward(arrays, images, block_units):
-    """(pre-logits features, logits or None, per-block maps) of images in [0, 1]."""
+    """(pre-logits features, logits or None, per-block maps "P2".."P5") of images in [0, 1]."""
     a = {key: value.astype(np.float64) for key, value in arrays.items()}
 
     def gn(prefix, x):
@@ -111,7 +111,7 @@ def forward(arrays, images, block_units):
             h = sconv(prefix + "b/standardized_conv2d/kernel", pad(relu(gn(prefix + "b/", h)), 1), stride)
             h = sconv(prefix + "c/standardized_conv2d/kernel", relu(gn(prefix + "c/", h)))
             x = h + shortcut
-        maps[f"block{block}"] = x
+        maps[f"P{block + 1}"] = x  # keras-hub's level: the map is 2 ** (block + 1) smaller
     features = relu(gn("resnet/", x)).mean(axis=(1, 2))
     logits = None
     if "resnet/head/conv2d/kernel" in a:

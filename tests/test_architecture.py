@@ -44,3 +44,13 @@ def test_block_units_are_validated(units):
 def test_architecture_names():
     assert architecture_name(Architecture((3, 4, 23, 3), 1)) == "R101x1"
     assert architecture_name(Architecture((1, 1, 1, 1), 1)) is None
+
+
+def test_layers_before_a_block_are_the_root_and_earlier_units():
+    r50 = ARCHITECTURES["R50x1"]
+    assert r50.layers_before(1) == ["root_conv"]
+    assert r50.layers_before(3) == ["root_conv", "block1_unit01", "block1_unit02",
+                                    "block1_unit03", "block2_unit01", "block2_unit02",
+                                    "block2_unit03", "block2_unit04"]
+    with pytest.raises(ValueError, match="block must be 1..4; got 5"):
+        r50.layers_before(5)

@@ -1,4 +1,9 @@
+import os
+import subprocess
+import sys
+
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
@@ -30,13 +35,42 @@ def test_r50x1_parameter_count_matches_the_release():
     assert backbone.feature_channels == 2048
 
 
-def test_pyramid_strides():
+def test_pyramid_levels_follow_keras_hub():
     backbone = BiTBackbone(**TINY)
+    assert isinstance(backbone, keras_hub.models.FeaturePyramidBackbone)
     shapes = {name: tuple(t.shape[1:]) for name, t in backbone.pyramid_outputs.items()}
-    assert shapes == {"block1": (None, None, 128), "block2": (None, None, 256),
-                      "block3": (None, None, 512), "block4": (None, None, 1024)}
+    assert shapes == {"P2": (None, None, 128), "P3": (None, None, 256),
+                      "P4": (None, None, 512), "P5": (None, None, 1024)}
     maps = keras.Model(backbone.input, backbone.pyramid_outputs)(np.zeros((1, 64, 64, 3)))
-    assert [maps[f"block{b}"].shape[1] for b in (1, 2, 3, 4)] == [16, 8, 4, 2]
+    assert [maps[f"P{level}"].shape[1] for level in (2, 3, 4, 5)] == [16, 8, 4, 2]  # 64 / 2**P
+
+
+def test_a_keras_hub_detection_backbone_takes_a_bit_backbone():
+    retina = keras_hub.models.RetinaNetBackbone(
+        image_encoder=BiTBackbone(**TINY), min_level=3, max_level=5, use_p5=False)
+    levels = retina(np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype("float32"))
+    assert {name: tuple(level.shape) for name, level in levels.items()} == {
+        "P3": (2, 8, 8, 256), "P4": (2, 4, 4, 256), "P5": (2, 2, 2, 256)}
+    assert all(np.isfinite(keras.ops.convert_to_numpy(level)).all() for level in levels.values())
+
+
+def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images):
+    path, _ = tiny_checkpoint
+    backbone = BiTBackbone(**TINY)
+    load_npz(backbone, path)
+    backbone.save_to_preset(tmp_path / "preset")
+    for loaded in (BiTBackbone.from_preset(tmp_path / "preset"),
+                   keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))):
+        assert type(loaded) is BiTBackbone and loaded.get_config() == backbone.get_config()
+        np.testing.assert_array_equal(loaded(images), backbone(images))
+
+
+def test_the_dtype_policy_reaches_every_layer():
+    backbone = BiTBackbone(**TINY, dtype="mixed_bfloat16")
+    policies = {layer.dtype_policy.name for layer in backbone._flatten_layers(include_self=False)
+                if not isinstance(layer, keras.layers.InputLayer)}
+    assert policies == {"mixed_bfloat16"}
+    assert BiTBackbone.from_config(backbone.get_config()).dtype_policy.name == "mixed_bfloat16"
 
 
 def test_uint8_images_are_scaled_by_255(images):
@@ -93,3 +127,37 @@ def test_from_preset_builds_the_named_architecture():
         BiTBackbone.from_preset("R50x1", weights="auto")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         BiTBackbone.from_preset("BiT-M-R50x1", weights="missing.npz")
+
+
+OTHER_BACKEND = """
+import sys, numpy as np, keras
+assert keras.backend.backend() == sys.argv[1]
+from bitkeras import BiTBackbone, BiTClassifier, load_npz
+from bitkeras.layers import PreActBottleneck
+unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2, projection=True)
+assert tuple(unit(np.zeros((1, 9, 9, 64), "float32")).shape) == (1, 5, 5, 128)
+classifier = BiTClassifier(BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5), 5)
+load_npz(classifier, sys.argv[2])
+images = np.load(sys.argv[3])
+pyramid = keras.Model(classifier.backbone.input, classifier.backbone.pyramid_outputs)
+np.savez(sys.argv[4], logits=keras.ops.convert_to_numpy(classifier(images)),
+         **{name: keras.ops.convert_to_numpy(value) for name, value in pyramid(images).items()})
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_models_compute_the_same_function_under_other_backends(backend, tiny_checkpoint,
+                                                               images, tmp_path):
+    pytest.importorskip(backend)
+    path, arrays = tiny_checkpoint
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, "-c", OTHER_BACKEND, backend, str(path), str(tmp_path / "images.npy"),
+         str(tmp_path / "out.npz")],
+        env=dict(os.environ, KERAS_BACKEND=backend), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, expected_logits, expected_maps = reference.forward(arrays, images, TINY["block_units"])
+    computed = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(computed["logits"], expected_logits, rtol=1e-4, atol=1e-4)
+    for name, expected_map in expected_maps.items():
+        np.testing.assert_allclose(computed[name], expected_map, rtol=1e-3, atol=1e-3)

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bitkeras import BiTBackbone, BiTClassifier, load_npz
 from tests import reference
@@ -58,17 +59,94 @@ def test_from_preset_without_weights_needs_num_classes():
         BiTClassifier.from_preset("R50x1")
 
 
-def test_plain_keras_compile_and_fit_learn():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 32)
-    # Class 1 is bright, class 0 dark: learnable in a few steps.
-    images = (rng.uniform(0, 0.4, (32, 32, 32, 3)) + 0.5 * labels[:, None, None, None]).astype(np.float32)
+def _bright_and_dark(count=48, seed=0):
+    """Images of two classes, bright (1) and dark (0): learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    images = rng.uniform(0, 0.4, (count, 16, 16, 3)) + 0.5 * labels[:, None, None, None]
+    return images.astype(np.float32), labels
+
+
+SMALL_RULE = dict(crop_size=16, resize_size=18, base_learning_rate=0.05)
+"""Rule overrides that keep a tiny fit on 16x16 images fast."""
+
+
+def test_keras_style_fit_predict_and_evaluate():
+    images, labels = _bright_and_dark()
+    keras.utils.set_random_seed(0)
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
-    classifier.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    # BiTClassifier.fit is the HyperRule; Keras's own loop stays reachable.
-    history = keras.Model.fit(classifier, images, labels, batch_size=8, epochs=4, verbose=0)
+    history = classifier.fit(images[:32], labels[:32], epochs=3, batch_size=16, verbose=0,
+                             validation_data=(images[32:], labels[32:]), **SMALL_RULE)
+    assert isinstance(history, keras.callbacks.History) and len(history.epoch) == 3
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history.history["loss"][-1] < history.history["loss"][0]
-    assert history.history["accuracy"][-1] >= 0.9
+    assert history.hyperrule.steps == 3 * 2 and history.hyperrule.batch_size == 16
+    assert history.hyperrule.base_learning_rate == pytest.approx(0.05)  # given, not scaled
+
+    logits = classifier.predict(images[32:], verbose=0)
+    assert isinstance(logits, np.ndarray) and logits.shape == (16, 2)
+    np.testing.assert_allclose(  # the same function as calling the model at the crop size
+        logits, keras.ops.convert_to_numpy(classifier(images[32:])), rtol=1e-4, atol=1e-4)
+    results = classifier.evaluate(images[32:], labels[32:], verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy"}
+    assert results["accuracy"] == pytest.approx(np.mean(np.argmax(logits, -1) == labels[32:]))
+    as_list = classifier.evaluate(images[32:], labels[32:], verbose=0)
+    assert as_list == pytest.approx([results["loss"], results["accuracy"]])
+    named = classifier.classify(images[32:], verbose=0)
+    np.testing.assert_array_equal(named.class_ids, np.argmax(logits, -1))
+    assert named.class_names == tuple(str(i) for i in named.class_ids)
+
+
+def test_keras_callbacks_and_validation_split_work_as_in_keras(tmp_path):
+    images, labels = _bright_and_dark(64)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)
+    saved = tmp_path / "best.weights.h5"
+    history = classifier.fit(images, labels, epochs=5, batch_size=16, verbose=0,
+                             validation_split=0.25, callbacks=[
+                                 stop, keras.callbacks.ModelCheckpoint(
+                                     saved, save_weights_only=True)], **SMALL_RULE)
+    assert len(history.epoch) == 2 and stop.stopped_epoch == 1  # no epoch improves by 1e9
+    assert history.hyperrule.steps == 5 * 3   # 48 training examples: 3 batches an epoch
+    assert "val_loss" in history.history and saved.is_file()
+
+
+def test_a_users_own_compile_is_respected():
+    images, labels = _bright_and_dark()
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    optimizer = keras.optimizers.Adam(1e-3)
+    classifier.compile(optimizer=optimizer, metrics=[keras.metrics.CategoricalAccuracy("hits")])
+    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    assert classifier.optimizer is optimizer and int(optimizer.iterations) == 3
+    assert "hits" in history.history and "accuracy" not in history.history
+
+    # A loss on class ids gets class ids (and the metrics with it).
+    classifier.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=[keras.metrics.SparseCategoricalAccuracy("hits")])
+    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    assert isinstance(classifier.optimizer, keras.optimizers.SGD)  # "auto": the rule's SGD
+    assert history.history["loss"][0] > 0 and 0 <= history.history["hits"][0] <= 1
+    assert classifier.evaluate(images, labels, verbose=0, return_dict=True)["hits"] >= 0
+    with pytest.raises(ValueError, match="pass mixup_alpha=0"):
+        classifier.fit(images, labels, epochs=1, batch_size=16, mixup_alpha=0.1, verbose=0)
+
+
+def test_keras_arguments_that_do_not_apply_are_refused_by_name():
+    images, labels = _bright_and_dark(16)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    with pytest.raises(ValueError, match="y \\(the labels\\) is missing"):
+        classifier.fit(images)
+    with pytest.raises(ValueError, match="sample_weight"):
+        classifier.fit(images, labels, sample_weight=np.ones(16))
+    with pytest.raises(ValueError, match="initial_epoch"):
+        classifier.fit(images, labels, initial_epoch=2)
+    with pytest.raises(ValueError, match="both epochs=2 and steps=5"):
+        classifier.fit(images, labels, epochs=2, steps=5)
+    with pytest.raises(ValueError, match="validation_split only applies to arrays"):
+        classifier.fit(tf.data.Dataset.from_tensor_slices((images, labels)),
+                       validation_split=0.5)
+    with pytest.raises(TypeError, match="unknown fit argument\\(s\\) \\['learning_rat'\\]"):
+        classifier.fit(images, labels, learning_rat=0.1)
 
 
 def test_compile_defaults_follow_bit():
@@ -107,7 +185,8 @@ def test_num_classes_is_validated():
 def test_compiled_classifier_reloads_compiled(tmp_path, images):
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.8), jit_compile=True)
-    keras.Model.fit(classifier, images, np.array([0, 1]), epochs=1, verbose=0)
+    classifier.fit(images, np.array([0, 1]), epochs=1, batch_size=2, crop_size=32,
+                   resize_size=36, verbose=0)
     classifier.save(tmp_path / "compiled.keras")
     restored = keras.models.load_model(tmp_path / "compiled.keras")
     assert restored.compiled and restored.jit_compile is True

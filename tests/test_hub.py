@@ -1,3 +1,9 @@
+import hashlib
+import http.server
+import pathlib
+import tarfile
+import threading
+
 import numpy as np
 import pytest
 
@@ -45,10 +51,14 @@ def test_released_classification_module_converts_with_its_head(released, images)
     classifier = BiTClassifier.from_hub(str(path), convert=True)
     assert classifier.num_classes == 4
     np.testing.assert_allclose(classifier(images).numpy(), expected_logits, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="classification module"):
-        BiTClassifier.from_hub(str(path), num_classes=3)
+    with pytest.warns(UserWarning, match="classification module.*put a new head"):
+        unasked = BiTClassifier.from_hub(str(path), num_classes=3)  # no second call needed
     new_head = BiTClassifier.from_hub(str(path), num_classes=3, convert=True)
-    assert new_head.num_classes == 3 and not new_head.head.kernel.numpy().any()
+    for made in (unasked, new_head):
+        assert type(made.backbone) is BiTBackbone
+        assert made.num_classes == 3 and not made.head.kernel.numpy().any()
+        np.testing.assert_allclose(made.backbone(images).numpy(),
+                                   classifier.backbone(images).numpy(), atol=1e-6)
 
 
 def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
@@ -82,9 +92,58 @@ def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
         classifier.fit(data, steps=1, batch_size=8, trainable="block3", verbose=0)
 
 
+class _ModuleServer(http.server.ThreadingHTTPServer):
+    """Serves one compressed module, as tfhub.dev does for ?tf-hub-format=compressed."""
+
+    def __init__(self, archive):
+        self.archive, self.requests = archive, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):  # noqa: N805 (the server is self)
+                self.requests.append(handler.path)
+                if not handler.path.endswith("?tf-hub-format=compressed"):
+                    handler.send_error(404)
+                    return
+                body = self.archive.read_bytes()
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+            def log_message(handler, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_remote_handles_download_once_into_tf_hubs_cache(released, images, tmp_path,
+                                                         monkeypatch):
+    path, arrays, _, _ = released
+    archive = tmp_path / "module.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in path.iterdir():
+            tar.add(item, arcname=item.name)
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
+    server = _ModuleServer(archive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handle = f"http://127.0.0.1:{server.server_address[1]}/google/bit/tiny/1"
+    try:
+        backbone = BiTBackbone.from_hub(handle, convert=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    expected, _, _ = reference.forward(arrays, images, TINY["block_units"])
+    np.testing.assert_allclose(backbone(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    folder = tmp_path / "hub_cache" / hashlib.sha1(handle.encode()).hexdigest()
+    assert (folder / "saved_model.pb").is_file() and len(server.requests) == 1
+    assert not [p for p in folder.parent.iterdir() if p != folder]  # nothing half-written
+    assert hub.resolve(handle) == folder  # from the cache, with the server gone
+    tensorflow_hub = pytest.importorskip("tensorflow_hub")
+    assert pathlib.Path(tensorflow_hub.resolve(handle)) == folder  # the same cache layout
+
+
 def test_offline_remote_handle_fails_fast_and_says_where_to_put_the_module(
         tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow_hub")
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
     with pytest.raises(hub.HubUnavailableError) as raised:
         BiTBackbone.from_hub("https://tfhub.invalid/google/bit/m-r50x1/1")

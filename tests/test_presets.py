@@ -23,3 +23,13 @@ def test_file_names_are_aliases():
 def test_unknown_name_suggests_close_ones():
     with pytest.raises(ValueError, match=r"unknown BiT preset 'BiT-M-R50X1'.*'BiT-M-R50x1'"):
         get_preset("BiT-M-R50X1")
+
+
+def test_the_table_records_each_models_training_resolution():
+    assert get_preset("BiT-M-R152x4").resolution == 224
+    assert get_preset("BiT-S-R50x3").resolution == 224
+    assert get_preset("BiT-M-R101x1-ILSVRC2012").resolution == 480
+    assert get_preset("BiT-M-R50x1-distilled-160").resolution == 160
+    assert get_preset("BiT-Glyphs-R14x0.5").resolution == 32
+    assert get_preset("R50x1").resolution is None and get_preset("R50x1").url is None
+    assert len(list_presets()) == 6 + 3 * 6 + 2 + 1

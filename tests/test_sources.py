@@ -94,14 +94,15 @@ def test_array_source_checks_its_inputs():
         sources.open_source((np.zeros((4, 8, 8)), np.array([0, 1, 0, 1])))
 
 
-def test_dataset_source_reads_labels_and_refuses_batches():
+def test_dataset_source_reads_labels_and_takes_batches_apart():
     images = np.random.default_rng(0).integers(0, 255, (6, 10, 12, 3)).astype(np.uint8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 0, 1, 2, 2])))
     source = sources.open_source(dataset)
     assert source.labels.tolist() == [0, 1, 0, 1, 2, 2] and source.image_size == (10, 12)
     np.testing.assert_array_equal(_decoded(source)[3], images[3])
-    with pytest.raises(ValueError, match="dataset.unbatch\\(\\)"):
-        sources.open_source(dataset.batch(2))
+    batched = sources.open_source(dataset.batch(4))  # as Keras users pass them
+    assert batched.labels.tolist() == source.labels.tolist()
+    np.testing.assert_array_equal(_decoded(batched)[3], images[3])
     with pytest.raises(ValueError, match="lambda e: \\(e\\['image'\\], e\\['label'\\]\\)"):
         sources.open_source(tf.data.Dataset.from_tensor_slices({"image": images}))
 

@@ -33,21 +33,23 @@ def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path,
     assert classifier.class_names == ("blue", "green", "red")
 
     held_out = make_image_folder(tmp_path / "test", per_class=10, seed=1, extras=False)
-    results = classifier.evaluate(held_out, verbose=0)
+    results = classifier.evaluate(held_out, verbose=0, return_dict=True)
     assert results["accuracy"] >= 0.9 and "top5_accuracy" not in results
 
     files = [held_out / "red" / "000.jpg", held_out / "blue" / "001.png"]
-    predictions = classifier.predict(files, verbose=0)
+    predictions = classifier.classify(files, verbose=0)
     assert predictions.class_names == ("red", "blue")
     np.testing.assert_allclose(predictions.probabilities.sum(1), 1, rtol=1e-5)
     classifier.save(tmp_path / "model.keras")
     restored = bitkeras.load_model(tmp_path / "model.keras")
     assert restored.class_names == classifier.class_names
     assert restored.hyperrule == classifier.hyperrule
-    again = restored.predict(files, verbose=0)
+    again = restored.classify(files, verbose=0)
     np.testing.assert_array_equal(again.probabilities, predictions.probabilities)
-    ten = restored.predict(files, test_time_augmentation="ten_crop", verbose=0)
+    ten = restored.classify(files, test_time_augmentation="ten_crop", verbose=0)
     assert ten.class_names == ("red", "blue")
+    assert restored.evaluate(held_out, verbose=0, test_time_augmentation="ten_crop",
+                             return_dict=True)["accuracy"] >= 0.9
 
 
 def test_gradient_accumulation_equals_the_big_batch_update():
@@ -64,8 +66,15 @@ def test_gradient_accumulation_equals_the_big_batch_update():
         trained.append(classifier)
     big, accumulated = trained
     assert int(accumulated.optimizer.iterations) == 2
-    for a, b in zip(big.weights, accumulated.weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=a.path)
+    # The same update up to float summation order (which differs by CPU): compare the
+    # change of every weight, relative to the largest change of that weight.
+    start = _tiny_classifier(num_classes=2).weights
+    for a, b, before in zip(big.weights, accumulated.weights, start):
+        update_big = keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(before)
+        update_accumulated = keras.ops.convert_to_numpy(b) - keras.ops.convert_to_numpy(before)
+        scale = np.abs(update_big).max()
+        assert scale > 0, a.path
+        assert np.abs(update_accumulated - update_big).max() <= 1e-3 * scale, a.path
     # Two steps: the backbone moved too (the zero head passes no gradient on step one).
     assert not np.allclose(_weights(big.backbone.get_layer("root_conv"))[0],
                            _weights(_tiny_classifier(2).backbone.get_layer("root_conv"))[0])
@@ -102,11 +111,14 @@ def test_few_shot_fit_uses_k_per_class_and_defaults_the_batch(image_folder, caps
     assert "6 training examples" in capsys.readouterr().out
 
 
-def test_evaluate_reports_top5_with_more_than_five_classes():
+def test_evaluate_reports_the_compiled_metrics_top5_included():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (12, 16, 16, 3)).astype(np.float32)
     classifier = _tiny_classifier(num_classes=6)
-    results = classifier.evaluate((images, np.arange(12) % 6), image_size=16, verbose=0)
+    classifier.compile(metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(
+        k=5, name="top5_accuracy")])
+    results = classifier.evaluate((images, np.arange(12) % 6), image_size=16, verbose=0,
+                                  return_dict=True)
     assert set(results) == {"accuracy", "top5_accuracy", "loss"}
     assert results["loss"] == pytest.approx(np.log(6), rel=1e-5)   # zero head: uniform
 
@@ -115,10 +127,8 @@ def test_fit_errors_name_the_input_and_the_fix(image_folder):
     images = np.zeros((8, 16, 16, 3), np.float32)
     labels = np.arange(8) % 2
     classifier = _tiny_classifier()
-    with pytest.raises(TypeError, match="pass them as one tuple: fit\\(\\(images, labels\\)\\)"):
-        classifier.fit(images, labels)
-    with pytest.raises(TypeError, match="pass steps=... instead of epochs"):
-        classifier.fit((images, labels), epochs=3)
+    with pytest.raises(TypeError, match="cannot be a list: pass a folder"):
+        classifier.fit([1, 2])
     with pytest.raises(ValueError, match="8 examples, fewer than one batch of 16"):
         classifier.fit((images, labels), batch_size=16)
     with pytest.raises(ValueError, match="single class"):
@@ -151,3 +161,22 @@ def test_keras_epochs_cover_exactly_the_steps():
     assert training.keras_epochs(500, 2) == (20, 25)
     assert training.keras_epochs(24, 5) == (5, 5)
     assert training.keras_epochs(3, 100) == (1, 3)
+
+
+def test_fit_takes_an_upstream_recipe_with_its_weight_decay(tmp_path):
+    from bitkeras.upstream import UpstreamRecipe, rule_from_config
+
+    recipe = UpstreamRecipe.for_dataset(16, 16, batch_size=8, epochs=1, flip=False)
+    assert not isinstance(recipe, HyperRule)  # siblings: neither reads as the other
+    images = np.random.default_rng(0).uniform(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    classifier = _tiny_classifier(num_classes=2)
+    classifier.fit(images, np.arange(16) % 2, hyperrule=recipe, verbose=0)
+    assert classifier.optimizer.weight_decay == pytest.approx(recipe.weight_decay)
+    assert classifier.hyperrule == recipe
+    classifier.save(tmp_path / "recipe.keras")
+    assert bitkeras.load_model(tmp_path / "recipe.keras").hyperrule == recipe
+    rule = HyperRule.for_dataset(100, 32)
+    assert rule_from_config(rule.get_config()) == rule
+    plain = _tiny_classifier(num_classes=2)
+    plain.fit(images, np.arange(16) % 2, steps=1, batch_size=8, verbose=0)
+    assert plain.optimizer.weight_decay is None  # the HyperRule fine-tunes without decay

@@ -1,4 +1,6 @@
+import dataclasses
 import functools
+import hashlib
 import http.server
 import threading
 
@@ -71,6 +73,22 @@ def test_interrupted_download_leaves_nothing_behind(bucket, tmp_path):
         BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
     leftovers = list((tmp_path / "cache").rglob("*"))
     assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_a_published_sha256_is_checked_before_the_file_enters_the_cache(
+        bucket, tmp_path, monkeypatch):
+    served = tmp_path / "bucket" / "test" / "tiny.npz"
+    right = hashlib.sha256(served.read_bytes()).hexdigest()
+    wrong = presets.Preset("BiT-T-tiny", Architecture(**TINY), "test/tiny.npz", "test",
+                           sha256="0" * 64)
+    monkeypatch.setitem(presets.PRESETS, wrong.name, wrong)
+    with pytest.raises(CorruptWeightsError, match=f"SHA-256 {right}, not the published 0000"):
+        BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    monkeypatch.setitem(presets.PRESETS, wrong.name,
+                        dataclasses.replace(wrong, sha256=right))
+    BiTBackbone.from_preset("BiT-T-tiny", weights="auto")
+    assert (tmp_path / "cache" / "test" / "tiny.npz").is_file()
 
 
 def test_corrupt_cached_file_says_to_delete_it(bucket, tmp_path):
