@@ -5,13 +5,15 @@ Fine-tuning (`fit`), evaluation and prediction take data in any form
 """
 
 import dataclasses
+import pathlib
 import types
 import warnings
 
 import keras
+import keras_hub
 
-from bitkeras import (checkpoint, distribute, export, files, hub, pipeline, presets, run_state,
-                      sources, training)
+from bitkeras import (checkpoint, distribute, export, files, hub, pipeline, presets, sources,
+                      training)
 from bitkeras.backbone import BiTBackbone
 from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
@@ -26,8 +28,13 @@ EVAL_BATCH_SIZE = 32
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class BiTClassifier(files.AtomicSaveMixin, keras.Model):
+class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
     """A BiT backbone and a dense head returning logits, shape (batch, num_classes).
+
+    A keras-hub `ImageClassifier` task for `BiTBackbone`: `save_to_preset(dir)`
+    writes a keras-hub preset folder (with a model card) that
+    `BiTClassifier.from_preset(dir)` and `keras_hub.models.ImageClassifier.from_preset(dir)`
+    both load.
 
     The head is initialised to zeros (weights and bias), as BiT fine-tuning
     starts. Without `num_classes` the classifier has no head until `fit`
@@ -55,9 +62,14 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
     >>> classifier.fit("flowers/train")  # doctest: +SKIP
     """
 
+    backbone_cls = BiTBackbone
+
     def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None, **kwargs):
         kwargs.setdefault("name", "bit_classifier")
-        super().__init__(**kwargs)
+        # keras-hub's Task, not ImageClassifier's functional build: the head is
+        # BiT's zero-initialised float32 Dense, and it can come later, from the
+        # data. Not compiled here: fit compiles from the rule unless the user did.
+        keras_hub.models.Task.__init__(self, compile=False, **kwargs)
         self.backbone = backbone
         self.head = None
         self.num_classes = None
@@ -226,8 +238,8 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         if validation_data is not None:
             sources.data_form(validation_data, "validation_data")  # fail before any work
         strategy = distribute.training_strategy(self, strategy)
-        replicated = distribute.needs_replica(self, strategy, precision)
-        if replicated and not isinstance(self.backbone, BiTBackbone):
+        if distribute.needs_replica(self, strategy, precision) and not isinstance(
+                self.backbone, BiTBackbone):
             raise ValueError(
                 f"fit(strategy=..., precision={precision!r}) rebuilds the model for the "
                 f"strategy or precision, which needs a native BiT backbone; this one is a "
@@ -267,38 +279,30 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
                 one_hot_classes=None if sparse_labels else self.num_classes)
         if verbose:
             print(rule.describe(source.num_examples))
-        model = distribute.replicate(self, strategy, precision) if replicated else self
         run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
                "classes": self.num_classes, "examples_per_class": examples_per_class,
                "trainable": trainable, "batch_split": batch_split, "precision": precision}
-        with strategy.scope(), training.trainable_from(model, trainable):
-            if jit_compile == "auto":
-                jit_compile = request.get("jit_compile", "auto")
-            model._compile_for_fit(rule, batch_split, trainable,
+
+        def batches(start_step):
+            train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size, seed,
+                                           skip_bad_images=on_bad_image == "warn",
+                                           start_step=start_step, shuffle=shuffle)
+            if sparse_labels:
+                train = train.map(lambda images, labels: (
+                    images, keras.ops.argmax(labels, axis=-1)))
+            return train
+
+        if jit_compile == "auto":
+            jit_compile = request.get("jit_compile", "auto")
+        with training.on_strategy(self, strategy, precision) as model, \
+                training.trainable_from(model, trainable):
+            model.compile_for_rule(rule, batch_split, trainable,
                                    distribute.jit_compile_for(jit_compile, strategy), request)
-            start_step, fit_callbacks = run_state.begin(
-                model, checkpoint_dir, checkpoint_every, run, rule.steps, announce=bool(verbose))
-            remaining = rule.steps - start_step
-            history = keras.callbacks.History()
-            history.params = {}
-            if remaining > 0:
-                train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size,
-                                               seed, skip_bad_images=on_bad_image == "warn",
-                                               start_step=start_step, shuffle=shuffle)
-                if sparse_labels:
-                    train = train.map(lambda images, labels: (
-                        images, keras.ops.argmax(labels, axis=-1)))
-                epochs, steps_per_epoch = passes.keras_epochs(remaining)
-                history = keras.Model.fit(
-                    model, train, validation_data=validation, epochs=epochs,
-                    steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
-                    class_weight=class_weight, validation_steps=validation_steps,
-                    validation_freq=validation_freq,
-                    callbacks=[*fit_callbacks, training.StopAfterSteps(remaining),
-                               *(callbacks or [])],
-                )
-        if model is not self:
-            self.set_weights(model.get_weights())
+            history, start_step = training.train(
+                model, rule, batches, passes, run, checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every, callbacks=callbacks, verbose=verbose,
+                validation_data=validation, class_weight=class_weight,
+                validation_steps=validation_steps, validation_freq=validation_freq)
         self.hyperrule = rule
         history.hyperrule = rule
         history.start_step = start_step
@@ -327,17 +331,22 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def _compile_for_fit(self, rule, batch_split, trainable, jit_compile, request):
-        """Compiles for `fit`, or, for a repeat of the last fit's setup, starts its optimizer afresh.
+    def compile_for_rule(self, rule, batch_split=1, trainable="all", jit_compile=False,
+                         request=None):
+        """Compiles for training on `rule`, or, for a repeat of the last setup, zeroes its optimizer.
 
-        `request`: what the user's own `compile` asked for; what it left at
-        "auto" (all of it, without one) comes from the rule. Repeating the
+        What `fit` and `bitkeras.pretrain` call before their training loop.
+        `request`: compile arguments given by the user (`compile`'s own, for
+        `fit`); what it leaves out or at "auto" comes from the rule: SGD on its
+        schedule (with an UpstreamRecipe's weight decay), one-hot
+        cross-entropy, accuracy. `batch_split`: micro-batches a train step
+        accumulates over. Repeating the
         setup with the rule's own optimizer keeps Keras's traced train step
         (seconds per fit for many short fits, as in a few-shot table) while
         the optimizer's state (step count, momentum) returns to zero, so the
         fit is the same as on a newly compiled model.
         """
-        arguments = dict(request, jit_compile=jit_compile)
+        arguments = dict(request or {}, jit_compile=jit_compile)
         optimizer = arguments.pop("optimizer", "auto")
         loss = arguments.pop("loss", "auto")
         metrics = arguments.pop("metrics", "auto")
@@ -505,6 +514,22 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
 
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Writes a keras-hub preset folder, and `MODEL_CARD.md` in it.
+
+        `BiTClassifier.from_preset(preset_dir)` and
+        `keras_hub.models.ImageClassifier.from_preset(preset_dir)` load it
+        back with the same weights, class names and rule.
+        """
+        self._require_head()
+        if not isinstance(self.backbone, BiTBackbone):
+            raise ValueError(
+                f"save_to_preset needs a native BiTBackbone; this one is a "
+                f"{type(self.backbone).__name__}: convert it (from_hub(..., convert=True))"
+            )
+        super().save_to_preset(str(preset_dir), max_shard_size=max_shard_size)
+        files.write_text(pathlib.Path(preset_dir) / "MODEL_CARD.md", model_card(self))
+
     @classmethod
     def from_preset(cls, name, weights="default", num_classes=None, **kwargs):
         """A classifier of a named architecture or released model.
@@ -520,6 +545,10 @@ class BiTClassifier(files.AtomicSaveMixin, keras.Model):
         (132, ('char_0', 'char_1', 'char_2'))
         >>> BiTClassifier.from_preset("BiT-M-R50x1", weights="auto")  # doctest: +SKIP
         """
+        if presets.is_keras_hub_preset(name):
+            if num_classes is not None:  # a new head: keras-hub then skips the saved one
+                kwargs.update(num_classes=num_classes, class_names=None)
+            return super().from_preset(str(name), load_weights=weights is not None, **kwargs)
         preset = presets.get_preset(name)
         path = resolve_weights(preset, weights)
         if num_classes is None:
@@ -603,3 +632,29 @@ def load_model(path, safe_mode=True):
     files you trust).
     """
     return keras.saving.load_model(path, safe_mode=safe_mode)
+
+
+def model_card(classifier):
+    """A short model card (Markdown) for a classifier saved as a preset."""
+    backbone = classifier.backbone
+    names = classifier.class_names or tuple(str(i) for i in range(classifier.num_classes))
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    rule = classifier.hyperrule
+    lines = [
+        f"# {classifier.name}",
+        "",
+        "A BiT image classifier (ResNet-v2 with GroupNorm and Weight Standardization) "
+        "saved by bitkeras as a keras-hub preset.",
+        "",
+        f"- Architecture: block units {tuple(backbone.block_units)}, width factor "
+        f"{backbone.width_factor}, {classifier.count_params():,} parameters.",
+        f"- Classes: {classifier.num_classes} ({shown}).",
+        "- Input: RGB images of any size, float in [0, 1] or uint8; the model rescales "
+        "them to [-1, 1] itself. Output: logits.",
+        f"- Fine-tuning rule: {rule.get_config() if rule else 'none yet (not fine-tuned)'}.",
+        "",
+        "Load with `bitkeras.BiTClassifier.from_preset(PATH)` or "
+        "`keras_hub.models.ImageClassifier.from_preset(PATH)` (import bitkeras first).",
+        "",
+    ]
+    return "\n".join(lines)

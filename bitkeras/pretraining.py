@@ -11,8 +11,8 @@ have seen (see `pipeline.resumable_train_dataset`).
 import keras
 import numpy as np
 
-from bitkeras import distribute, pipeline, run_state
-from bitkeras.training import StopAfterSteps, check_batching, keras_epochs, make_optimizer
+from bitkeras import distribute, pipeline, run_state, training
+from bitkeras.training import check_batching
 from bitkeras.upstream import UpstreamRecipe
 
 
@@ -68,48 +68,28 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
             f"the labels have {targets.shape[1]} classes but {classifier.name} has a "
             f"{classifier.num_classes}-class head"
         )
-    model = classifier
-    if distribute.needs_replica(classifier, strategy, precision):
-        model = distribute.replicate(classifier, strategy, precision)
-    with strategy.scope():
-        history, start_step = _train(model, images, targets, multi_label, recipe, seed,
-                                     checkpoint_dir, checkpoint_every, callbacks, verbose,
-                                     distribute.jit_compile_for(jit_compile, strategy),
-                                     {"precision": precision} if precision != "float32" else {})
-    if model is not classifier:
-        classifier.set_weights(model.get_weights())
-    history.steps_completed = run_state.optimizer_step(model)
+    # The classifier's own fit setup, with the recipe's loss where the labels are multi-hot.
+    request = {"loss": multi_label_sigmoid_cross_entropy, "metrics": []} if multi_label else {}
+    run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
+           "num_classes": targets.shape[1],
+           **({"precision": precision} if precision != "float32" else {})}
+
+    def batches(start_step):
+        return pipeline.resumable_train_dataset(images, targets, recipe, seed, start_step)
+
+    with training.on_strategy(classifier, strategy, precision) as model:
+        model.compile_for_rule(
+            recipe, jit_compile=distribute.jit_compile_for(jit_compile, strategy),
+            request=request)
+        model.optimizer.build(model.trainable_variables)
+        history, start_step = training.train(
+            model, recipe, batches, training.keras_schedule(recipe, len(images)), run,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+            callbacks=callbacks, verbose=verbose)
+        history.steps_completed = run_state.optimizer_step(model)
     history.recipe = recipe
     history.start_step = start_step
     return history
-
-
-def _train(model, images, targets, multi_label, recipe, seed, checkpoint_dir, checkpoint_every,
-           callbacks, verbose, jit_compile, run_extras):
-    """Compiles `model`, resumes it from `checkpoint_dir` if possible, and trains the rest."""
-    model.compile(
-        optimizer=make_optimizer(recipe),
-        loss=(multi_label_sigmoid_cross_entropy if multi_label
-              else keras.losses.CategoricalCrossentropy(from_logits=True)),
-        metrics=[] if multi_label else [keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-    )
-    model.optimizer.build(model.trainable_variables)
-    run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
-           "num_classes": targets.shape[1], **run_extras}
-    start_step, run_callbacks = run_state.begin(model, checkpoint_dir, checkpoint_every, run,
-                                                recipe.steps)
-    callbacks = [*run_callbacks, *(callbacks or [])]
-    remaining = recipe.steps - start_step
-    history = keras.callbacks.History()
-    if remaining > 0:
-        dataset = pipeline.resumable_train_dataset(images, targets, recipe, seed, start_step)
-        epochs_run, steps_per_epoch = keras_epochs(
-            remaining, max(1, len(images) // recipe.batch_size))
-        history = keras.Model.fit(
-            model, dataset, epochs=epochs_run, steps_per_epoch=steps_per_epoch,
-            callbacks=[StopAfterSteps(remaining), *callbacks], shuffle=False, verbose=verbose)
-    return history, start_step
 
 
 def _targets(labels, num_examples):

@@ -50,12 +50,12 @@ def resume(model, folder, run):
     return optimizer_step(model)
 
 
-def begin(model, checkpoint_dir, checkpoint_every, run, total_steps, announce=True):
+def begin(model, checkpoint_dir, checkpoint_every, run, total_steps):
     """(start step, callbacks) of a run of `total_steps` optimizer steps on a compiled `model`.
 
     The callbacks stop on a NaN/Inf loss and, with a `checkpoint_dir`, write
     checkpoints every `checkpoint_every` steps (default: 20 per run) after
-    resuming from the last one there, if any (announced when `announce`).
+    resuming from the last one there, if any (announced on standard output).
     Put them ahead of other callbacks: a non-finite step must stop before
     it is checkpointed.
     """
@@ -64,7 +64,7 @@ def begin(model, checkpoint_dir, checkpoint_every, run, total_steps, announce=Tr
         return 0, callbacks
     model.optimizer.build(model.trainable_variables)
     start_step = resume(model, checkpoint_dir, run)
-    if start_step and announce:
+    if start_step:
         print(f"Resuming at step {start_step} of {total_steps} from {checkpoint_dir}")
     every = checkpoint_every or max(1, total_steps // 20)
     callbacks.append(RunCheckpoint(checkpoint_dir, every, run))

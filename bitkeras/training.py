@@ -9,6 +9,7 @@ import math
 
 import keras
 
+from bitkeras import distribute, run_state
 from bitkeras.checks import check_positive_integer
 from bitkeras.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
 from bitkeras.schedules import WarmupStaircase
@@ -184,6 +185,52 @@ def keras_epochs(total_steps, steps_per_pass):
     steps_per_epoch = max(1, steps_per_pass, math.ceil(total_steps / MAX_KERAS_EPOCHS))
     steps_per_epoch = min(steps_per_epoch, total_steps)
     return math.ceil(total_steps / steps_per_epoch), steps_per_epoch
+
+
+@contextlib.contextmanager
+def on_strategy(classifier, strategy, precision):
+    """Yields the model that trains `classifier` under `strategy` and `precision`, in scope.
+
+    The classifier itself, or a replica built in the strategy's scope under
+    the precision's dtype policy (see `distribute.replicate`) whose weights
+    are copied back into the classifier when the block ends without error.
+    """
+    replicated = distribute.needs_replica(classifier, strategy, precision)
+    model = distribute.replicate(classifier, strategy, precision) if replicated else classifier
+    with strategy.scope():
+        yield model
+    if model is not classifier:
+        classifier.set_weights(model.get_weights())
+
+
+def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoint_every=None,
+          callbacks=None, verbose="auto", validation_data=None, **keras_arguments):
+    """The one training loop of fine-tuning and pre-training; returns (History, start step).
+
+    Runs the compiled `model` through Keras's `fit` for the `rule.steps`
+    optimizer steps not yet done: with a `checkpoint_dir`, it resumes from
+    the last checkpoint there (see `run_state`) and writes new ones; a NaN or
+    Inf loss stops it. `batches(start_step)`: the training batches from that
+    step on (the same ones an uninterrupted run sees then). `schedule`: a
+    `KerasSchedule` laying the steps out as Keras epochs. `run`: what
+    identifies the run in its checkpoints. Other keyword arguments go to
+    Keras's `fit` (validation_steps, class_weight, ...).
+    """
+    # A resume is announced whatever `verbose` says: training that silently starts
+    # late would be a surprise.
+    start_step, run_callbacks = run_state.begin(
+        model, checkpoint_dir, checkpoint_every, run, rule.steps)
+    remaining = rule.steps - start_step
+    history = keras.callbacks.History()
+    history.params = {}
+    if remaining > 0:
+        epochs, steps_per_epoch = schedule.keras_epochs(remaining)
+        history = keras.Model.fit(
+            model, batches(start_step), validation_data=validation_data, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
+            callbacks=[*run_callbacks, StopAfterSteps(remaining), *(callbacks or [])],
+            **keras_arguments)
+    return history, start_step
 
 
 class StopAfterSteps(keras.callbacks.Callback):

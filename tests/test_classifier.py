@@ -1,4 +1,5 @@
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -226,3 +227,20 @@ def test_a_repeated_fit_setup_starts_its_optimizer_afresh():
     reused.compile()  # a compile of the user's own resets the cache
     reused.fit(data, **settings)
     assert reused.optimizer is not optimizer
+
+
+def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images):
+    path, _ = tiny_checkpoint
+    classifier = BiTClassifier(BiTBackbone(**TINY), class_names=list("abcde"))
+    load_npz(classifier, path)
+    assert isinstance(classifier, keras_hub.models.ImageClassifier)
+    classifier.save_to_preset(tmp_path / "preset")
+    assert "5 (a, b, c, d, e)" in (tmp_path / "preset" / "MODEL_CARD.md").read_text()
+    expected = keras.ops.convert_to_numpy(classifier(images))
+    for loaded in (BiTClassifier.from_preset(tmp_path / "preset"),
+                   keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "preset"))):
+        assert type(loaded) is BiTClassifier and loaded.class_names == tuple("abcde")
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), expected)
+    new_head = BiTClassifier.from_preset(tmp_path / "preset", num_classes=3)
+    assert new_head.num_classes == 3 and not keras.ops.convert_to_numpy(new_head.head.kernel).any()
+    np.testing.assert_array_equal(new_head.backbone(images), classifier.backbone(images))
