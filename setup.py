@@ -44,5 +44,5 @@ setup(
             "jax",
         ],
     },
-    entry_points={"console_scripts": ["bitkeras = bitkeras.cli:main"]},
+    entry_points={"console_scripts": ["bitkeras = bitkeras.jobs.cli:main"]},
 )

@@ -20,13 +20,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import bitkeras  # noqa: E402
 from throughput import (  # noqa: E402  (this script's folder is on sys.path)
     matmul_flops_per_second,
     median_seconds,
     model_images_per_second,
 )
+
+import bitkeras  # noqa: E402
 
 try:
     import torch

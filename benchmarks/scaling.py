@@ -31,8 +31,9 @@ def measure(devices, precision, size, batch, steps):
     import numpy as np
     import tensorflow as tf
 
-    from bitkeras import BiTBackbone, BiTClassifier, distribute, training
-    from bitkeras.hyperrule import HyperRule
+    from bitkeras import BiTBackbone, BiTClassifier
+    from bitkeras.finetuning import distribute, training
+    from bitkeras.finetuning.hyperrule import HyperRule
 
     gpus = tf.config.list_physical_devices("GPU")
     kind = "GPU" if gpus else "CPU"

@@ -1,5 +1,5 @@
 """`python -m bitkeras ...` is the `bitkeras` command."""
 
-from bitkeras.cli import main
+from bitkeras.jobs.cli import main
 
 raise SystemExit(main())

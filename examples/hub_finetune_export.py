@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import bitkeras  # noqa: E402
-from bitkeras import datasets  # noqa: E402
+from bitkeras.data import datasets  # noqa: E402
 
 
 def demo_module(folder):

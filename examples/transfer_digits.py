@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import bitkeras  # noqa: E402
-from bitkeras import datasets  # noqa: E402
+from bitkeras.data import datasets  # noqa: E402
 
 PRESET = "BiT-Glyphs-R14x0.5"
 

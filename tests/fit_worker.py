@@ -46,7 +46,7 @@ def weights_of(model):
 def mirrored(out):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from bitkeras import distribute
+    from bitkeras.finetuning import distribute
 
     results = {}
     for name, strategy, batch_split in (
@@ -63,7 +63,7 @@ def mirrored(out):
 
 
 def multi_worker(out):
-    from bitkeras import distribute
+    from bitkeras.finetuning import distribute
 
     strategy = distribute.strategy_for("auto")  # before TensorFlow runs anything
     index = int(os.environ["BITKERAS_TEST_WORKER"])

@@ -1,6 +1,6 @@
 import pytest
 
-from bitkeras.architecture import ARCHITECTURES, Architecture, architecture_name
+from bitkeras.models.architecture import ARCHITECTURES, Architecture, architecture_name
 
 
 def test_channel_plan_of_r50x1():

@@ -133,7 +133,7 @@ OTHER_BACKEND = """
 import sys, numpy as np, keras
 assert keras.backend.backend() == sys.argv[1]
 from bitkeras import BiTBackbone, BiTClassifier, load_npz
-from bitkeras.layers import PreActBottleneck
+from bitkeras.models.layers import PreActBottleneck
 unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2, projection=True)
 assert tuple(unit(np.zeros((1, 9, 9, 64), "float32")).shape) == (1, 5, 5, 128)
 classifier = BiTClassifier(BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5), 5)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from bitkeras import BiTBackbone, BiTClassifier, CheckpointMismatchError, load_npz, save_npz
-from bitkeras.architecture import Architecture
-from bitkeras.checkpoint import describe_arrays
+from bitkeras.io.checkpoint import describe_arrays
+from bitkeras.models.architecture import Architecture
 from tests import reference
 from tests.conftest import TINY
 

@@ -29,8 +29,8 @@ def test_new_head_starts_at_zero(images):
 
 
 def _tiny_preset(monkeypatch, path):
-    from bitkeras import presets
-    from bitkeras.architecture import Architecture
+    from bitkeras.io import presets
+    from bitkeras.models.architecture import Architecture
 
     preset = presets.Preset("BiT-T-tiny", Architecture(**TINY), "BiT-T-tiny.npz", "test model")
     monkeypatch.setitem(presets.PRESETS, preset.name, preset)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bitkeras import datasets
+from bitkeras.data import datasets
 
 
 def test_digits_splits_are_fixed_disjoint_and_stratified():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bitkeras import BiTBackbone, BiTClassifier, distribute, load_model, training
-from bitkeras.hyperrule import HyperRule
+from bitkeras import BiTBackbone, BiTClassifier, load_model
+from bitkeras.finetuning import distribute, training
+from bitkeras.finetuning.hyperrule import HyperRule
 from tests.conftest import TINY
 from tests.fit_worker import classifier as tiny_classifier
 from tests.fit_worker import data as worker_data

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from bitkeras import BiTBackbone, BiTClassifier, export
+from bitkeras import BiTBackbone, BiTClassifier
+from bitkeras.io import export
 from tests.conftest import COLORS, TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

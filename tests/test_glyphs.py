@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bitkeras import glyphs
+from bitkeras.data import glyphs
 
 
 def test_glyphs_are_deterministic_and_any_slice_renders_alone():

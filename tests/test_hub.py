@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import bitkeras
-from bitkeras import BiTBackbone, BiTClassifier, hub
+from bitkeras import BiTBackbone, BiTClassifier
+from bitkeras.io import hub
 from tests import reference
 from tests.conftest import TINY
 from tests.released_hub import write_released_module

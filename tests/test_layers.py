@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 from tests import reference
 
 

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,7 @@ CHECK_INSTALLED = """
 import pathlib, sys
 import numpy as np
 import bitkeras
-from bitkeras import presets
+from bitkeras.io import presets
 site = pathlib.Path(sys.argv[1])
 assert pathlib.Path(bitkeras.__file__).is_relative_to(site), bitkeras.__file__
 assert presets.SAVED_MODELS.is_relative_to(site), presets.SAVED_MODELS
@@ -23,8 +24,12 @@ print(classifier.num_classes, logits.shape, np.isfinite(logits).all())
 
 
 def test_a_wheel_carries_the_shipped_model_and_loads_it_outside_the_clone(tmp_path):
+    # Built from a copy: setuptools leaves build/ in the folder it builds in.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "runs", "finetuned-*"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), str(ROOT)],
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), str(source)],
                    check=True, cwd=tmp_path)
     wheel, = (tmp_path / "dist").glob("bitkeras-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -3,7 +3,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from bitkeras import HyperRule, pipeline, sources
+from bitkeras import HyperRule
+from bitkeras.finetuning import pipeline, sources
 
 RULE = HyperRule(resize_size=24, crop_size=16, steps=10, warmup_steps=2, decay_boundaries=(5,),
                  base_learning_rate=0.01, batch_size=4, mixup_alpha=0.0)
@@ -80,8 +81,8 @@ def test_ten_crops_are_corners_centre_and_their_mirrors():
 
 
 def test_resumable_dataset_replays_the_tail_of_a_run_and_permutes_each_epoch():
-    from bitkeras.pipeline import resumable_train_dataset
-    from bitkeras.upstream import UpstreamRecipe
+    from bitkeras.finetuning.pipeline import resumable_train_dataset
+    from bitkeras.finetuning.upstream import UpstreamRecipe
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)

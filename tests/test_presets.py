@@ -1,7 +1,7 @@
 import pytest
 
 from bitkeras import list_presets
-from bitkeras.presets import BUCKET_URL, get_preset
+from bitkeras.io.presets import BUCKET_URL, get_preset
 
 
 def test_released_names_and_files():

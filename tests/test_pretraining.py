@@ -10,7 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, BiTClassifier, glyphs, pretraining, run_state
+from bitkeras import BiTBackbone, BiTClassifier
+from bitkeras.data import glyphs
+from bitkeras.finetuning import pretraining, run_state
 from tests.conftest import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from bitkeras import run_state
+from bitkeras.finetuning import run_state
 from tests.fit_worker import classifier as tiny_classifier
 from tests.fit_worker import data as worker_data
 from tests.test_distribute import finish, run_worker

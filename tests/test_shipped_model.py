@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 
-from bitkeras import BiTBackbone, BiTClassifier, glyphs, presets
-from bitkeras.pretrain_job import upstream_accuracy
+from bitkeras import BiTBackbone, BiTClassifier
+from bitkeras.data import glyphs
+from bitkeras.io import presets
+from bitkeras.jobs.pretrain_job import upstream_accuracy
 
 NAME = "BiT-Glyphs-R14x0.5"
 FOLDER = presets.SAVED_MODELS / NAME

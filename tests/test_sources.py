@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bitkeras import BadImageError, DataUnavailableError, sources
+from bitkeras import BadImageError, DataUnavailableError
+from bitkeras.finetuning import sources
 from tests.conftest import make_image_folder
 
 

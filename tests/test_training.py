@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import bitkeras
-from bitkeras import BiTBackbone, BiTClassifier, HyperRule, training
+from bitkeras import BiTBackbone, BiTClassifier, HyperRule
+from bitkeras.finetuning import training
 from tests.conftest import TINY, make_image_folder
 
 SMALL = dict(steps=24, batch_size=8, resize_size=40, crop_size=32, base_learning_rate=0.01)
@@ -164,7 +165,7 @@ def test_keras_epochs_cover_exactly_the_steps():
 
 
 def test_fit_takes_an_upstream_recipe_with_its_weight_decay(tmp_path):
-    from bitkeras.upstream import UpstreamRecipe, rule_from_config
+    from bitkeras.finetuning.upstream import UpstreamRecipe, rule_from_config
 
     recipe = UpstreamRecipe.for_dataset(16, 16, batch_size=8, epochs=1, flip=False)
     assert not isinstance(recipe, HyperRule)  # siblings: neither reads as the other

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 import bitkeras
-from bitkeras import cli, datasets, transfer
+from bitkeras.data import datasets
+from bitkeras.jobs import cli, transfer
 from tests.conftest import COLORS, TINY
 
 

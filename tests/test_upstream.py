@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from bitkeras.upstream import UpstreamRecipe
+from bitkeras.finetuning.upstream import UpstreamRecipe
 
 
 def test_recipe_follows_bit_upstream_numbers():

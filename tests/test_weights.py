@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, CorruptWeightsError, WeightsUnavailableError, presets
-from bitkeras.architecture import Architecture
+from bitkeras import BiTBackbone, CorruptWeightsError, WeightsUnavailableError
+from bitkeras.io import presets
+from bitkeras.models.architecture import Architecture
 from tests import reference
 from tests.conftest import TINY
 
@@ -111,7 +112,7 @@ def test_offline_fails_fast_and_says_where_to_put_the_file(bucket, tmp_path, mon
 
 
 def test_non_bit_archive_is_refused(tmp_path):
-    from bitkeras.weights import verify_npz
+    from bitkeras.io.weights import verify_npz
 
     path = tmp_path / "other.npz"
     np.savez(path, kernel=np.zeros(3))
@@ -120,7 +121,7 @@ def test_non_bit_archive_is_refused(tmp_path):
 
 
 def test_default_weights_load_shipped_presets_and_never_download(monkeypatch, tmp_path):
-    from bitkeras.weights import resolve_weights
+    from bitkeras.io.weights import resolve_weights
 
     released = presets.get_preset("BiT-M-R50x1")
     assert resolve_weights(released, "default") is None  # no download unasked

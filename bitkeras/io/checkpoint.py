@@ -12,8 +12,13 @@ import numpy as np
 from keras import ops
 
 from bitkeras import files
-from bitkeras.architecture import (ROOT_CHANNELS, ROOT_LAYER_NAME, Architecture, architecture_name,
-                                   unit_name)
+from bitkeras.models.architecture import (
+    ROOT_CHANNELS,
+    ROOT_LAYER_NAME,
+    Architecture,
+    architecture_name,
+    unit_name,
+)
 
 HEAD_PREFIX = "resnet/head/"
 _UNIT_KEY = re.compile(r"^resnet/block(\d)/unit(\d+)/")

@@ -3,11 +3,11 @@
 import keras
 import keras_hub
 
-from bitkeras import checkpoint, export, hub, presets
-from bitkeras.weights import resolve_weights
-from bitkeras.architecture import ROOT_LAYER_NAME, Architecture, unit_name
-from bitkeras.images import ImageModel
-from bitkeras.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+from bitkeras.io import checkpoint, export, hub, presets
+from bitkeras.io.weights import resolve_weights
+from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
+from bitkeras.models.images import ImageModel
+from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -15,7 +15,7 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
 
     Takes NHWC RGB images of any size, float in [0, 1] or uint8 (see
-    `bitkeras.images`), rescales them to [-1, 1] itself (the input contract
+    `bitkeras.models.images`), rescales them to [-1, 1] itself (the input contract
     of BiT's TF-Hub modules), and returns the pooled pre-logits features,
     shape (batch, 2048 * width_factor).
 
@@ -84,7 +84,7 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
 
         `name`: an architecture ("R50x1", ...) or a released model
         ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
-        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.presets.list_presets()`),
+        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.io.presets.list_presets()`),
         or a keras-hub preset folder written by `save_to_preset` (its weights
         loaded unless `weights=None`).
         `weights`: None (random initialisation), a path to a `.npz` file in the
@@ -111,7 +111,7 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     def from_hub(cls, handle, trainable=True, convert=False):
         """A backbone from a TF-Hub module: a URL (cached as TF-Hub caches it) or a folder.
 
-        `convert=False`: a `bitkeras.hub.HubBackbone`, the module itself as a
+        `convert=False`: a `bitkeras.io.hub.HubBackbone`, the module itself as a
         Keras 3 layer (its variables trained by `fit`). `convert=True`: a
         native BiTBackbone with the module's weights, architecture read from
         its variables (BiT modules only; a classification module's head is
@@ -130,7 +130,7 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         return backbone, arrays, labels
 
     def export(self, filepath, format="saved_model", **kwargs):
-        """Writes a TF-Hub style feature-vector SavedModel (see `bitkeras.export`).
+        """Writes a TF-Hub style feature-vector SavedModel (see `bitkeras.io.export`).
 
         Keras's own formats ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
         """

@@ -70,7 +70,7 @@ def font_folder():
         import matplotlib
     except ImportError as error:
         raise ImportError(
-            "bitkeras.glyphs renders characters from the fonts that matplotlib ships: "
+            "bitkeras.data.glyphs renders characters from the fonts that matplotlib ships: "
             "pip install matplotlib"
         ) from error
     return pathlib.Path(matplotlib.get_data_path()) / "fonts" / "ttf"

@@ -11,8 +11,8 @@ import difflib
 import importlib.resources
 import pathlib
 
-from bitkeras import glyphs
-from bitkeras.architecture import ARCHITECTURES, Architecture
+from bitkeras.data import glyphs
+from bitkeras.models.architecture import ARCHITECTURES, Architecture
 
 BUCKET_URL = "https://storage.googleapis.com/bit_models/"
 """Where the released `.npz` files live; a preset's file is relative to it."""

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from bitkeras.checks import check_positive_integer
-from bitkeras.images import check_value_range
+from bitkeras.models.images import check_value_range
 
 NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 """Formats tf.io.decode_image reads; other Pillow formats are decoded by Pillow."""

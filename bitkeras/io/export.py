@@ -28,7 +28,8 @@ import tempfile
 
 import tensorflow as tf
 
-from bitkeras import checkpoint, pipeline
+from bitkeras.finetuning import pipeline
+from bitkeras.io import checkpoint
 
 FORMATS = ("saved_model", "tf_hub")
 OUTPUTS = ("logits", "features")

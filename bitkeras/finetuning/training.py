@@ -1,6 +1,10 @@
-"""The pieces of BiT fine-tuning around Keras's own loop: rule, optimizer, freezing.
+"""The one training loop of bitkeras, and the pieces around it: rule, optimizer, freezing.
 
-`BiTClassifier.fit` strings these together; each is usable (and tested) alone.
+`train` runs a compiled classifier through Keras's own `fit` for a rule's
+optimizer steps (resuming, checkpointing, stopping on NaN); `on_strategy`
+gives the model to train under a tf.distribute strategy and precision.
+`BiTClassifier.fit` and `bitkeras.pretrain` both use them; each piece is
+usable (and tested) alone.
 """
 
 import contextlib
@@ -9,18 +13,17 @@ import math
 
 import keras
 
-from bitkeras import distribute, run_state
 from bitkeras.checks import check_positive_integer
-from bitkeras.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
-from bitkeras.schedules import WarmupStaircase
-from bitkeras.upstream import UpstreamRecipe
+from bitkeras.finetuning import distribute, run_state
+from bitkeras.finetuning.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
+from bitkeras.finetuning.schedules import WarmupStaircase
+from bitkeras.finetuning.upstream import UpstreamRecipe
 
 MAX_KERAS_EPOCHS = 20
 """At most this many Keras epochs (progress-bar rounds, validation points) per fit."""
 
 TRAINABLE_CHOICES = ("all", "head", "block1", "block2", "block3", "block4")
 
-_RULE_FIELDS = tuple(field.name for field in dataclasses.fields(HyperRule))
 _SCHEDULE_FIELDS = ("warmup_steps", "decay_boundaries")
 
 
@@ -33,18 +36,20 @@ def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **ov
     schedule (warm-up and decays move in proportion); override `warmup_steps`
     and `decay_boundaries` too to set them yourself.
     """
-    unknown = sorted(set(overrides) - set(_RULE_FIELDS))
+    if hyperrule is not None and not isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
+        raise TypeError(f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe; got "
+                        f"{type(hyperrule).__name__}")
+    fields = [field.name for field in dataclasses.fields(hyperrule or HyperRule)]
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise TypeError(
-            f"unknown fit argument(s) {unknown}; Keras's fit arguments and the HyperRule "
-            f"fields {list(_RULE_FIELDS)} are accepted"
+            f"unknown fit argument(s) {unknown}; Keras's fit arguments and the "
+            f"{type(hyperrule).__name__ if hyperrule else 'HyperRule'} fields {fields} are "
+            f"accepted"
         )
     if hyperrule is None:
         batch_size = overrides.pop("batch_size", min(REFERENCE_BATCH_SIZE, num_examples))
         hyperrule = HyperRule.for_dataset(num_examples, image_size, batch_size, variant)
-    elif not isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
-        raise TypeError(f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe; got "
-                        f"{type(hyperrule).__name__}")
     if "steps" in overrides and not any(name in overrides for name in _SCHEDULE_FIELDS):
         hyperrule = hyperrule.with_steps(overrides.pop("steps"))
     return dataclasses.replace(hyperrule, **overrides)
@@ -135,7 +140,7 @@ class KerasSchedule:
     one pass over the data (`steps_per_epoch`, if given, sets the round).
     """
 
-    rule: HyperRule
+    rule: object  # a HyperRule or an UpstreamRecipe
     steps_per_pass: int
     epochs: int | None = None
     steps_per_epoch: int | None = None

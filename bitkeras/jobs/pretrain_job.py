@@ -15,12 +15,14 @@ import time
 
 import keras
 
-from bitkeras import distribute, files, glyphs
-from bitkeras.backbone import BiTBackbone
-from bitkeras.checkpoint import save_npz
-from bitkeras.classifier import BiTClassifier
-from bitkeras.pretraining import pretrain
-from bitkeras.upstream import UpstreamRecipe
+from bitkeras import files
+from bitkeras.data import glyphs
+from bitkeras.finetuning import distribute
+from bitkeras.finetuning.pretraining import pretrain
+from bitkeras.finetuning.upstream import UpstreamRecipe
+from bitkeras.io.checkpoint import save_npz
+from bitkeras.models.backbone import BiTBackbone
+from bitkeras.models.classifier import BiTClassifier
 
 EVAL_SEED_OFFSET = 1_000_003
 """The upstream accuracy is measured on glyphs drawn with `seed + EVAL_SEED_OFFSET`."""
@@ -118,7 +120,7 @@ ImageNet-21k. Load it, offline, with `BiTClassifier.from_preset("{record["name"]
 - File: `model.npz`, in the released BiT `.npz` format (head included).
 
 ## Data
-- `bitkeras.glyphs.make_glyphs({data['examples']}, seed={data['seed']},
+- `bitkeras.data.glyphs.make_glyphs({data['examples']}, seed={data['seed']},
   image_size={data['image_size']})`: {data['num_classes']} classes (printed digits,
   Latin and Greek letters and symbols from the DejaVu and STIX fonts matplotlib
   ships; shapes; textures), each example with its own font, size, stroke weight,

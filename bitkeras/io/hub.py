@@ -25,7 +25,8 @@ import urllib.request
 import keras
 import tensorflow as tf
 
-from bitkeras import checkpoint, files
+from bitkeras import files
+from bitkeras.io import checkpoint
 
 CACHE_ENV = "TFHUB_CACHE_DIR"
 DOWNLOAD_TIMEOUT_SECONDS = 30

@@ -1,7 +1,7 @@
 """BiTClassifier: a BiTBackbone with a dense head, images in [0, 1] -> logits.
 
 Fine-tuning (`fit`), evaluation and prediction take data in any form
-`bitkeras.sources` reads and run it through `bitkeras.pipeline`.
+`bitkeras.finetuning.sources` reads and run it through `bitkeras.finetuning.pipeline`.
 """
 
 import dataclasses
@@ -12,15 +12,16 @@ import warnings
 import keras
 import keras_hub
 
-from bitkeras import (checkpoint, distribute, export, files, hub, pipeline, presets, sources,
-                      training)
-from bitkeras.backbone import BiTBackbone
+from bitkeras import files
 from bitkeras.checks import check_positive_integer
-from bitkeras.hyperrule import BASE_LEARNING_RATE, HyperRule
-from bitkeras.upstream import rule_from_config
-from bitkeras.images import standardize_images
-from bitkeras.inference import Predictions, ViewAverage, check_test_time_augmentation
-from bitkeras.weights import resolve_weights
+from bitkeras.finetuning import distribute, pipeline, sources, training
+from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
+from bitkeras.finetuning.upstream import rule_from_config
+from bitkeras.io import checkpoint, export, hub, presets
+from bitkeras.io.weights import resolve_weights
+from bitkeras.models.backbone import BiTBackbone
+from bitkeras.models.images import standardize_images
+from bitkeras.models.inference import Predictions, ViewAverage, check_test_time_augmentation
 
 EVAL_BATCH_SIZE = 32
 """Images per batch in `evaluate` and `predict` (views, with ten-crop)."""
@@ -45,7 +46,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
     on arrays, a folder of class sub-folders, a TFDS name or a tf.data
     dataset; `predict(x)` returns logits as an array; `evaluate(x, y)` the
     compiled loss and metrics; `classify(x)` adds class ids, probabilities
-    and names. Images follow `bitkeras.images`: float in [0, 1] or uint8.
+    and names. Images follow `bitkeras.models.images`: float in [0, 1] or uint8.
 
     Example:
 
@@ -70,6 +71,9 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
         # BiT's zero-initialised float32 Dense, and it can come later, from the
         # data. Not compiled here: fit compiles from the rule unless the user did.
         keras_hub.models.Task.__init__(self, compile=False, **kwargs)
+        # What the user's own compile() asked for (empty until then); fit keeps it.
+        # Read-only and not a dict, so Keras does not track what is in it as state.
+        self._compile_request = types.MappingProxyType({})
         self.backbone = backbone
         self.head = None
         self.num_classes = None
@@ -122,7 +126,6 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
         (SGD on the rule's warm-up and decays; one-hot cross-entropy, which
         MixUp needs).
         """
-        # Read-only and not a dict, so Keras does not track the metrics in it as state.
         self._compile_request = types.MappingProxyType(dict(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs))
         self._compile_defaults(optimizer, loss, metrics, jit_compile, **kwargs)
@@ -197,7 +200,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
           optimizer step (same update as the full batch, less memory).
         - `on_bad_image`: "warn" skips unreadable files with one warning that
           names them, "raise" stops.
-        - `strategy`: "auto" (see `bitkeras.distribute`: TPU, several workers,
+        - `strategy`: "auto" (see `bitkeras.finetuning.distribute`: TPU, several workers,
           several GPUs, else one device), a name ("default", "mirrored",
           "multi_worker", "tpu") or a `tf.distribute.Strategy`. The rule's
           batch is the global batch, split across replicas. A classifier
@@ -258,7 +261,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
         training.check_batching(rule, source.num_examples, batch_split,
                                 strategy.num_replicas_in_sync)
         training.check_trainable(trainable, self.backbone)
-        request = getattr(self, "_compile_request", {})
+        request = self._compile_request
         sparse_labels = training.wants_sparse_labels(request.get("loss", "auto"))
         if sparse_labels and rule.mixup_alpha > 0:
             raise ValueError(
@@ -281,7 +284,8 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
             print(rule.describe(source.num_examples))
         run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
                "classes": self.num_classes, "examples_per_class": examples_per_class,
-               "trainable": trainable, "batch_split": batch_split, "precision": precision}
+               "trainable": trainable, "batch_split": batch_split, "precision": precision,
+               **({"shuffle": False} if not shuffle else {})}
 
         def batches(start_step):
             train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size, seed,
@@ -614,7 +618,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
         `format`: "saved_model" or "tf_hub" (the same reusable TF2 SavedModel);
         `output`: "logits" (a classification module, with a serving signature
         for encoded image bytes and the class names as an asset) or "features"
-        (a feature-vector module). See `bitkeras.export`. Keras's own formats
+        (a feature-vector module). See `bitkeras.io.export`. Keras's own formats
         ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
         """
         if format in export.FORMATS:

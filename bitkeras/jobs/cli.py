@@ -27,7 +27,7 @@ def run(argv):
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _pretrain_parser(commands.add_parser(
         "pretrain", help="pre-train a BiT model upstream with BiT's recipe",
-        description="Pre-trains a BiT model on the generated glyphs dataset (bitkeras.glyphs) "
+        description="Pre-trains a BiT model on the generated glyphs dataset (bitkeras.data.glyphs) "
                     "with BiT's upstream recipe; checkpoints, and resumes when rerun."))
     _finetune_parser(commands.add_parser(
         "finetune", help="fine-tune with the BiT-HyperRule and write a transfer report",
@@ -38,10 +38,10 @@ def run(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args.command_line = shlex.join(["bitkeras", *argv])
     if args.command == "pretrain":
-        from bitkeras import pretrain_job
+        from bitkeras.jobs import pretrain_job
 
         return pretrain_job.run(args)
-    from bitkeras import transfer
+    from bitkeras.jobs import transfer
 
     return transfer.run(args)
 
@@ -73,7 +73,7 @@ def _pretrain_parser(parser):
 
 
 def _hardware_arguments(parser):
-    from bitkeras.distribute import PRECISIONS, STRATEGY_NAMES
+    from bitkeras.finetuning.distribute import PRECISIONS, STRATEGY_NAMES
 
     parser.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES,
                         help="tf.distribute strategy; auto: TPU, several workers (TF_CONFIG), "

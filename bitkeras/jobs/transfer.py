@@ -9,7 +9,7 @@ output folder `finetuned.keras` (the fine-tuned pretrained model),
 `report.json` and `report.png`.
 
 With no `--data`, it fine-tunes on the UCI digits bundled with scikit-learn
-(`bitkeras.datasets.digits`) under a CPU budget that keeps the whole job
+(`bitkeras.data.datasets.digits`) under a CPU budget that keeps the whole job
 under five minutes on two cores: see `cpu_budget_rule`.
 """
 
@@ -21,11 +21,14 @@ import time
 import keras
 import numpy as np
 
-from bitkeras import checkpoint, datasets, distribute, files, hub, pipeline, presets, sources
-from bitkeras.backbone import BiTBackbone
+from bitkeras import files
 from bitkeras.checks import check_positive_integer
-from bitkeras.classifier import BiTClassifier, load_model
-from bitkeras.hyperrule import HyperRule
+from bitkeras.data import datasets
+from bitkeras.finetuning import distribute, pipeline, sources
+from bitkeras.finetuning.hyperrule import HyperRule
+from bitkeras.io import checkpoint, hub, presets
+from bitkeras.models.backbone import BiTBackbone
+from bitkeras.models.classifier import BiTClassifier, load_model
 
 BUDGET_RESOLUTION = (40, 32)
 """(resize, crop) of the CPU budget: the small-image rule's 160 / 128, at a quarter of the side."""

@@ -75,7 +75,7 @@ def _make(name):
             raise
         raise RuntimeError(
             f"TensorFlow cannot set up the {name} strategy now: it must be made before "
-            f"TensorFlow runs anything ({error}). Call bitkeras.distribute.strategy_for("
+            f"TensorFlow runs anything ({error}). Call bitkeras.finetuning.distribute.strategy_for("
             f"{name!r}) (or 'auto') at the top of the program, before building a model."
         ) from error
 

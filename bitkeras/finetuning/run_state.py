@@ -3,7 +3,7 @@
 A run's state is the model's and the optimizer's variables (the optimizer's
 step count included) plus a description of the run (`run.json`: its rule,
 seed and data). Data position needs no saving: bitkeras's training pipelines
-are a function of the seed and the step (see `bitkeras.pipeline`), so a run
+are a function of the seed and the step (see `bitkeras.finetuning.pipeline`), so a run
 resumed at step `s` replays from batch `s` exactly.
 
 Keras's `BackupAndRestore` resumes at the start of an epoch and cannot
@@ -19,7 +19,8 @@ import pathlib
 import keras
 import numpy as np
 
-from bitkeras import distribute, files
+from bitkeras import files
+from bitkeras.finetuning import distribute
 
 CHECKPOINT_FILE = "latest.weights.h5"
 RUN_FILE = "run.json"

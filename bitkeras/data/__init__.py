@@ -1,0 +1,1 @@
+"""Data that installs with bitkeras: the UCI digits and the generated glyphs."""

@@ -1,0 +1,1 @@
+"""The jobs and the command line: `bitkeras finetune` and `bitkeras pretrain`."""
