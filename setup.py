@@ -42,6 +42,8 @@ setup(
             "setuptools>=70.1,<82",
             # Building the models under Keras's JAX backend.
             "jax",
+            # Keras's TensorBoard callback in fit (TensorFlow 2.21 no longer brings it).
+            "tensorboard",
         ],
     },
     entry_points={"console_scripts": ["bitkeras = bitkeras.jobs.cli:main"]},

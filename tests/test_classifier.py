@@ -244,3 +244,14 @@ def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images)
     new_head = BiTClassifier.from_preset(tmp_path / "preset", num_classes=3)
     assert new_head.num_classes == 3 and not keras.ops.convert_to_numpy(new_head.head.kernel).any()
     np.testing.assert_array_equal(new_head.backbone(images), classifier.backbone(images))
+
+
+def test_tensorboard_and_backup_and_restore_callbacks_run_as_in_keras(tmp_path):
+    images, labels = _bright_and_dark(32)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    history = classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0, callbacks=[
+        keras.callbacks.TensorBoard(log_dir=str(tmp_path / "logs")),
+        keras.callbacks.BackupAndRestore(backup_dir=str(tmp_path / "backup"))], **SMALL_RULE)
+    assert len(history.epoch) == 2
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "backup").exists()  # Keras removes its backup after a finished fit
