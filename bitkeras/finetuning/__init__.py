@@ -1,1 +1,3 @@
-"""Training: the HyperRule and the upstream recipe, schedules, data sources, tf.data pipelines, the one training loop, checkpoints of a run, tf.distribute."""
+"""Training: the HyperRule and the upstream recipe, schedules, data sources, tf.data pipelines,
+the one training loop, checkpoints of a run, tf.distribute.
+"""

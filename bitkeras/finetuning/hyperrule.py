@@ -76,31 +76,33 @@ class TrainingRule:
 
     def __post_init__(self):
         object.__setattr__(self, "decay_boundaries", tuple(self.decay_boundaries))
+        kind = type(self).__name__
         for name in ("resize_size", "crop_size", "steps", "batch_size"):
-            check_positive_integer(getattr(self, name), f"{type(self).__name__}.{name}")
+            check_positive_integer(getattr(self, name), f"{kind}.{name}")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(
-                f"{type(self).__name__}.warmup_steps must be an integer in [0, steps={self.steps}]; "
+                f"{kind}.warmup_steps must be an integer in [0, steps={self.steps}]; "
                 f"got {self.warmup_steps!r}"
             )
         boundaries = self.decay_boundaries
-        if any(not isinstance(b, int) for b in boundaries) or list(boundaries) != sorted(set(boundaries)) \
-                or any(not self.warmup_steps <= b <= self.steps for b in boundaries):
+        if any(not isinstance(b, int) for b in boundaries) or list(boundaries) != sorted(
+                set(boundaries)) or any(not self.warmup_steps <= b <= self.steps
+                                        for b in boundaries):
             raise ValueError(
-                f"{type(self).__name__}.decay_boundaries must be increasing integers between warmup_steps="
+                f"{kind}.decay_boundaries must be increasing integers between warmup_steps="
                 f"{self.warmup_steps} and steps={self.steps}; got {boundaries!r}"
             )
         if self.crop and self.crop_size > self.resize_size:
             raise ValueError(
-                f"{type(self).__name__}.crop_size ({self.crop_size}) cannot exceed resize_size "
+                f"{kind}.crop_size ({self.crop_size}) cannot exceed resize_size "
                 f"({self.resize_size}) when crop=True"
             )
         if not self.base_learning_rate > 0:
             raise ValueError(
-                f"{type(self).__name__}.base_learning_rate must be positive; got {self.base_learning_rate!r}"
+                f"{kind}.base_learning_rate must be positive; got {self.base_learning_rate!r}"
             )
         if not self.mixup_alpha >= 0:
-            raise ValueError(f"{type(self).__name__}.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
+            raise ValueError(f"{kind}.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
 
     def with_steps(self, steps):
         """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""

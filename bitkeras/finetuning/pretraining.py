@@ -58,7 +58,7 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     if recipe is None:
         recipe = UpstreamRecipe.for_dataset(len(images), images.shape[1], batch_size, epochs)
     elif not isinstance(recipe, UpstreamRecipe):
-        raise TypeError(f"recipe must be a bitkeras.finetuning.upstream.UpstreamRecipe; got {recipe!r}")
+        raise TypeError(f"recipe must be a bitkeras.UpstreamRecipe; got {recipe!r}")
     strategy = distribute.training_strategy(classifier, strategy)
     check_batching(recipe, len(images), 1, strategy.num_replicas_in_sync)
     if classifier.head is None:

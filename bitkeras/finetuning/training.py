@@ -56,7 +56,7 @@ def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **ov
 
 
 def check_batching(rule, num_examples, batch_split, replicas=1):
-    """Raises unless `rule.batch_size` examples exist and split evenly over replicas and micro-batches.
+    """Raises unless `rule.batch_size` examples exist and split evenly into micro-batches.
 
     The rule's batch is the global batch: each of `replicas` devices takes an
     equal share, which it cuts into `batch_split` micro-batches.

@@ -95,7 +95,8 @@ def _finetune_parser(parser):
                              "BiT module (URL or SavedModel folder) (default: %(default)s, "
                              "shipped in saved_models/)")
     parser.add_argument("--out", default=None,
-                        help="output folder (default: saved_models/finetuned-<data> in the working folder)")
+                        help="output folder (default: saved_models/finetuned-<data> in the "
+                             "working folder)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps "
                         "(default: the HyperRule's; the bundled-digits job uses a CPU budget)")
     parser.add_argument("--batch-size", type=int, default=None)

@@ -1,1 +1,3 @@
-"""The models: BiT's layers, the architecture as data, backbone and classifier (keras-hub roles), inference helpers."""
+"""The models: BiT's layers, the architecture as data, backbone and classifier (keras-hub
+roles), inference helpers.
+"""

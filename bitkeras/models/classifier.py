@@ -337,7 +337,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
 
     def compile_for_rule(self, rule, batch_split=1, trainable="all", jit_compile=False,
                          request=None):
-        """Compiles for training on `rule`, or, for a repeat of the last setup, zeroes its optimizer.
+        """Compiles for training on `rule`; for a repeat of the last setup, zeroes its optimizer.
 
         What `fit` and `bitkeras.pretrain` call before their training loop.
         `request`: compile arguments given by the user (`compile`'s own, for
@@ -412,7 +412,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
                  steps=None, callbacks=None, return_dict=False, *, split=None,
                  image_size=None, test_time_augmentation=None, on_bad_image="warn",
                  **kwargs):
-        """Keras's `evaluate` on images preprocessed as fine-tuning does; returns what Keras returns.
+        """Keras's `evaluate` on images preprocessed as fine-tuning does; Keras's return.
 
         The loss and metrics are the compiled ones: after `fit`, the loss,
         "accuracy" and, with more than 5 classes, "top5_accuracy"; a
