@@ -14,7 +14,9 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.15",
+        # 3.15 is what keras-hub 0.32 needs; the upper bound because bitkeras uses a few
+        # private Keras APIs, each marked where used and checked on 3.15.
+        "keras>=3.15,<3.16",
         # Where Keras users find pretrained vision models: BiTBackbone is one of its
         # FeaturePyramidBackbones (presets, detection tasks); checked on 0.32.
         "keras-hub>=0.32,<0.33",

@@ -120,7 +120,8 @@ def accumulated_train_step(model, data, micro_batches):
                 predictions = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=True)
                 # As Keras's own train step: the logged loss, undoing the 1/replicas
-                # that compute_loss applies for the all-reduce (a sum).
+                # that compute_loss applies for the all-reduce (a sum). Private Keras
+                # API (the tracker of the logged loss), checked on Keras 3.15.
                 model._loss_tracker.update_state(loss * replicas, sample_weight=size)
                 scaled = model.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, variables)

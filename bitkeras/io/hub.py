@@ -196,6 +196,7 @@ class HubModule(keras.layers.TFSMLayer):
     def _add_existing_weight(self, weight):
         # As TFSMLayer does, minus the ":0" that TF variable names end with,
         # which Keras optimizers cannot put in their slot variables' names.
+        # Private Keras API (TFSMLayer's hook, _track_variable), checked on Keras 3.15.
         variable = keras.Variable(initializer=weight, trainable=weight.trainable,
                                   dtype=weight.dtype, shape=weight.shape,
                                   name=weight.name.split(":")[0].replace("/", "_"))

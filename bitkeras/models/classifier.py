@@ -330,6 +330,7 @@ class BiTClassifier(files.AtomicSaveMixin, keras_hub.models.ImageClassifier):
         # MultiWorkerMirroredStrategy (keras-team/keras#20585); the draw also
         # starts an iterator, so training would begin on a reshuffled second
         # pass. The build needs only shapes and dtypes: the dataset's spec.
+        # Private Keras API (_maybe_symbolic_build, data_adapter), checked on Keras 3.15.
         if iterator is not None and data_batch is None and distribute.model_strategy(self):
             data_batch = iterator.data_adapter.get_tf_dataset().element_spec
             iterator = None
