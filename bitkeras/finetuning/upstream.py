@@ -10,7 +10,7 @@ import dataclasses
 import math
 
 from bitkeras.checks import check_positive_integer
-from bitkeras.finetuning.hyperrule import TrainingRule
+from bitkeras.finetuning.hyperrule import HyperRule, TrainingRule
 
 UPSTREAM_LEARNING_RATE = 0.03
 """Learning rate at batch size 256."""
@@ -80,6 +80,4 @@ class UpstreamRecipe(TrainingRule):
 
 def rule_from_config(config):
     """The HyperRule or UpstreamRecipe a `get_config()` dict describes (only recipes decay)."""
-    from bitkeras.finetuning.hyperrule import HyperRule
-
     return (UpstreamRecipe if "weight_decay" in config else HyperRule)(**config)
