@@ -1,5 +1,6 @@
 """bitkeras: Big Transfer (BiT) ResNet-v2 models for Keras 3."""
 
+from bitkeras.finetuning.classifier import BiTClassifier, load_model
 from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.finetuning.pretraining import pretrain
 from bitkeras.finetuning.run_state import NonFiniteLossError
@@ -9,12 +10,14 @@ from bitkeras.finetuning.upstream import UpstreamRecipe
 from bitkeras.io.checkpoint import CheckpointMismatchError, load_npz, save_npz
 from bitkeras.io.hub import HubUnavailableError
 from bitkeras.io.presets import list_presets
+from bitkeras.io.pretrained import BiTBackbone
 from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError
 from bitkeras.models.architecture import ARCHITECTURES, Architecture
-from bitkeras.models.backbone import BiTBackbone
-from bitkeras.models.classifier import BiTClassifier, load_model
+from bitkeras.models.backbone import ResNetV2Backbone
+from bitkeras.models.classifier import HeadClassifier
 from bitkeras.models.inference import Predictions
 from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+from bitkeras.models.preprocessing import BiTImageClassifierPreprocessor, BiTImageConverter
 
 __version__ = "0.1.0"
 
@@ -24,22 +27,26 @@ __all__ = [
     "BadImageError",
     "BiTBackbone",
     "BiTClassifier",
+    "BiTImageClassifierPreprocessor",
+    "BiTImageConverter",
     "CheckpointMismatchError",
     "CorruptWeightsError",
     "DataUnavailableError",
+    "HeadClassifier",
     "HubUnavailableError",
     "HyperRule",
     "NonFiniteLossError",
-    "Predictions",
     "PreActBottleneck",
+    "Predictions",
+    "ResNetV2Backbone",
     "StandardizedConv2D",
     "UpstreamRecipe",
     "WarmupStaircase",
     "WeightsUnavailableError",
     "group_normalization",
     "list_presets",
-    "pretrain",
     "load_model",
     "load_npz",
+    "pretrain",
     "save_npz",
 ]

@@ -7,7 +7,7 @@ import keras_hub
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, load_npz
+from bitkeras import BiTBackbone, BiTImageConverter, load_npz
 from tests import reference
 from tests.conftest import TINY
 
@@ -140,8 +140,18 @@ classifier = BiTClassifier(BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.
 load_npz(classifier, sys.argv[2])
 images = np.load(sys.argv[3])
 pyramid = keras.Model(classifier.backbone.input, classifier.backbone.pyramid_outputs)
-np.savez(sys.argv[4], logits=keras.ops.convert_to_numpy(classifier(images)),
-         **{name: keras.ops.convert_to_numpy(value) for name, value in pyramid(images).items()})
+# keras-hub's predict runs the preprocessor (BiT's resize) on this backend too.
+from bitkeras import BiTImageClassifierPreprocessor, BiTImageConverter, HeadClassifier
+network = HeadClassifier(classifier.backbone, 5, preprocessor=BiTImageClassifierPreprocessor(
+    BiTImageConverter(image_size=24)))
+network.head.set_weights(classifier.head.get_weights())
+pixels = (images * 255).round().astype("uint8")
+predicted = network.predict(pixels, batch_size=2, verbose=0)
+logits = keras.ops.convert_to_numpy(classifier(images))
+maps = {name: keras.ops.convert_to_numpy(value) for name, value in pyramid(images).items()}
+network.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+fit_loss = network.fit(pixels, np.array([0, 1]), batch_size=2, verbose=0).history["loss"]
+np.savez(sys.argv[4], logits=logits, predicted=predicted, fit_loss=fit_loss, **maps)
 """
 
 
@@ -159,5 +169,15 @@ def test_models_compute_the_same_function_under_other_backends(backend, tiny_che
     _, expected_logits, expected_maps = reference.forward(arrays, images, TINY["block_units"])
     computed = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(computed["logits"], expected_logits, rtol=1e-4, atol=1e-4)
+    converter = BiTImageConverter(image_size=24)  # here, under TensorFlow
+    resized = converter((images * 255).round().astype("uint8"))
+    _, expected_predicted, _ = reference.forward(arrays, np.asarray(resized), TINY["block_units"])
+    np.testing.assert_allclose(computed["predicted"], expected_predicted, rtol=1e-3, atol=1e-3)
+    # Keras's own fit runs there too, on the preprocessed images: its loss is the
+    # cross-entropy of those logits (labels 0 and 1) before the step.
+    shifted = expected_predicted - expected_predicted.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected_loss = -(log_probabilities[0, 0] + log_probabilities[1, 1]) / 2
+    np.testing.assert_allclose(computed["fit_loss"], [expected_loss], rtol=1e-3)
     for name, expected_map in expected_maps.items():
         np.testing.assert_allclose(computed[name], expected_map, rtol=1e-3, atol=1e-3)

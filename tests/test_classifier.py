@@ -203,7 +203,7 @@ def test_from_preset_keeping_a_head_needs_one_in_the_file(monkeypatch, tmp_path)
         BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path)
 
 
-def test_a_repeated_fit_setup_starts_its_optimizer_afresh():
+def test_a_repeated_fit_starts_its_optimizer_afresh():
     rng = np.random.default_rng(0)
     data = (rng.uniform(0, 1, (40, 16, 16, 3)).astype("float32"), np.arange(40) % 4)
     settings = dict(steps=4, batch_size=8, crop_size=16, resize_size=18, seed=1, verbose=0,
@@ -218,15 +218,13 @@ def test_a_repeated_fit_setup_starts_its_optimizer_afresh():
     reused.fit(data, **settings)
     optimizer = reused.optimizer
     reused.set_weights(start)
-    reused.fit(data, **settings)  # same setup: same optimizer, its state zeroed
-    assert reused.optimizer is optimizer and int(optimizer.iterations.numpy()) == 4
+    reused.fit(data, **settings)  # a new optimizer: no momentum or step count carried over
+    assert reused.optimizer is not optimizer
+    assert int(reused.optimizer.iterations.numpy()) == 4 and reused.batch_split == 2
     reference = fresh()
     reference.fit(data, **settings)
     for ours, theirs in zip(reused.weights, reference.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-    reused.compile()  # a compile of the user's own resets the cache
-    reused.fit(data, **settings)
-    assert reused.optimizer is not optimizer
 
 
 def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images):
@@ -255,3 +253,47 @@ def test_tensorboard_and_backup_and_restore_callbacks_run_as_in_keras(tmp_path):
     assert len(history.epoch) == 2
     assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
     assert not (tmp_path / "backup").exists()  # Keras removes its backup after a finished fit
+
+
+def test_predict_and_evaluate_run_the_preprocessor_that_fit_sized(tmp_path):
+    images, labels = _bright_and_dark(32)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    assert isinstance(classifier.preprocessor, keras_hub.models.ImageClassifierPreprocessor)
+    assert classifier.image_size is None  # nothing to size it by yet
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, crop_size=12,
+                   resize_size=14)
+    assert classifier.image_size == 12
+    big = (np.random.default_rng(2).uniform(0, 1, (3, 30, 20, 3)) * 255).astype(np.uint8)
+    resized = classifier.preprocessor.image_converter(big)
+    assert tuple(resized.shape) == (3, 12, 12, 3) and float(np.max(resized)) <= 1.0
+    np.testing.assert_allclose(resized, tf.image.resize(big / 255, [12, 12]), atol=1e-5)
+    expected = keras.ops.convert_to_numpy(classifier(resized))
+    np.testing.assert_allclose(classifier.predict(big, verbose=0), expected, atol=1e-5)
+    at_16 = keras.ops.convert_to_numpy(classifier(tf.image.resize(big / 255, [16, 16])))
+    np.testing.assert_allclose(classifier.predict(big, verbose=0, image_size=16), at_16,
+                               atol=1e-5)
+    assert classifier.image_size == 12  # a size for one call does not stay
+    classifier.save(tmp_path / "c.keras")
+    classifier.save_to_preset(tmp_path / "preset")
+    assert "resize to 12x12" in (tmp_path / "preset" / "MODEL_CARD.md").read_text()
+    for loaded in (keras.saving.load_model(tmp_path / "c.keras"),
+                   keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "preset"))):
+        assert loaded.image_size == 12
+        np.testing.assert_allclose(loaded.predict(big, verbose=0), expected, atol=1e-5)
+
+
+def test_batch_split_given_to_compile_is_kept_saved_and_used_by_fit(tmp_path):
+    images, labels = _bright_and_dark(32)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.compile(optimizer=keras.optimizers.SGD(0.01), batch_split=4)
+    assert classifier.batch_split == 4
+    assert classifier.get_compile_config()["batch_split"] == 4
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    assert classifier.batch_split == 4
+    with pytest.raises(ValueError, match="batch_size 16 does not split into 3"):
+        classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, batch_split=3,
+                       **SMALL_RULE)
+    classifier.save(tmp_path / "split.keras")
+    assert keras.saving.load_model(tmp_path / "split.keras").batch_split == 4
+    with pytest.raises(ValueError, match="batch_split must be a positive integer"):
+        classifier.compile(batch_split=0)

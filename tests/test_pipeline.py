@@ -1,10 +1,13 @@
 import dataclasses
 
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from bitkeras import HyperRule
+from bitkeras import BiTImageConverter, HyperRule
 from bitkeras.finetuning import pipeline, sources
+from bitkeras.models.preprocessing import ten_crop_views
 
 RULE = HyperRule(resize_size=24, crop_size=16, steps=10, warmup_steps=2, decay_boundaries=(5,),
                  base_learning_rate=0.01, batch_size=4, mixup_alpha=0.0)
@@ -61,9 +64,9 @@ def test_mixup_is_a_convex_combination_with_soft_labels():
     np.testing.assert_allclose(np.sum(soft, 1), np.ones(6), atol=1e-6)
 
 
-def test_eval_resizes_to_the_crop_size_in_order():
+def test_eval_runs_the_image_converter_in_order():
     source, images = _arrays_source(count=5)
-    batches = list(pipeline.eval_dataset(source, 16, batch_size=2))
+    batches = list(pipeline.eval_dataset(source, 2, BiTImageConverter(image_size=16)))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
     np.testing.assert_allclose(batches[0][0][1], tf.image.resize(images[1] / 255.0, [16, 16]),
                                atol=1e-5)
@@ -72,7 +75,7 @@ def test_eval_resizes_to_the_crop_size_in_order():
 
 def test_ten_crops_are_corners_centre_and_their_mirrors():
     image = tf.reshape(tf.range(6 * 6 * 3, dtype=tf.float32), (6, 6, 3))
-    crops = pipeline.ten_crops(image, 4).numpy()
+    crops = keras.ops.convert_to_numpy(ten_crop_views(image, 4))
     assert crops.shape == (10, 4, 4, 3)
     np.testing.assert_array_equal(crops[0], image[:4, :4])
     np.testing.assert_array_equal(crops[3], image[2:, 2:])
@@ -80,17 +83,20 @@ def test_ten_crops_are_corners_centre_and_their_mirrors():
     np.testing.assert_array_equal(crops[5:], crops[:5, :, ::-1])
 
 
-def test_resumable_dataset_replays_the_tail_of_a_run_and_permutes_each_epoch():
-    from bitkeras.finetuning.pipeline import resumable_train_dataset
+def test_the_stream_replays_from_any_step_and_permutes_each_epoch():
     from bitkeras.finetuning.upstream import UpstreamRecipe
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    source = sources.open_source((images, np.zeros(10, np.int64)))
     targets = np.eye(10, dtype=np.float32)
     rule = UpstreamRecipe.for_dataset(10, 8, batch_size=4, epochs=3)
-    full = list(resumable_train_dataset(images, targets, rule, seed=1).as_numpy_iterator())
-    tail = list(resumable_train_dataset(images, targets, rule, seed=1, start_step=5)
-                .as_numpy_iterator())
+
+    def stream(seed=1, start_step=0):
+        dataset = pipeline.train_dataset(source, rule, targets, 4, seed, start_step=start_step)
+        return list(dataset.take(rule.steps - start_step).as_numpy_iterator())
+
+    full, tail = stream(), stream(start_step=5)
     assert len(full) == rule.steps == 8 and len(tail) == 3
     for (full_images, full_targets), (tail_images, tail_targets) in zip(full[5:], tail):
         np.testing.assert_array_equal(full_images, tail_images)
@@ -98,5 +104,33 @@ def test_resumable_dataset_replays_the_tail_of_a_run_and_permutes_each_epoch():
     first_epoch = np.concatenate([batch_targets for _, batch_targets in full])[:10]
     assert sorted(first_epoch.argmax(axis=1).tolist()) == list(range(10))
     assert full[0][0].shape == (4, 8, 8, 3) and full[0][0].dtype == np.float32
-    other_seed = next(resumable_train_dataset(images, targets, rule, seed=2).as_numpy_iterator())
-    assert not np.array_equal(other_seed[1], full[0][1])
+    assert not np.array_equal(stream(seed=2)[0][1], full[0][1])
+
+
+@pytest.mark.parametrize("form", ["arrays", "dataset", "few_shot"])
+def test_fit_streams_replay_from_any_step(form):
+    images = np.random.default_rng(1).integers(0, 255, (12, 10, 10, 3)).astype(np.uint8)
+    labels = np.arange(12) % 3
+    if form == "dataset":  # streamed: no table, a shuffle buffer replayed to the step
+        source = sources.open_source(tf.data.Dataset.from_tensor_slices((images, labels)))
+        assert source.table is None
+    else:
+        source = sources.open_source((images, labels))
+        if form == "few_shot":
+            source = source.few_shot(2, seed=0)
+            chosen = source.table[0]
+            assert [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) % 3
+                    for image in chosen] == source.labels.tolist()
+    rule = dataclasses.replace(RULE, resize_size=10, crop_size=8, batch_size=3)
+
+    def stream(start_step):
+        dataset = pipeline.train_dataset(source, rule, 3, 3, seed=5, start_step=start_step)
+        return _first_batches(dataset, 6 - start_step)
+
+    full, tail = stream(0), stream(4)
+    for (full_images, full_labels), (tail_images, tail_labels) in zip(full[4:], tail):
+        np.testing.assert_array_equal(full_images, tail_images)
+        np.testing.assert_array_equal(full_labels, tail_labels)
+    per_epoch = source.num_examples // 3
+    first_epoch = np.concatenate([batch_labels for _, batch_labels in full[:per_epoch]])
+    assert sorted(first_epoch.argmax(axis=1).tolist()) == sorted(source.labels.tolist())

@@ -1,21 +1,23 @@
 """tf.data pipelines from an ImageSource: BiT's training augmentation and evaluation.
 
-Training: shuffle the (light) records, decode, resize to a `resize_size`
-square, random crop to `crop_size`, random horizontal flip, batch, MixUp on the
-whole batch, soft one-hot labels, prefetch. Evaluation: decode and resize to
-`crop_size` (or ten crops). Images leave as float32 in [0, 1], the contract of
+Training: pick each example's record by a stateless shuffle of its index,
+decode, resize to a `resize_size` square, random crop to `crop_size`, random
+horizontal flip, batch, MixUp on the whole batch, soft one-hot labels,
+prefetch. Evaluation: decode and resize by the model's image converter (or
+ten crops of it). Images leave as float32 in [0, 1], the contract of
 bitkeras models.
 
 Randomness is stateless and keyed by `seed` and the position of the example
 (or batch) in the stream, so a pipeline replays exactly under the same seed.
 """
 
+import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 SHUFFLE_BUFFER = 10_000
-"""Shuffle buffer for records that hold pixels (file records shuffle all at once)."""
+"""Shuffle buffer for streamed sources (tf.data datasets, TFDS)."""
 
 
 def float_image(image):
@@ -39,34 +41,72 @@ def _options():
     return options
 
 
-def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=True,
+def train_dataset(source, rule, targets, batch_size, seed, skip_bad_images=True,
                   start_step=0, shuffle=True):
-    """Endless batches (images (B, crop, crop, 3) float32, labels (B, classes) float32).
+    """Endless batches (images (B, crop, crop, 3) float32, targets (B, classes) float32).
 
-    `batch_size` is the global batch of one optimizer step (a strategy
-    splits it across replicas; MixUp mixes it whole before, so the update
-    does not depend on the number of replicas); `rule` a HyperRule giving
-    the sizes, `flip`, `crop` and `mixup_alpha`. `start_step`: the stream
-    from that step's batch on, the same batches an uninterrupted stream
-    would give then (the record order is replayed; only records are skipped,
-    not decoded). Unreadable files that are skipped shift it by their number.
-    `shuffle=False` keeps the source's order (augmentation stays random).
+    The one training pipeline of `fit` and `pretrain`. `targets`: the number
+    of classes (targets are the one-hot rows of the source's labels), or an
+    array (N, classes) of target rows in the source's order (multi-hot
+    upstream labels). `batch_size` is the global batch of one optimizer step
+    (a strategy splits it across replicas; MixUp mixes it whole before, so
+    the update does not depend on the number of replicas); `rule` a
+    HyperRule or UpstreamRecipe giving the sizes, `flip`, `crop` and
+    `mixup_alpha`.
+
+    Example `k` of the stream (`k = step * batch_size + position`) is, for a
+    source held in memory (files, arrays: `source.table`), record
+    `index_shuffle(k mod N)` under the seed (`seed`, epoch `k div N`),
+    augmented under the seed (`seed`, `k`): every epoch a fresh permutation,
+    and the stream from `start_step` on is exactly what an uninterrupted
+    stream gives then, reached without reading the records before it.
+    Streamed sources (tf.data datasets, TFDS) shuffle in a buffer of
+    `SHUFFLE_BUFFER` records and replay it to `start_step`. `shuffle=False`
+    keeps the source's order (augmentation stays random). Unreadable files
+    that are skipped shift the stream by their number.
     """
-    records = source.records
-    if shuffle:
-        buffer = source.num_examples if source.record_kind == "file" else min(
-            source.num_examples, SHUFFLE_BUFFER)
-        records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    records = records.repeat()
+    num_examples = source.num_examples
+    if isinstance(targets, int):
+        target_rows = None
+        num_classes = targets
+    else:
+        target_rows = np.asarray(targets, np.float32)
+        if len(target_rows) != num_examples:
+            raise ValueError(f"{num_examples} examples but {len(target_rows)} target rows")
+        num_classes = target_rows.shape[1]
+    labels = _lookup(source.labels) if target_rows is None else _lookup(target_rows)
 
-    def prepare(index, element):
-        record, label = element
-        example_seed = tf.stack([tf.cast(seed, tf.int64), index])
-        image = augment(source.decode_record(record), rule, example_seed)
-        return image, tf.one_hot(label, num_classes, dtype=tf.float32)
+    def view(example, record, label):
+        example_seed = tf.stack([tf.cast(seed, tf.int64), example])
+        if target_rows is None:
+            label = tf.one_hot(label, num_classes, dtype=tf.float32)
+        return augment(source.decode_record(record), rule, example_seed), label
 
-    dataset = records.enumerate().skip(start_step * batch_size)
-    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
+    first = start_step * batch_size
+    if source.table is not None:
+        parts = [_lookup(part) for part in source.table]
+
+        def prepare(example):
+            index = example % num_examples
+            if shuffle:
+                index = tf.random.experimental.index_shuffle(
+                    index, tf.stack([tf.cast(seed, tf.int64), example // num_examples]),
+                    num_examples - 1)
+            record = tuple(part(index) for part in parts)
+            return view(example, record if len(record) > 1 else record[0], labels(index))
+
+        dataset = tf.data.Dataset.counter(first).map(prepare, num_parallel_calls=AUTOTUNE)
+    else:
+        records = source.records
+        if target_rows is not None:
+            records = tf.data.Dataset.zip(
+                records, tf.data.Dataset.range(num_examples)).map(
+                lambda element, index: (element[0], labels(index)))
+        if shuffle:
+            records = records.shuffle(min(num_examples, SHUFFLE_BUFFER), seed=seed,
+                                      reshuffle_each_iteration=True)
+        dataset = records.repeat().enumerate().skip(first).map(
+            lambda example, element: view(example, *element), num_parallel_calls=AUTOTUNE)
     if skip_bad_images:
         # Files that passed the header check but fail to decode; TF logs each one.
         dataset = dataset.ignore_errors(log_warning=True)
@@ -80,40 +120,24 @@ def train_dataset(source, rule, num_classes, batch_size, seed, skip_bad_images=T
     return dataset.prefetch(AUTOTUNE).with_options(_options())
 
 
-def resumable_train_dataset(images, targets, rule, seed, start_step=0):
-    """The batches of steps `start_step .. rule.steps - 1` of a run over in-memory arrays.
+IN_GRAPH_BYTES = 16 * 2**20
+"""Arrays up to this size are looked up as graph constants; bigger ones from NumPy."""
 
-    `images`: (N, height, width, 3) uint8 or float in [0, 1]; `targets`: (N,
-    classes) float32 (one-hot or multi-hot). Example `k` of the run (`k = step
-    * batch_size + position`) is image `index_shuffle(k mod N)` under seed
-    (`seed`, epoch `k div N`), augmented under seed (`seed`, `k`): every epoch
-    is a fresh permutation, and the stream depends only on `seed` and `k`, so
-    a run resumed at any step sees exactly the batches an uninterrupted run
-    would. Yields (images (B, crop, crop, 3) float32, targets (B, classes)).
-    """
-    num_examples = len(images)
-    if len(targets) != num_examples:
-        raise ValueError(f"{num_examples} images but {len(targets)} targets")
-    image_spec = tf.TensorSpec(images.shape[1:], tf.as_dtype(images.dtype))
 
-    def load(index):
-        return images[index], targets[index]
+def _lookup(array):
+    """index -> the row of `array` at that index, as a tensor."""
+    array = np.asarray(array)
+    if array.nbytes <= IN_GRAPH_BYTES:
+        table = tf.constant(array)
+        return lambda index: tf.gather(table, index)
+    spec = tf.TensorSpec(array.shape[1:], tf.as_dtype(array.dtype))
 
-    def prepare(example):
-        epoch, position = example // num_examples, example % num_examples
-        index = tf.random.experimental.index_shuffle(
-            position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
-        image, target = tf.numpy_function(load, [index], [image_spec.dtype, tf.float32],
-                                          stateful=False)
-        image.set_shape(image_spec.shape)
-        target.set_shape(targets.shape[1:])
-        example_seed = tf.stack([tf.cast(seed, tf.int64) + 3, example])
-        return augment(image, rule, example_seed), target
+    def row(index):
+        value = tf.numpy_function(lambda i: array[i], [index], spec.dtype, stateful=False)
+        value.set_shape(spec.shape)
+        return value
 
-    batch = rule.batch_size
-    dataset = tf.data.Dataset.range(start_step * batch, rule.steps * batch)
-    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+    return row
 
 
 def augment(image, rule, example_seed):
@@ -151,36 +175,23 @@ def mixup(images, labels, alpha, seed):
     return mixed_images, mixed_labels
 
 
-def eval_dataset(source, crop_size, batch_size, one_hot_classes=None, resize_size=None,
-                 ten_crop=False):
-    """Batches of (images, labels) in the source's order, resized to `crop_size`.
+def eval_dataset(source, batch_size, convert, one_hot_classes=None, views=None):
+    """Batches of (images, labels) in the source's order, each image run through `convert`.
 
-    With `ten_crop`, images are resized to `resize_size` and each becomes ten
-    views (4 corners and the centre of `crop_size`, and their mirror images):
-    shape (B, 10, crop, crop, 3). Labels are class ids, or one-hot floats when
-    `one_hot_classes` is given.
+    `convert`: one image (height, width, 3) uint8 or float in [0, 1] -> a
+    float32 image of a fixed size (a classifier's image converter). `views`:
+    None, or a function of the converted image that returns its views
+    (V, size, size, 3) (ten-crop); then images are (B, V, size, size, 3).
+    Labels are class ids, or one-hot floats when `one_hot_classes` is given.
     """
 
     def prepare(record, label):
-        image = float_image(source.decode_record(record))
-        if ten_crop:
-            image = ten_crops(resize_square(image, resize_size), crop_size)
-        else:
-            image = resize_square(image, crop_size)
+        image = convert(source.decode_record(record))
+        if views is not None:
+            image = views(image)
         if one_hot_classes is not None:
             label = tf.one_hot(label, one_hot_classes, dtype=tf.float32)
         return image, label
 
     dataset = source.records.map(prepare, num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE).with_options(_options())
-
-
-def ten_crops(image, crop_size):
-    """The classic 10-crop of one image (size, size, 3): corners, centre, and their flips."""
-    size = tf.shape(image)[0]
-    far = size - crop_size
-    middle = far // 2
-    corners = [(0, 0), (0, far), (far, 0), (far, far), (middle, middle)]
-    crops = [image[top:top + crop_size, left:left + crop_size] for top, left in corners]
-    crops += [tf.image.flip_left_right(crop) for crop in crops]
-    return tf.stack(crops)

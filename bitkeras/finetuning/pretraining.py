@@ -5,13 +5,13 @@ Keras's own loop. With a `checkpoint_dir`, the model and optimizer state are
 written there every `checkpoint_every` steps (atomically: a kill mid-write
 leaves the previous checkpoint), and a later call with the same folder
 resumes from the last one, on exactly the batches the uninterrupted run would
-have seen (see `pipeline.resumable_train_dataset`).
+have seen (see `pipeline.train_dataset`).
 """
 
 import keras
 import numpy as np
 
-from bitkeras.finetuning import distribute, pipeline, run_state, training
+from bitkeras.finetuning import distribute, pipeline, run_state, sources, training
 from bitkeras.finetuning.training import check_batching
 from bitkeras.finetuning.upstream import UpstreamRecipe
 
@@ -62,7 +62,7 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     strategy = distribute.training_strategy(classifier, strategy)
     check_batching(recipe, len(images), 1, strategy.num_replicas_in_sync)
     if classifier.head is None:
-        classifier._add_head(targets.shape[1])
+        classifier.add_head(targets.shape[1])
     elif classifier.num_classes != targets.shape[1]:
         raise ValueError(
             f"the labels have {targets.shape[1]} classes but {classifier.name} has a "
@@ -74,8 +74,11 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
            "num_classes": targets.shape[1],
            **({"precision": precision} if precision != "float32" else {})}
 
+    source = sources.open_source((images, np.zeros(len(images), np.int64)))
+
     def batches(start_step):
-        return pipeline.resumable_train_dataset(images, targets, recipe, seed, start_step)
+        return pipeline.train_dataset(source, recipe, targets, recipe.batch_size, seed,
+                                      skip_bad_images=False, start_step=start_step)
 
     with training.on_strategy(classifier, strategy, precision) as model:
         model.compile_for_rule(

@@ -53,7 +53,10 @@ class ImageSource:
     `decode_record(record)` gives an image (height, width, 3), uint8 or float32
     in [0, 1]. `labels` (int64, one per record, same order), `class_names`,
     `image_size` (typical (height, width), the median), `skipped` (paths and
-    reasons of the files left out).
+    reasons of the files left out). `table`: the records again as NumPy
+    arrays (one per part of a record, aligned with `labels`) where they are
+    in memory (files, arrays), so a pipeline can read any record by its
+    index; None for streamed sources (tf.data datasets, TFDS).
     """
 
     description: str
@@ -64,6 +67,7 @@ class ImageSource:
     record_kind: str  # "file", "encoded" or "pixels"
     skipped: tuple = ()
     named: bool = False  # class names of its own (folders, TFDS), not numbers
+    table: tuple | None = None
 
     @property
     def num_examples(self):
@@ -90,9 +94,11 @@ class ImageSource:
         keep_table = tf.constant(keep)
         records = self.records.enumerate().filter(lambda i, element: keep_table[i])
         records = records.map(lambda i, element: element)
-        # Filtering keeps the original order; the labels follow it.
-        return dataclasses.replace(self, records=records,
-                                   labels=self.labels[np.sort(indices)])
+        # Filtering keeps the original order; the labels and the table follow it.
+        order = np.sort(indices)
+        table = None if self.table is None else tuple(part[order] for part in self.table)
+        return dataclasses.replace(self, records=records, labels=self.labels[order],
+                                   table=table)
 
     def relabel(self, class_names):
         """The source with labels that index `class_names` (a model's classes).
@@ -331,6 +337,7 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise"):
         image_size=_median_size(np.array([headers[i][:2] for i in kept])),
         record_kind="file",
         skipped=tuple(skipped),
+        table=(paths, use_pillow),
     )
 
 
@@ -424,6 +431,7 @@ def _from_arrays(data):
         class_names=_numbered_classes(labels),
         image_size=tuple(images.shape[1:3]),
         record_kind="pixels",
+        table=(images,),
     )
 
 

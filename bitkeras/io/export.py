@@ -28,8 +28,8 @@ import tempfile
 
 import tensorflow as tf
 
-from bitkeras.finetuning import pipeline
 from bitkeras.io import checkpoint
+from bitkeras.models.preprocessing import BiTImageConverter
 
 FORMATS = ("saved_model", "tf_hub")
 OUTPUTS = ("logits", "features")
@@ -85,9 +85,11 @@ class _BiTModule(tf.__internal__.tracking.AutoTrackable):
         return self._network(images, training=training)
 
     def _classify_bytes(self, images):
+        converter = BiTImageConverter(image_size=self.crop_size)  # as the model's predict
+
         def decode(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            return pipeline.resize_square(pipeline.float_image(image), self.crop_size)
+            return converter(image)
 
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
             [self.crop_size, self.crop_size, 3], tf.float32))
@@ -117,12 +119,8 @@ def export_model(model, path, format="saved_model", output=None):
         raise ValueError(f"output must be one of {list(OUTPUTS)}; got {output!r}")
     if output == "logits" and not is_classifier:
         raise ValueError("a backbone has no logits: export it with output='features'")
-    if is_classifier:
-        model._require_head()
-    class_names = getattr(model, "class_names", None) or tuple(
-        str(i) for i in range(getattr(model, "num_classes", 0) or 0))
-    rule = getattr(model, "hyperrule", None)
-    crop_size = rule.crop_size if rule is not None else DEFAULT_CROP_SIZE
+    class_names = model.names() if is_classifier else ()
+    crop_size = (model.image_size if is_classifier else None) or DEFAULT_CROP_SIZE
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))

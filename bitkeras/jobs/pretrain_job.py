@@ -18,11 +18,11 @@ import keras
 from bitkeras import files
 from bitkeras.data import glyphs
 from bitkeras.finetuning import distribute
+from bitkeras.finetuning.classifier import BiTClassifier
 from bitkeras.finetuning.pretraining import pretrain
 from bitkeras.finetuning.upstream import UpstreamRecipe
 from bitkeras.io.checkpoint import save_npz
-from bitkeras.models.backbone import BiTBackbone
-from bitkeras.models.classifier import BiTClassifier
+from bitkeras.io.pretrained import BiTBackbone
 
 EVAL_SEED_OFFSET = 1_000_003
 """The upstream accuracy is measured on glyphs drawn with `seed + EVAL_SEED_OFFSET`."""

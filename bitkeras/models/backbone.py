@@ -1,18 +1,20 @@
-"""BiTBackbone: images in [0, 1] -> pooled pre-logits features (2048 * w)."""
+"""ResNetV2Backbone, BiT's network: images in [0, 1] -> pooled pre-logits features (2048 * w).
+
+The network alone, randomly initialised; `bitkeras.BiTBackbone` adds BiT's
+weights (presets, released checkpoints, TF-Hub modules) and export.
+"""
 
 import keras
 import keras_hub
 
-from bitkeras.io import checkpoint, export, hub, presets
-from bitkeras.io.weights import resolve_weights
 from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
 from bitkeras.models.images import ImageModel
 from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
-    """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
+class ResNetV2Backbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
+    """BiT's ResNet-v2 feature extractor (GroupNorm + Weight Standardization), weights random.
 
     Takes NHWC RGB images of any size, float in [0, 1] or uint8 (see
     `bitkeras.models.images`), rescales them to [-1, 1] itself (the input contract
@@ -24,11 +26,13 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     for detection or segmentation tasks such as keras-hub's RetinaNet, or
     `keras.Model(backbone.input, backbone.pyramid_outputs)`. `dtype`: a
     dtype policy (name or `keras.DTypePolicy`) given to every layer; None
-    takes Keras's global policy.
+    takes Keras's global policy. `from_preset` (keras-hub's) loads a preset
+    folder; `bitkeras.BiTBackbone`, a subclass, also loads BiT's released
+    models by name.
 
     Example:
 
-    >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
+    >>> backbone = ResNetV2Backbone(block_units=(1, 1, 1, 1), width_factor=0.5)
     >>> tuple(backbone(np.zeros((2, 64, 64, 3), "float32")).shape)
     (2, 1024)
     >>> sorted(backbone.pyramid_outputs)
@@ -77,61 +81,3 @@ class BiTBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         config = super().get_config()  # keras-hub's: name, trainable, dtype
         config.update(block_units=list(self.block_units), width_factor=self.width_factor)
         return config
-
-    @classmethod
-    def from_preset(cls, name, weights="default", **kwargs):
-        """A backbone of a named architecture or released model.
-
-        `name`: an architecture ("R50x1", ...) or a released model
-        ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
-        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.io.presets.list_presets()`),
-        or a keras-hub preset folder written by `save_to_preset` (its weights
-        loaded unless `weights=None`).
-        `weights`: None (random initialisation), a path to a `.npz` file in the
-        released format, "auto" (the preset's own file: shipped with bitkeras,
-        or released, from the cache or downloaded), or "default" ("auto" for
-        the presets bitkeras ships, such as "BiT-Glyphs-R14x0.5", None for the
-        rest, so nothing is downloaded unasked). The file's head, if any, is
-        not part of a backbone.
-        """
-        if presets.is_keras_hub_preset(name):
-            return super().from_preset(str(name), load_weights=weights is not None, **kwargs)
-        preset = presets.get_preset(name)
-        backbone = cls(
-            block_units=preset.architecture.block_units,
-            width_factor=preset.architecture.width_factor,
-            **kwargs,
-        )
-        path = resolve_weights(preset, weights)
-        if path is not None:
-            checkpoint.load_npz(backbone, path)
-        return backbone
-
-    @classmethod
-    def from_hub(cls, handle, trainable=True, convert=False):
-        """A backbone from a TF-Hub module: a URL (cached as TF-Hub caches it) or a folder.
-
-        `convert=False`: a `bitkeras.io.hub.HubBackbone`, the module itself as a
-        Keras 3 layer (its variables trained by `fit`). `convert=True`: a
-        native BiTBackbone with the module's weights, architecture read from
-        its variables (BiT modules only; a classification module's head is
-        dropped), so presets' tooling, freezing by block and export all apply.
-        """
-        if convert:
-            return cls.from_module_checkpoint(handle, trainable)[0]
-        return hub.HubBackbone(handle, trainable=trainable)
-
-    @classmethod
-    def from_module_checkpoint(cls, handle, trainable=True):
-        """(native backbone, the module's arrays, its label names) of a BiT TF-Hub module."""
-        architecture, arrays, labels = hub.module_checkpoint(handle)
-        backbone = cls(architecture.block_units, architecture.width_factor, trainable=trainable)
-        checkpoint.load_arrays(backbone, arrays, handle)
-        return backbone, arrays, labels
-
-    def export(self, filepath, format="saved_model", **kwargs):
-        """Writes a TF-Hub style feature-vector SavedModel (see `bitkeras.io.export`).
-
-        Keras's own formats ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
-        """
-        return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
