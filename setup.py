@@ -46,6 +46,8 @@ setup(
             "jax",
             # Keras's TensorBoard callback in fit (TensorFlow 2.21 no longer brings it).
             "tensorboard",
+            # Property-based tests of the data sources (random files and arrays).
+            "hypothesis>=6",
         ],
     },
     entry_points={"console_scripts": ["bitkeras = bitkeras.jobs.cli:main"]},

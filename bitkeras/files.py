@@ -11,6 +11,7 @@ import contextlib
 import os
 import pathlib
 import shutil
+import stat
 
 PARTIAL_MARK = ".partial-"
 """In the name of a file being written; such files are never the finished product."""
@@ -20,10 +21,18 @@ PARTIAL_MARK = ".partial-"
 def atomic_path(path, suffix=None):
     """Yields a temporary path to write; on success it replaces `path`.
 
+    A read-only `path` raises PermissionError before anything is written.
+
     `suffix`: the temporary's ending, for writers that insist on one (Keras
     wants ".keras" or ".weights.h5"); by default the target's own suffix.
     """
     path = pathlib.Path(path)
+    if path.is_file() and not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        # Renaming over it would succeed (the folder is writable), even as root: honour
+        # the mode the user gave the file.
+        raise PermissionError(
+            f"{str(path)!r} is read-only; make it writable (chmod u+w) or write elsewhere"
+        )
     if suffix is None:
         suffix = "".join(path.suffixes[-1:])
     temporary = path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}{suffix}")

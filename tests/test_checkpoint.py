@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, BiTClassifier, CheckpointMismatchError, load_npz, save_npz
+from bitkeras import (
+    BiTBackbone,
+    BiTClassifier,
+    CheckpointMismatchError,
+    CorruptWeightsError,
+    load_npz,
+    save_npz,
+)
 from bitkeras.io.checkpoint import describe_arrays
 from bitkeras.models.architecture import Architecture
 from tests import reference
@@ -83,8 +90,27 @@ def test_pickled_arrays_are_refused(tmp_path, tiny_checkpoint):
     arrays["resnet/group_norm/beta"] = np.array([object()] * 1024, dtype=object)
     path = tmp_path / "pickled.npz"
     np.savez(path, **arrays)
-    with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
+    with pytest.raises(CorruptWeightsError, match="pickled Python objects"):
         load_npz(BiTBackbone(**TINY), path)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "crc", "text"])
+def test_damaged_npz_files_raise_an_error_naming_the_file(tmp_path, tiny_checkpoint, damage):
+    source, _ = tiny_checkpoint
+    path = tmp_path / "damaged.npz"
+    data = source.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "crc":
+        middle = len(data) // 2  # inside an array's bytes (stored, not compressed)
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    else:
+        path.write_text("resnet/root_block/standardized_conv2d/kernel = 1\n")
+    with pytest.raises(CorruptWeightsError, match="damaged.npz") as error:
+        load_npz(BiTBackbone(**TINY), path)
+    assert "allow_pickle" not in str(error.value)
 
 
 def test_describe_arrays_infers_architecture_and_head():

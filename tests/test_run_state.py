@@ -48,10 +48,12 @@ def test_a_nan_loss_stops_the_fit_naming_the_step_and_keeps_the_last_good_checkp
         classifier.fit((images, labels), steps=10, batch_size=16, crop_size=16, resize_size=20,
                        checkpoint_dir=tmp_path, checkpoint_every=2, verbose=0,
                        callbacks=[PoisonAtStep()])
-    assert str(tmp_path) in str(error.value)
+    assert f"back at its last good checkpoint, step 4 in {str(tmp_path)!r}" in str(error.value)
     kept = tiny_classifier()
     kept.load_weights(tmp_path / run_state.CHECKPOINT_FILE)
     assert all(np.isfinite(w).all() for w in kept.get_weights())
+    for restored, saved in zip(classifier.get_weights(), kept.get_weights()):
+        np.testing.assert_array_equal(restored, saved)  # the classifier is back there too
 
 
 def test_a_checkpoint_of_nan_weights_is_never_written(tmp_path):

@@ -155,8 +155,56 @@ def test_tfds_offline_says_how_to_supply_the_data(monkeypatch, tmp_path):
             raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(DataUnavailableError, match="tfds build oxford_flowers102"):
         sources.open_source("tfds:oxford_flowers102")
+
+
+def test_tfds_offline_fails_without_trying_to_download(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    class Unprepared:
+        data_dir = str(tmp_path / "cifar10" / "3.0.2")
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self):
+            raise AssertionError("no download is tried offline")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
+    monkeypatch.setattr(sources, "_reachable", lambda host: False)
+    with pytest.raises(DataUnavailableError, match="no connection to storage.googleapis.com"):
+        sources.open_source("tfds:cifar10")
+
+
+def test_a_failed_tfds_download_leaves_the_data_folder_as_it_was(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "kept.txt").write_text("a file that was there before")
+
+    class HalfDownloaded:
+        data_dir = str(tmp_path / "cifar10" / "3.0.2")
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self):
+            partial = tmp_path / "cifar10" / "3.0.2.incomplete_X"
+            partial.mkdir(parents=True)
+            (partial / "cifar10-train.tfrecord-00000-of-00001").write_bytes(b"half")
+            (tmp_path / "downloads").mkdir()
+            (tmp_path / "downloads" / "cifar.tar.gz.tmp.123").write_bytes(b"half")
+            raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: HalfDownloaded())
+    monkeypatch.setattr(sources, "_reachable", lambda host: True)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataUnavailableError, match="connection reset"):
+        sources.open_source("tfds:cifar10")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "mnist", "mnist/kept.txt"]
 
 
 def test_tfds_source_reads_a_prepared_dataset(monkeypatch, tmp_path):

@@ -7,11 +7,13 @@ HyperRule and trains it through the one loop of `bitkeras.finetuning.training`;
 `evaluate` and `predict` run the classifier's preprocessor on it.
 """
 
+import os
 import types
+import zipfile
 
 import keras
 
-from bitkeras.checks import check_positive_integer
+from bitkeras.checks import check_positive_integer, check_seed
 from bitkeras.finetuning import distribute, pipeline, sources, training
 from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
 from bitkeras.finetuning.upstream import rule_from_config
@@ -217,6 +219,7 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
                 f"fit(initial_epoch={initial_epoch!r}) is not supported: pass checkpoint_dir= "
                 f"and rerun the same call to resume a fit where it stopped"
             )
+        check_seed(seed, "fit(seed=...)")
         if epochs is not None and "steps" in overrides:
             raise ValueError(
                 f"fit got both epochs={epochs!r} and steps={overrides['steps']!r}; give one"
@@ -272,6 +275,7 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         if verbose:
             print(rule.describe(source.num_examples))
         run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
+               "data": source.fingerprint(),
                "classes": self.num_classes, "examples_per_class": examples_per_class,
                "trainable": trainable, "batch_split": batch_split, "precision": precision,
                **({"shuffle": False} if not shuffle else {})}
@@ -488,6 +492,20 @@ def load_model(path, safe_mode=True):
     `safe_mode=False` (a SavedModel can run any TensorFlow graph: load only
     files you trust).
     """
-    return keras.saving.load_model(path, safe_mode=safe_mode)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file {path!r}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a .keras file (a zip archive): it is empty, truncated or another "
+            f"kind of file; save the model again"
+        )
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode)
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path!r} cannot be loaded as a Keras model ({type(error).__name__}: {error}); "
+            f"save the model again"
+        ) from error
 
 

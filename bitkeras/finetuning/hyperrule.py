@@ -97,12 +97,12 @@ class TrainingRule:
                 f"{kind}.crop_size ({self.crop_size}) cannot exceed resize_size "
                 f"({self.resize_size}) when crop=True"
             )
-        if not self.base_learning_rate > 0:
-            raise ValueError(
-                f"{kind}.base_learning_rate must be positive; got {self.base_learning_rate!r}"
-            )
-        if not self.mixup_alpha >= 0:
-            raise ValueError(f"{kind}.mixup_alpha must be >= 0; got {self.mixup_alpha!r}")
+        for name, low in (("base_learning_rate", "positive"), ("mixup_alpha", ">= 0")):
+            value = getattr(self, name)
+            good = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                math.isfinite(value) and (value > 0 if low == "positive" else value >= 0))
+            if not good:
+                raise ValueError(f"{kind}.{name} must be a finite number {low}; got {value!r}")
 
     def with_steps(self, steps):
         """This rule shortened or lengthened to `steps`, warm-up and decays in proportion."""

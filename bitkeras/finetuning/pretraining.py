@@ -8,9 +8,12 @@ resumes from the last one, on exactly the batches the uninterrupted run would
 have seen (see `pipeline.train_dataset`).
 """
 
+import hashlib
+
 import keras
 import numpy as np
 
+from bitkeras.checks import check_seed
 from bitkeras.finetuning import distribute, pipeline, run_state, sources, training
 from bitkeras.finetuning.training import check_batching
 from bitkeras.finetuning.upstream import UpstreamRecipe
@@ -49,12 +52,14 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     `start_step` (0, or the step it resumed from) and `steps_completed` as
     attributes.
     """
+    check_seed(seed, "pretrain(seed=...)")
     images = np.asarray(images)
     targets, multi_label = _targets(labels, len(images))
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(
             f"images must be square RGB, shape (N, side, side, 3); got {images.shape}"
         )
+    source = sources.open_source((images, np.zeros(len(images), np.int64)))  # checks pixels
     if recipe is None:
         recipe = UpstreamRecipe.for_dataset(len(images), images.shape[1], batch_size, epochs)
     elif not isinstance(recipe, UpstreamRecipe):
@@ -71,10 +76,10 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     # The classifier's own fit setup, with the recipe's loss where the labels are multi-hot.
     request = {"loss": multi_label_sigmoid_cross_entropy, "metrics": []} if multi_label else {}
     run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
+           "data": source.fingerprint(),
+           "targets": hashlib.sha1(targets.tobytes()).hexdigest()[:16],
            "num_classes": targets.shape[1],
            **({"precision": precision} if precision != "float32" else {})}
-
-    source = sources.open_source((images, np.zeros(len(images), np.int64)))
 
     def batches(start_step):
         return pipeline.train_dataset(source, recipe, targets, recipe.batch_size, seed,

@@ -10,11 +10,16 @@ Keras's `BackupAndRestore` resumes at the start of an epoch and cannot
 reposition a data pipeline, so `RunCheckpoint` takes its place: it writes
 `latest.weights.h5` atomically every `every` steps, and `resume` reloads it.
 Under a multi-worker strategy only the chief writes, and every worker
-reads the chief's checkpoint (a folder all workers share).
+reads the chief's checkpoint (a folder all workers share). While a run
+trains, its chief holds the folder (`owned`): a second run on the same
+folder is refused instead of interleaving its checkpoints with the first's.
 """
 
+import contextlib
 import json
+import os
 import pathlib
+import socket
 
 import keras
 import numpy as np
@@ -24,31 +29,124 @@ from bitkeras.finetuning import distribute
 
 CHECKPOINT_FILE = "latest.weights.h5"
 RUN_FILE = "run.json"
+LOCK_FILE = "in-use.lock"
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or Inf loss (or weights) and stopped."""
 
 
-def resume(model, folder, run):
+def resume(model, folder, run, total_steps=None):
     """Loads the checkpoint in `folder` into `model`, if any; returns its step (0 if none).
 
     `model` must be compiled with its optimizer built, so that the
     optimizer's state loads too. `run` (a JSON-able dict) must equal the one
-    the checkpoint was written with: a folder from another run raises.
+    the checkpoint was written with, and its step must be within the run's
+    `total_steps`: a folder from another run raises, saying what differs.
     """
     folder = pathlib.Path(folder)
     checkpoint, run_file = folder / CHECKPOINT_FILE, folder / RUN_FILE
     if not checkpoint.exists():
         return 0
-    saved = json.loads(run_file.read_text()) if run_file.exists() else None
-    if saved != _as_json(run):
+    fresh = (f"pass another checkpoint_dir, or delete {str(folder)!r} to start this run "
+             f"from step 0")
+    saved = _read_run(run_file, fresh)
+    run = _as_json(run)
+    if saved != run:
+        differences = "; ".join(
+            f"{key}: {saved.get(key, '(none)')!r} there, {run.get(key, '(none)')!r} here"
+            for key in sorted(set(saved) | set(run)) if saved.get(key) != run.get(key))
         raise ValueError(
-            f"checkpoint folder {str(folder)!r} holds another run ({saved}), not this one "
-            f"({_as_json(run)}): pass a new checkpoint folder, or delete that one to start over"
+            f"checkpoint folder {str(folder)!r} holds another run ({differences}): {fresh}"
         )
-    model.load_weights(checkpoint)
-    return optimizer_step(model)
+    try:
+        model.load_weights(checkpoint)
+    except Exception as error:  # h5py and Keras raise many types for damaged files.
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} cannot be read ({type(error).__name__}: "
+            f"{error}): {fresh}"
+        ) from error
+    step = optimizer_step(model)
+    if total_steps is not None and step > total_steps:
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} is at step {step}, past this run's {total_steps} "
+            f"steps: {fresh}"
+        )
+    return step
+
+
+@contextlib.contextmanager
+def owned(folder):
+    """Holds checkpoint `folder` for the run inside the block (on the chief; None: nothing).
+
+    A lock file names this host and process; it is removed when the block
+    ends, however it ends. A lock left by a process of this host that no
+    longer runs (killed) is taken over; a live holder raises.
+    """
+    if folder is None or not distribute.is_chief():
+        yield
+        return
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    holder = f"{socket.gethostname()} {os.getpid()}"
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = _lock_holder(lock)
+            if other is None or _is_dead(other):
+                lock.unlink(missing_ok=True)  # a crashed run's lock
+                continue
+            raise RuntimeError(
+                f"checkpoint folder {str(folder)!r} is in use by another run (process "
+                f"{other[1]} on {other[0]}): wait for it to end, or pass another "
+                f"checkpoint_dir. If that process is gone, delete {str(lock)!r}."
+            ) from None
+        with os.fdopen(descriptor, "w") as out:
+            out.write(holder)
+        break
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == tuple(holder.split(" ")):
+            lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock):
+    """(host, pid) written in a lock file, or None if it is gone or unreadable."""
+    try:
+        host, pid = lock.read_text().split(" ")
+        return host, pid
+    except (OSError, ValueError):
+        return None
+
+
+def _is_dead(holder):
+    """Whether a lock's process is known to have ended (only knowable on this host)."""
+    host, pid = holder
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _read_run(run_file, fresh):
+    try:
+        saved = json.loads(run_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{str(run_file)!r}, the description of the run checkpointed beside it, is "
+            f"missing or damaged ({type(error).__name__}: {error}): {fresh}"
+        ) from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{str(run_file)!r} does not describe a run: {fresh}")
+    return saved
 
 
 def begin(model, checkpoint_dir, checkpoint_every, run, total_steps):
@@ -64,7 +162,7 @@ def begin(model, checkpoint_dir, checkpoint_every, run, total_steps):
     if checkpoint_dir is None:
         return 0, callbacks
     model.optimizer.build(model.trainable_variables)
-    start_step = resume(model, checkpoint_dir, run)
+    start_step = resume(model, checkpoint_dir, run, total_steps)
     if start_step:
         print(f"Resuming at step {start_step} of {total_steps} from {checkpoint_dir}")
     every = checkpoint_every or max(1, total_steps // 20)
@@ -74,6 +172,20 @@ def begin(model, checkpoint_dir, checkpoint_every, run, total_steps):
 
 def _as_json(run):
     return json.loads(json.dumps(run))
+
+
+def restore_last_good(model, folder, weights_before):
+    """After a non-finite step: `model` back to its last checkpoint, or to `weights_before`.
+
+    Returns a sentence saying which, for the error message.
+    """
+    checkpoint = None if folder is None else pathlib.Path(folder) / CHECKPOINT_FILE
+    if checkpoint is not None and checkpoint.exists():
+        model.load_weights(checkpoint)
+        return (f"The model is back at its last good checkpoint, step {optimizer_step(model)} "
+                f"in {str(folder)!r}; rerun the same call to resume from it.")
+    model.set_weights(weights_before)
+    return "The model's weights are back to what they were before this fit."
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -110,9 +222,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
                 raise NonFiniteLossError(
                     f"weight {variable.path!r} is NaN or Inf after step "
-                    f"{optimizer_step(self.model)}; the last good checkpoint is kept in "
-                    f"{str(self.folder)!r}. Lower the learning rate (or train in float32) and "
-                    f"rerun the same command to resume from it."
+                    f"{optimizer_step(self.model)}. Lower the learning rate (or train in "
+                    f"float32)."
                 )
         if distribute.is_chief():
             self.model.save_weights(self.folder / CHECKPOINT_FILE)
@@ -137,13 +248,9 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is None or np.isfinite(float(loss)):
             return
         self.model.stop_training = True
-        kept = (f"the last good checkpoint is kept in {str(self.checkpoint_folder)!r} (rerun "
-                f"the same command to resume from it)" if self.checkpoint_folder else
-                "no checkpoint was being written (pass checkpoint_dir to keep one)")
         raise NonFiniteLossError(
-            f"the training loss became {float(loss)} at step {optimizer_step(self.model)}: "
-            f"the model's weights are no longer usable; {kept}. Lower the learning rate, "
-            f"check the data for NaN/Inf values, or train in float32."
+            f"the training loss became {float(loss)} at step {optimizer_step(self.model)}. "
+            f"Lower the learning rate, check the data for NaN/Inf values, or train in float32."
         )
 
 

@@ -12,10 +12,12 @@ Nothing here writes to the user's files.
 
 import concurrent.futures
 import dataclasses
-import io
+import hashlib
 import os
 import pathlib
 import re
+import shutil
+import socket
 import warnings
 
 import numpy as np
@@ -29,6 +31,9 @@ NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
 NATIVE_BMP_MODES = ("RGB", "RGBA", "L")
 """BMP modes TensorFlow decodes correctly (it misreads palette and 1-bit BMPs)."""
+
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a camera's image is turned for display."""
 
 WARN_NAMES = 20
 """How many skipped files a warning names before it only counts the rest."""
@@ -77,13 +82,24 @@ class ImageSource:
     def num_classes(self):
         return len(self.class_names)
 
+    def fingerprint(self):
+        """A short hash of the labels and, for sources in memory, the records (file paths or
+        pixels): what identifies the data of a run in its checkpoints."""
+        digest = hashlib.sha1(np.ascontiguousarray(self.labels).tobytes())
+        for part in self.table or ():
+            part = np.ascontiguousarray(part)
+            digest.update(part.tobytes() if part.dtype.kind != "U" else
+                          "\n".join(part.tolist()).encode())
+        return digest.hexdigest()[:16]
+
     def decode_record(self, record):
         """One record -> an RGB image tensor (height, width, 3), uint8 or float32."""
         if self.record_kind == "file":
-            path, use_pillow = record
-            return _decode_bytes(tf.io.read_file(path), use_pillow)
+            return _decode_file(*record)
         if self.record_kind == "encoded":
-            return _decode_bytes(record, tf.constant(False))
+            image = tf.io.decode_image(record, channels=3, expand_animations=False)
+            image.set_shape([None, None, 3])
+            return image
         return record
 
     def select(self, indices):
@@ -321,9 +337,16 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise"):
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         headers = list(pool.map(_read_header, files))
     skipped = [(str(f), h) for f, h in zip(files, headers) if isinstance(h, str)]
+    kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    # Every file decoded once, by the path training takes: a header can be fine
+    # and the data truncated, and nothing that fails here reaches a pipeline.
+    failed = set(_undecodable(np.array([str(files[i]) for i in kept]),
+                              np.array([headers[i][2] for i in kept], dtype=bool)))
+    skipped += [(str(files[kept[j]]), "cannot be decoded (damaged or truncated image data)")
+                for j in sorted(failed)]
+    kept = [i for j, i in enumerate(kept) if j not in failed]
     if skipped:
         _report_bad_files(skipped, description, on_bad_image)
-    kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
     if not kept:
         raise ValueError(f"{description} has no readable images (all were skipped)")
     labels = labels[kept]
@@ -349,6 +372,7 @@ def _read_header(path):
         with Image.open(path) as image:
             width, height = image.size
             image_format, mode = image.format, image.mode
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception as error:  # Pillow raises many types for unreadable files.
         return f"not a readable image ({type(error).__name__}: {error})"
     if width < 1 or height < 1:
@@ -356,7 +380,10 @@ def _read_header(path):
     native = image_format in NATIVE_FORMATS and (
         image_format != "BMP" or mode in NATIVE_BMP_MODES
     )
-    return height, width, not native
+    if orientation in (5, 6, 7, 8):  # shown turned by 90 degrees
+        width, height = height, width
+    # TensorFlow's decoders ignore the EXIF orientation a camera writes; Pillow applies it.
+    return height, width, not native or orientation not in (1, None)
 
 
 def _report_bad_files(skipped, description, on_bad_image):
@@ -370,21 +397,47 @@ def _report_bad_files(skipped, description, on_bad_image):
                   stacklevel=6)  # the caller of BiTClassifier.fit
 
 
-def _decode_bytes(data, use_pillow):
+def _undecodable(paths, use_pillow):
+    """Positions of the files that fail to decode, all decoded in parallel once."""
+    if len(paths) == 0:
+        return []
+    decoded = tf.data.Dataset.from_tensor_slices((paths, use_pillow)).enumerate().map(
+        lambda index, record: (index, tf.reduce_min(tf.shape(_decode_file(*record))[:2])),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    good = {int(index) for index, side in decoded.as_numpy_iterator() if side > 0}
+    return [index for index in range(len(paths)) if index not in good]
+
+
+def _decode_file(path, use_pillow):
+    """One image file -> RGB uint8 (height, width, 3): TensorFlow's decoders, or Pillow's."""
     image = tf.cond(
         use_pillow,
-        lambda: tf.numpy_function(_pillow_decode, [data], tf.uint8, stateful=False),
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        lambda: tf.numpy_function(_pillow_decode, [path], tf.uint8, stateful=False),
+        lambda: tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False),
     )
     image.set_shape([None, None, 3])
     return image
 
 
-def _pillow_decode(data):
-    from PIL import Image
+def _pillow_decode(path):
+    """The image as a photo viewer shows it: EXIF orientation applied, 8-bit RGB.
 
-    # TensorFlow hands a string scalar over as a 0-d object array.
-    with Image.open(io.BytesIO(np.asarray(data).item())) as image:
+    Pillow reads the file itself (bytes handed over by TensorFlow would lose
+    trailing NUL bytes). 16-bit and 32-bit grey images are scaled to 8 bits,
+    not clipped.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(os.fsdecode(np.asarray(path).item())) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I;16") or image.mode == "I":
+            values = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+            grey = np.round(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
+        if image.mode == "F":
+            grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round()
+            return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
@@ -567,20 +620,53 @@ def _from_tfds(name, split, default_split):
 def _tfds_builder(name):
     import tensorflow_datasets as tfds
 
+    # $TFDS_DATA_DIR as it is now (TFDS reads it once, when imported).
+    data_dir = os.environ.get("TFDS_DATA_DIR") or None
     try:
-        # $TFDS_DATA_DIR as it is now (TFDS reads it once, when imported).
-        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR") or None)
+        builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # TFDS raises its own DatasetNotFoundError and others.
         raise ValueError(f"TFDS has no dataset {name!r}: {error}") from error
     if builder.is_prepared():
         return builder
+
+    def unavailable(reason):
+        return DataUnavailableError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and could not be "
+            f"downloaded ({reason}). On a machine with internet run `tfds build {name}` and "
+            f"copy its data folder here, under $TFDS_DATA_DIR (default ~/tensorflow_datasets)."
+        )
+
+    # Offline, TFDS retries its downloads for minutes before it gives up: ask first.
+    if not _reachable(TFDS_HOST):
+        raise unavailable(f"no connection to {TFDS_HOST}")
+    root = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
+    before = set(root.rglob("*")) if root.exists() else set()
     try:
         builder.download_and_prepare()
     except Exception as error:  # Network failures surface as many different types.
-        raise DataUnavailableError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and could not be "
-            f"downloaded ({type(error).__name__}: {error}). On a machine with internet run "
-            f"`tfds build {name}` and copy its data folder here, under $TFDS_DATA_DIR "
-            f"(default ~/tensorflow_datasets)."
-        ) from error
+        # Leave the data folder as it was: no partial downloads or half-written splits.
+        for created in sorted(set(root.rglob("*")) - before, reverse=True):
+            shutil.rmtree(created, ignore_errors=True) if created.is_dir() else (
+                created.unlink(missing_ok=True))
+        raise unavailable(f"{type(error).__name__}: {error}") from error
     return builder
+
+
+TFDS_HOST = "storage.googleapis.com"
+"""Where TFDS downloads prepared datasets and most sources from."""
+
+
+def _reachable(host, port=443, timeout=5.0):
+    """Whether a TCP connection to `host` opens within `timeout` seconds (name lookup included)."""
+
+    def connect():
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)

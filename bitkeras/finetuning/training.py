@@ -222,20 +222,27 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
     identifies the run in its checkpoints. Other keyword arguments go to
     Keras's `fit` (validation_steps, class_weight, ...).
     """
-    # A resume is announced whatever `verbose` says: training that silently starts
-    # late would be a surprise.
-    start_step, run_callbacks = run_state.begin(
-        model, checkpoint_dir, checkpoint_every, run, rule.steps)
-    remaining = rule.steps - start_step
-    history = keras.callbacks.History()
-    history.params = {}
-    if remaining > 0:
-        epochs, steps_per_epoch = schedule.keras_epochs(remaining)
-        history = keras.Model.fit(
-            model, batches(start_step), validation_data=validation_data, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, verbose=verbose, shuffle=False,
-            callbacks=[*run_callbacks, StopAfterSteps(remaining), *(callbacks or [])],
-            **keras_arguments)
+    with run_state.owned(checkpoint_dir):
+        # A resume is announced whatever `verbose` says: training that silently starts
+        # late would be a surprise.
+        start_step, run_callbacks = run_state.begin(
+            model, checkpoint_dir, checkpoint_every, run, rule.steps)
+        remaining = rule.steps - start_step
+        history = keras.callbacks.History()
+        history.params = {}
+        if remaining > 0:
+            epochs, steps_per_epoch = schedule.keras_epochs(remaining)
+            before = model.get_weights()
+            try:
+                history = keras.Model.fit(
+                    model, batches(start_step), validation_data=validation_data,
+                    epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                    shuffle=False,
+                    callbacks=[*run_callbacks, StopAfterSteps(remaining), *(callbacks or [])],
+                    **keras_arguments)
+            except run_state.NonFiniteLossError as error:
+                restored = run_state.restore_last_good(model, checkpoint_dir, before)
+                raise run_state.NonFiniteLossError(f"{error} {restored}") from None
     return history, start_step
 
 

@@ -6,12 +6,15 @@ or a shape mismatch raises before any variable is touched.
 """
 
 import contextlib
+import os
 import re
+import zipfile
 
 import numpy as np
 from keras import ops
 
 from bitkeras import files
+from bitkeras.io.weights import CorruptWeightsError
 from bitkeras.models.architecture import (
     ROOT_CHANNELS,
     ROOT_LAYER_NAME,
@@ -74,13 +77,27 @@ def model_variables(model):
 
 @contextlib.contextmanager
 def _open_npz(path):
-    """The lazily read archive, without pickle; read errors name the file."""
+    """The lazily read archive, without pickle; damaged files raise CorruptWeightsError naming them."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise CorruptWeightsError(
+            f"{path!r} is not a .npz archive (a zip of .npy arrays, as BiT's checkpoints are): "
+            f"it is empty, truncated or another kind of file; download or write it again"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             yield archive
-    except (OSError, ValueError) as error:
-        raise CheckpointMismatchError(
-            f"cannot read checkpoint {str(path)!r} as a .npz archive: {error}"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if "allow_pickle" in str(error):
+            raise CorruptWeightsError(
+                f"checkpoint {path!r} holds pickled Python objects, which bitkeras never "
+                f"loads (unpickling can run any code); BiT checkpoints hold plain arrays"
+            ) from error
+        raise CorruptWeightsError(
+            f"checkpoint {path!r} is damaged ({type(error).__name__}: {error}); download or "
+            f"write it again"
         ) from error
 
 

@@ -13,10 +13,63 @@ import shlex
 import sys
 
 
+USER_ERRORS = (ValueError, OSError, RuntimeError, ArithmeticError)
+"""What bad input, missing files and failed runs raise: one line, exit status 2."""
+
+
 def main(argv=None):
-    """The console script: runs the command, returns the exit status 0."""
-    run(sys.argv[1:] if argv is None else argv)
-    return 0
+    """The console script: runs the command and returns its exit status.
+
+    0: done. 2: a user error (bad argument, missing or damaged file, data
+    that cannot be used, a run that failed), said in one line on standard
+    error. 130: interrupted (Ctrl-C), with the command that resumes where a
+    checkpoint exists. An output folder the run created and left empty is
+    removed.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = _option(argv, "--out")
+    existed = out is not None and os.path.exists(out)
+    try:
+        run(argv)
+        return 0
+    except KeyboardInterrupt:
+        print(f"bitkeras: interrupted.{_resume_hint(argv, out)}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        print(f"bitkeras: error: {error}".replace("\n", " "), file=sys.stderr)
+        return 2
+    finally:
+        if out is not None and not existed:
+            _remove_if_empty(out)
+
+
+def _option(argv, name):
+    """The value of option `name` in `argv` (either spelling), or None."""
+    for index, argument in enumerate(argv):
+        if argument == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith(name + "="):
+            return argument.split("=", 1)[1]
+    return None
+
+
+def _resume_hint(argv, out):
+    from bitkeras.finetuning import run_state
+
+    if argv[:1] == ["pretrain"] and out is not None and os.path.exists(
+            os.path.join(out, "checkpoints", run_state.CHECKPOINT_FILE)):
+        return f" Resume from the last checkpoint with: {shlex.join(['bitkeras', *argv])}"
+    return ""
+
+
+def _remove_if_empty(folder):
+    """Removes `folder` if it holds nothing but empty folders."""
+    for root, _, names in os.walk(folder):
+        if names:
+            return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(argv):

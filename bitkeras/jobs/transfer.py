@@ -15,7 +15,9 @@ under five minutes on two cores: see `cpu_budget_rule`.
 
 import dataclasses
 import json
+import os
 import pathlib
+import shutil
 import time
 
 import keras
@@ -29,6 +31,7 @@ from bitkeras.finetuning.classifier import BiTClassifier, load_model
 from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.io import checkpoint, hub, presets
 from bitkeras.io.pretrained import BiTBackbone
+from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.preprocessing import BiTImageConverter
 
 BUDGET_RESOLUTION = (40, 32)
@@ -49,7 +52,46 @@ class Data:
     flip: bool | None = None  # None: the rule's default
 
 
+OUTPUTS = ("finetuned.keras", "report.json", "report.png")
+"""What a run writes to --out, published together at its end."""
+
+
 def run(args):
+    """The finetune job; its outputs appear in --out together, when it has finished."""
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
+        "finetuned-" + _slug(args.data or "digits"))
+    staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
+    try:
+        report = _run(args, staging)
+        if distribute.is_chief():
+            if any((out / name).exists() for name in OUTPUTS):
+                print(f"Replacing the results of an earlier run in {out}")
+            publish(staging, out, OUTPUTS)
+            print(f"Wrote {', '.join(str(out / name) for name in OUTPUTS)} "
+                  f"in {report['seconds']:.0f} s")
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging, out, names):
+    """Moves `names` from `staging` into `out`, replacing a previous run's files all at once.
+
+    The old files are moved aside first and deleted after the new ones are in,
+    so `out` never holds files of two runs (short of a kill between two renames).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    aside = out / f".previous{files.PARTIAL_MARK}{os.getpid()}"
+    aside.mkdir()
+    for name in names:
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+    for name in names:
+        os.replace(staging / name, out / name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _run(args, out):
     started = time.perf_counter()
     for name in ("seeds", "evaluations"):
         check_positive_integer(getattr(args, name), f"--{name}")
@@ -66,9 +108,7 @@ def run(args):
             f"smallest class of {data.description} has ({smallest}): use smaller K"
         )
     # saved_models/ of the working folder (in a clone, beside the shipped model), never
-    # the installed package.
-    out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
-        "finetuned-" + _slug(args.data or "digits"))
+    # the installed package; `out` is the run's staging folder beside it.
     out.mkdir(parents=True, exist_ok=True)
     models = ModelPair(args.model, args.seed)
     budget = args.data is None
@@ -120,8 +160,6 @@ def run(args):
     files.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     draw_report(report, out / "report.png")
     print_summary(report)
-    print(f"Wrote {out / 'finetuned.keras'}, {out / 'report.json'}, {out / 'report.png'} "
-          f"in {report['seconds']:.0f} s")
     return report
 
 
@@ -212,6 +250,12 @@ def _pretrained_backbone(model):
         return backbone, f"{model} (TF-Hub module, {checkpoint.describe(backbone.architecture, None)})"
     if path.suffix == ".keras" and path.is_file():
         classifier = load_model(path)
+        if not isinstance(getattr(classifier, "backbone", None), ResNetV2Backbone):
+            raise ValueError(
+                f"--model {model!r} is a Keras model ({type(classifier).__name__}) without a "
+                f"BiT backbone: pass a model saved by bitkeras, a BiT checkpoint (.npz), a "
+                f"preset or a TF-Hub BiT module"
+            )
         return classifier.backbone, f"{path} (a saved bitkeras model)"
     if path.suffix == ".npz" and path.is_file():
         architecture, _ = checkpoint.describe_arrays(checkpoint.read_arrays(path))

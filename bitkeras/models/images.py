@@ -50,10 +50,19 @@ def standardize_images(images, model_name):
 
 
 def check_value_range(array, model_name):
-    """Raises if a float array's values are outside [0, 1] (with slack)."""
+    """Raises if a float array holds NaN or Inf, or values outside [0, 1] (with slack)."""
     array = np.asarray(array)
     if array.dtype == np.uint8 or array.size == 0:
         return
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = np.unravel_index(np.argmin(finite), array.shape)
+        where = f"image {first[0]}" if array.ndim == 4 else f"index {tuple(map(int, first))}"
+        raise ValueError(
+            f"{model_name} takes finite pixel values; {where} holds "
+            f"{array[first]} ({int(array.size - finite.sum())} non-finite values in all): "
+            f"repair or drop those images."
+        )
     low, high = float(np.min(array)), float(np.max(array))
     if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
         hint = (

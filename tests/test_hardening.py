@@ -1,0 +1,260 @@
+"""Hostile but realistic input: image files, non-finite pixels, shared checkpoint folders."""
+
+import os
+import socket
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from bitkeras import BadImageError, BiTBackbone, BiTClassifier
+from bitkeras.finetuning import run_state, sources
+from tests.conftest import TINY
+from tests.fit_worker import classifier as tiny_classifier
+from tests.fit_worker import data as worker_data
+
+
+def _photo(seed, size=(24, 32)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+
+
+def _decoded(source):
+    return [image for image, _ in source.records.map(
+        lambda record, label: (source.decode_record(record), label)).as_numpy_iterator()]
+
+
+def test_files_ending_in_nul_bytes_decode_as_pillow_shows_them(tmp_path):
+    (tmp_path / "webp").mkdir(), (tmp_path / "black").mkdir()
+    expected = {}
+    for index in range(3):
+        path = tmp_path / "webp" / f"{index}.webp"
+        Image.fromarray(_photo(index)).save(path, quality=80)  # lossy WebP
+        expected[str(path)] = np.asarray(Image.open(path).convert("RGB"))
+        black = tmp_path / "black" / f"{index}.tiff"
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(black)
+        expected[str(black)] = np.zeros((20, 20, 3), np.uint8)
+    assert any(path.read_bytes().endswith(b"\0") for path in tmp_path.rglob("*.*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped
+        source = sources.open_source(tmp_path)
+    assert source.num_examples == 6 and source.num_classes == 2
+    for path, image in zip(source.table[0], _decoded(source)):
+        np.testing.assert_array_equal(image, expected[str(path)])
+
+
+def test_exif_orientation_and_16_bit_images_are_shown_as_a_viewer_shows_them(tmp_path):
+    (tmp_path / "turned").mkdir(), (tmp_path / "deep").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was held turned: display rotated by 90 degrees
+    pixels = _photo(0, (20, 40))
+    Image.fromarray(pixels).save(tmp_path / "turned" / "a.jpg", exif=exif, quality=95)
+    grey16 = (np.arange(30 * 10).reshape(10, 30) * 200).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "deep" / "b.tiff")
+    source = sources.open_source(tmp_path)
+    deep, turned = _decoded(source)  # class folders in sorted order
+    assert turned.shape == (40, 20, 3)
+    viewer = np.asarray(Image.open(tmp_path / "turned" / "a.jpg").transpose(Image.ROTATE_270))
+    np.testing.assert_array_equal(turned, viewer)
+    np.testing.assert_array_equal(deep[..., 0], np.round(grey16 * 255.0 / 65535).astype(np.uint8))
+
+
+def _truncated_jpeg(path, seed):
+    Image.fromarray(_photo(seed, (64, 64))).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is intact, the data cut short
+
+
+def test_truncated_images_are_skipped_by_name_everywhere_or_raise(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(3):
+            Image.fromarray(_photo(index)).save(tmp_path / name / f"{index}.png")
+    _truncated_jpeg(tmp_path / "a" / "cut.jpg", 7)
+    with pytest.warns(UserWarning, match="cut.jpg: cannot be decoded"):
+        source = sources.open_source(tmp_path)
+    assert source.num_examples == 6
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        sources.open_source(tmp_path, on_bad_image="raise")
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2, class_names=["a", "b"])
+    with pytest.warns(UserWarning, match="cut.jpg"):
+        result = classifier.evaluate(tmp_path, image_size=16, verbose=0, return_dict=True)
+    assert set(result) >= {"loss", "accuracy"}
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        classifier.predict([tmp_path / "a" / "0.png", tmp_path / "a" / "cut.jpg"])
+
+
+def test_a_folder_where_nothing_decodes_fails_at_once_instead_of_spinning(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(2):
+            _truncated_jpeg(tmp_path / name / f"{index}.jpg", index)
+    script = (
+        "import sys, warnings, numpy as np\n"
+        "warnings.simplefilter('ignore')\n"
+        "from bitkeras import BiTBackbone, BiTClassifier\n"
+        "classifier = BiTClassifier(BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5))\n"
+        "try:\n"
+        "    classifier.fit(sys.argv[1], steps=2, batch_size=2, crop_size=16, verbose=0)\n"
+        "except ValueError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=120,
+                            capture_output=True, text=True, cwd=os.getcwd())
+    assert "refused:" in result.stdout and "no readable images" in result.stdout, (
+        result.stdout + result.stderr[-2000:])
+
+
+def test_non_finite_pixels_are_refused_with_the_image_index():
+    images = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, 3)).astype(np.float32)
+    images[4, 2, 3, 1] = np.nan
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    with pytest.raises(ValueError, match="image 4 holds nan"):
+        classifier.fit(images, np.arange(6) % 2, epochs=1, batch_size=2)
+    images[4, 2, 3, 1] = np.inf
+    with pytest.raises(ValueError, match="image 4 holds inf"):
+        classifier.predict(images)
+    assert not classifier.compiled  # refused before anything was set up
+
+
+def test_a_fit_that_meets_a_nan_loss_leaves_the_weights_it_started_with():
+    images, labels = worker_data()
+    images = images.astype(np.float32) / 255
+    images[3] = np.nan  # streamed data is not checked up front: the loss goes NaN
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    classifier = tiny_classifier()
+    before = classifier.get_weights()
+    with pytest.raises(run_state.NonFiniteLossError, match="back to what they were before"):
+        classifier.fit(dataset, steps=4, batch_size=16, crop_size=16, resize_size=20,
+                       shuffle=False, verbose=0)
+    for now, then in zip(classifier.get_weights(), before):
+        np.testing.assert_array_equal(now, then)
+
+
+def test_a_checkpoint_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    lock = tmp_path / run_state.LOCK_FILE
+    lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process holds it
+    images, labels = worker_data()
+    arguments = dict(steps=2, batch_size=16, crop_size=16, resize_size=20,
+                     checkpoint_dir=tmp_path, verbose=0)
+    classifier = tiny_classifier()
+    with pytest.raises(RuntimeError, match="in use by another run"):
+        classifier.fit((images, labels), **arguments)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{socket.gethostname()} {dead.pid}")
+    history = classifier.fit((images, labels), **arguments)
+    assert history.start_step == 0 and not lock.exists()  # released at the end
+
+
+def test_resuming_names_what_differs_and_refuses_damaged_or_foreign_state(tmp_path):
+    images, labels = worker_data()
+    arguments = dict(batch_size=16, crop_size=16, resize_size=20, checkpoint_dir=tmp_path,
+                     verbose=0)
+    tiny_classifier().fit((images, labels), steps=2, seed=1, **arguments)
+    with pytest.raises(ValueError, match=r"seed: 1 there, 2 here.*delete"):
+        tiny_classifier().fit((images, labels), steps=2, seed=2, **arguments)
+    with pytest.raises(ValueError, match=r"data: '\w+' there, '\w+' here"):
+        tiny_classifier().fit((images[::-1], labels[::-1]), steps=2, seed=1, **arguments)
+    (tmp_path / run_state.RUN_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="run.json.*damaged"):
+        tiny_classifier().fit((images, labels), steps=2, seed=1, **arguments)
+
+
+def test_a_checkpoint_past_the_runs_end_is_refused(tmp_path):
+    classifier = tiny_classifier()
+    classifier.compile(optimizer="sgd", loss="mse")
+    classifier.optimizer.build(classifier.trainable_variables)
+    classifier.optimizer.iterations.assign(150)
+    classifier.save_weights(tmp_path / run_state.CHECKPOINT_FILE)
+    (tmp_path / run_state.RUN_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="at step 150, past this run's 30 steps"):
+        run_state.resume(classifier, tmp_path, {}, total_steps=30)
+    keras.backend.clear_session()
+
+
+def test_saving_over_a_read_only_file_is_refused(tmp_path):
+    target = tmp_path / "model.keras"
+    target.write_text("precious")
+    target.chmod(0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        tiny_classifier().save(target)
+    assert target.read_text() == "precious"
+
+
+def test_rules_and_seeds_are_checked_before_the_classifier_changes():
+    images, labels = worker_data()
+    classifier = BiTClassifier(BiTBackbone(**TINY))
+    for bad in (dict(seed=None), dict(seed="x"), dict(seed=-1),
+                dict(base_learning_rate=float("inf")), dict(mixup_alpha=float("nan"))):
+        with pytest.raises(ValueError, match="seed|base_learning_rate|mixup_alpha"):
+            classifier.fit((images, labels), steps=2, batch_size=16, verbose=0, **bad)
+        assert classifier.head is None  # no head added on bad input
+
+
+def test_cli_user_errors_are_one_line_exit_2_and_leave_no_folder(tmp_path, capsys):
+    from bitkeras.jobs import cli
+
+    out = tmp_path / "out"
+    status = cli.main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert status == 2 and error.startswith("bitkeras: error: ") and error.count("\n") == 1
+    assert "Traceback" not in error and "missing" in error
+    assert not out.exists()
+
+
+def test_cli_interrupts_say_how_to_resume(tmp_path, capsys, monkeypatch):
+    from bitkeras.finetuning import run_state
+    from bitkeras.jobs import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    argv = ["pretrain", "--out", str(tmp_path / "up")]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err == "bitkeras: interrupted.\n"  # no checkpoint yet
+    assert not (tmp_path / "up").exists()
+    (tmp_path / "up" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "up" / "checkpoints" / run_state.CHECKPOINT_FILE).write_bytes(b"state")
+    assert cli.main(argv) == 130
+    assert f"Resume from the last checkpoint with: bitkeras pretrain --out {tmp_path / 'up'}" \
+        in capsys.readouterr().err
+
+
+def test_a_run_that_fails_leaves_the_previous_outputs_whole(tmp_path, monkeypatch):
+    from bitkeras.jobs import transfer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in transfer.OUTPUTS:
+        (out / name).write_text(f"old {name}")
+
+    def half_run(args, staging):
+        staging.mkdir(parents=True)
+        (staging / "finetuned.keras").write_text("new model")
+        raise KeyboardInterrupt  # during the scratch fit
+
+    monkeypatch.setattr(transfer, "_run", half_run)
+    args = type("Args", (), {"out": str(out), "data": None})()
+    with pytest.raises(KeyboardInterrupt):
+        transfer.run(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        name: f"old {name}" for name in transfer.OUTPUTS}
+
+    def whole_run(args, staging):
+        staging.mkdir(parents=True)
+        for name in transfer.OUTPUTS:
+            (staging / name).write_text(f"new {name}")
+        return {"seconds": 1.0}
+
+    monkeypatch.setattr(transfer, "_run", whole_run)
+    transfer.run(args)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        name: f"new {name}" for name in transfer.OUTPUTS}
