@@ -258,3 +258,67 @@ def test_a_run_that_fails_leaves_the_previous_outputs_whole(tmp_path, monkeypatc
     transfer.run(args)
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         name: f"new {name}" for name in transfer.OUTPUTS}
+
+
+def test_damaged_saved_models_and_checkpoints_are_named(tmp_path):
+    from bitkeras import load_model
+
+    model = tmp_path / "model.keras"
+    tiny_classifier().save(model)
+    model.write_bytes(model.read_bytes()[:200])
+    with pytest.raises(ValueError, match="model.keras.*save the model again"):
+        load_model(model)
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        load_model(tmp_path / "absent.keras")
+    images, labels = worker_data()
+    arguments = dict(steps=2, batch_size=16, crop_size=16, resize_size=20,
+                     checkpoint_dir=tmp_path / "run", verbose=0)
+    tiny_classifier().fit((images, labels), **arguments)
+    state = tmp_path / "run" / run_state.CHECKPOINT_FILE
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="latest.weights.h5.*cannot be read.*delete"):
+        tiny_classifier().fit((images, labels), **arguments)
+
+
+def test_a_plain_keras_model_given_to_the_finetune_job_is_refused(tmp_path):
+    from bitkeras.jobs import transfer
+
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    plain.save(tmp_path / "plain.keras")
+    with pytest.raises(ValueError, match="without a BiT backbone"):
+        transfer._pretrained_backbone(str(tmp_path / "plain.keras"))
+
+
+def test_validation_data_with_a_truncated_file_skips_it_by_name(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(2):
+            Image.fromarray(_photo(index)).save(tmp_path / name / f"{index}.png")
+    _truncated_jpeg(tmp_path / "b" / "cut.jpg", 3)
+    images, labels = worker_data()
+    classifier = BiTClassifier(BiTBackbone(**TINY), class_names=["a", "b"])
+    with pytest.warns(UserWarning, match="cut.jpg"):
+        history = classifier.fit((images, labels % 2), steps=2, batch_size=16, crop_size=16,
+                                 resize_size=20, validation_data=tmp_path, verbose=0)
+    assert "val_loss" in history.history
+
+
+def test_a_photo_collections_system_folders_and_links_are_handled(tmp_path):
+    outside = tmp_path / "elsewhere.png"
+    Image.fromarray(_photo(9)).save(outside)
+    root = tmp_path / "photos"
+    for name in ("cats", "dogs"):
+        (root / name / "@eaDir").mkdir(parents=True)  # a NAS's thumbnails: real images
+        Image.fromarray(_photo(1)).save(root / name / "@eaDir" / "thumb.jpg")
+        Image.fromarray(_photo(2)).save(root / name / "photo.png")
+        (root / name / "Thumbs.db").write_bytes(b"\0" * 64)
+    (root / "__MACOSX" / "cats").mkdir(parents=True)
+    (root / "__MACOSX" / "cats" / "._photo.png").write_bytes(b"\0" * 64)
+    (root / "cats" / "linked.png").symlink_to(outside)
+    (root / "dogs" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (root / "dogs" / "loop").symlink_to(root / "dogs", target_is_directory=True)
+    with pytest.warns(UserWarning, match="gone.png: a link to nothing"):
+        source = sources.open_source(root)
+    assert source.class_names == ("cats", "dogs")
+    assert sorted(os.path.basename(path) for path in source.table[0]) == [
+        "linked.png", "photo.png", "photo.png"]

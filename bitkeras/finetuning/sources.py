@@ -300,25 +300,26 @@ def _from_folder(root, on_bad_image):
             f"{str(root)!r} is not a folder; pass a folder with one sub-folder of images per "
             f"class, or 'tfds:NAME' for a TFDS dataset"
         )
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not _is_system(d.name))
     if len(class_dirs) < 2:
         raise ValueError(
             f"folder {str(root)!r} has {len(class_dirs)} class sub-folder(s); a classifier "
             f"needs at least 2 (one sub-folder of images per class)"
         )
-    files, labels = [], []
+    files, labels, broken = [], [], []
     for class_id, class_dir in enumerate(class_dirs):
-        members = sorted(
-            p for p in class_dir.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        )
+        entries = [p for p in class_dir.rglob("*")
+                   if not any(_is_system(part) for part in p.relative_to(class_dir).parts)]
+        broken += [(str(p), "a link to nothing") for p in entries
+                   if p.is_symlink() and not p.exists()]
+        members = sorted(p for p in entries if p.is_file())
         if not members:
             raise ValueError(
                 f"class folder {str(class_dir)!r} is empty: add its images or remove the folder"
             )
         files += members
         labels += [class_id] * len(members)
-    source = _from_files(files, labels, f"folder {str(root)!r}", on_bad_image)
+    source = _from_files(files, labels, f"folder {str(root)!r}", on_bad_image, broken)
     for class_id, class_dir in enumerate(class_dirs):
         if not np.any(source.labels == class_id):
             raise ValueError(
@@ -327,8 +328,20 @@ def _from_folder(root, on_bad_image):
     return dataclasses.replace(source, class_names=tuple(d.name for d in class_dirs), named=True)
 
 
-def _from_files(files, labels=None, description=None, on_bad_image="raise"):
-    """Image files (and labels) -> ImageSource, their headers read in parallel."""
+SYSTEM_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN",
+                          "System Volume Information", "lost+found"})
+"""What operating systems and NAS boxes leave in photo folders (besides hidden `.` files)."""
+
+
+def _is_system(name):
+    return name.startswith(".") or name in SYSTEM_NAMES
+
+
+def _from_files(files, labels=None, description=None, on_bad_image="raise", skipped=()):
+    """Image files (and labels) -> ImageSource, their headers read in parallel.
+
+    `skipped`: (path, reason) of entries already left out, reported with the rest.
+    """
     labels = np.zeros(len(files), np.int64) if labels is None else np.asarray(labels, np.int64)
     description = description or f"{len(files)} image files"
     for path in files:
@@ -336,7 +349,7 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise"):
             raise FileNotFoundError(f"no image file {str(path)!r}")
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         headers = list(pool.map(_read_header, files))
-    skipped = [(str(f), h) for f, h in zip(files, headers) if isinstance(h, str)]
+    skipped = [*skipped, *((str(f), h) for f, h in zip(files, headers) if isinstance(h, str))]
     kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
     # Every file decoded once, by the path training takes: a header can be fine
     # and the data truncated, and nothing that fails here reaches a pipeline.
