@@ -322,3 +322,10 @@ def test_a_photo_collections_system_folders_and_links_are_handled(tmp_path):
     assert source.class_names == ("cats", "dogs")
     assert sorted(os.path.basename(path) for path in source.table[0]) == [
         "linked.png", "photo.png", "photo.png"]
+
+
+def test_a_dataset_of_bytes_that_are_no_image_is_refused_clearly():
+    garbage = tf.data.Dataset.from_tensor_slices(([b"\x89PNG not really", b"\0" * 9],
+                                                  [0, 1]))
+    with pytest.raises(BadImageError, match="cannot be decoded"):
+        sources.open_source(garbage)

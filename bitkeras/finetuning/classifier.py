@@ -282,7 +282,6 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
 
         def batches(start_step):
             train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size, seed,
-                                           skip_bad_images=on_bad_image == "warn",
                                            start_step=start_step, shuffle=shuffle)
             if sparse_labels:
                 train = train.map(lambda images, labels: (

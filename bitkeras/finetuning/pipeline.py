@@ -41,8 +41,7 @@ def _options():
     return options
 
 
-def train_dataset(source, rule, targets, batch_size, seed, skip_bad_images=True,
-                  start_step=0, shuffle=True):
+def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle=True):
     """Endless batches (images (B, crop, crop, 3) float32, targets (B, classes) float32).
 
     The one training pipeline of `fit` and `pretrain`. `targets`: the number
@@ -62,8 +61,11 @@ def train_dataset(source, rule, targets, batch_size, seed, skip_bad_images=True,
     stream gives then, reached without reading the records before it.
     Streamed sources (tf.data datasets, TFDS) shuffle in a buffer of
     `SHUFFLE_BUFFER` records and replay it to `start_step`. `shuffle=False`
-    keeps the source's order (augmentation stays random). Unreadable files
-    that are skipped shift the stream by their number.
+    keeps the source's order (augmentation stays random).
+
+    No record is skipped here: a folder's files were all decoded when it was
+    opened (see `sources`), and a record that fails later raises rather than
+    being dropped, so the stream can never spin over records that all fail.
     """
     num_examples = source.num_examples
     if isinstance(targets, int):
@@ -107,9 +109,6 @@ def train_dataset(source, rule, targets, batch_size, seed, skip_bad_images=True,
                                       reshuffle_each_iteration=True)
         dataset = records.repeat().enumerate().skip(first).map(
             lambda example, element: view(example, *element), num_parallel_calls=AUTOTUNE)
-    if skip_bad_images:
-        # Files that passed the header check but fail to decode; TF logs each one.
-        dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if rule.mixup_alpha > 0:
         dataset = dataset.enumerate(start=start_step).map(

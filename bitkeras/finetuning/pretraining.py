@@ -83,7 +83,7 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
 
     def batches(start_step):
         return pipeline.train_dataset(source, recipe, targets, recipe.batch_size, seed,
-                                      skip_bad_images=False, start_step=start_step)
+                                      start_step=start_step)
 
     with training.on_strategy(classifier, strategy, precision) as model:
         model.compile_for_rule(

@@ -565,7 +565,14 @@ def _float_or_uint8(image):
 def _sampled_size(source):
     sample = source.records.take(SAMPLE_SIZE).map(
         lambda record, label: tf.shape(source.decode_record(record))[:2])
-    return _median_size(np.array(list(sample.as_numpy_iterator())))
+    try:
+        return _median_size(np.array(list(sample.as_numpy_iterator())))
+    except tf.errors.OpError as error:
+        raise BadImageError(
+            f"an image of {source.description} cannot be decoded "
+            f"({type(error).__name__}: {error.message.splitlines()[0]}): the dataset should "
+            f"yield decodable image bytes or pixels"
+        ) from None
 
 
 # ---------------------------------------------------------------- TFDS

@@ -17,7 +17,7 @@ import keras
 
 from bitkeras import files
 from bitkeras.data import glyphs
-from bitkeras.finetuning import distribute
+from bitkeras.finetuning import distribute, run_state
 from bitkeras.finetuning.classifier import BiTClassifier
 from bitkeras.finetuning.pretraining import pretrain
 from bitkeras.finetuning.upstream import UpstreamRecipe
@@ -33,6 +33,8 @@ def run(args):
     strategy = distribute.strategy_for(args.strategy)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "checkpoints" / run_state.CHECKPOINT_FILE).exists():
+        print(f"Starting a new run (no checkpoint in {out / 'checkpoints'} to resume from)")
     started = time.perf_counter()
     print(f"Rendering {args.examples} glyph images ({glyphs.NUM_CLASSES} classes, "
           f"{args.image_size}px, seed {args.seed})", flush=True)

@@ -61,11 +61,13 @@ def run(args):
     out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
         "finetuned-" + _slug(args.data or "digits"))
     staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
+    if any((out / name).exists() for name in OUTPUTS):
+        # The job has no checkpoints: a rerun starts over, and says so.
+        print(f"Starting over: the results of an earlier run in {out} stay until this run "
+              f"ends, then are replaced")
     try:
         report = _run(args, staging)
         if distribute.is_chief():
-            if any((out / name).exists() for name in OUTPUTS):
-                print(f"Replacing the results of an earlier run in {out}")
             publish(staging, out, OUTPUTS)
             print(f"Wrote {', '.join(str(out / name) for name in OUTPUTS)} "
                   f"in {report['seconds']:.0f} s")
