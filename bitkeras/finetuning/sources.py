@@ -26,7 +26,7 @@ import tensorflow as tf
 from bitkeras.checks import check_positive_integer
 from bitkeras.models.images import check_value_range
 
-NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 """Formats tf.io.decode_image reads; other Pillow formats are decoded by Pillow."""
 
 NATIVE_BMP_MODES = ("RGB", "RGBA", "L")
