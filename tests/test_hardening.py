@@ -329,3 +329,17 @@ def test_a_dataset_of_bytes_that_are_no_image_is_refused_clearly():
                                                   [0, 1]))
     with pytest.raises(BadImageError, match="cannot be decoded"):
         sources.open_source(garbage)
+
+
+def test_damaged_preset_folders_and_hub_modules_are_named(tmp_path):
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.save_to_preset(tmp_path / "preset")
+    (tmp_path / "preset" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="preset folder .*preset.* cannot be loaded"):
+        BiTClassifier.from_preset(tmp_path / "preset")
+    with pytest.raises(ValueError, match="preset folder"):
+        BiTBackbone.from_preset(tmp_path / "preset")
+    (tmp_path / "module").mkdir()
+    (tmp_path / "module" / "saved_model.pb").write_bytes(b"\0garbage")
+    with pytest.raises(ValueError, match="cannot be loaded as a SavedModel"):
+        BiTClassifier.from_hub(tmp_path / "module")

@@ -107,7 +107,16 @@ def cached_module(handle):
 def load_module(handle):
     """(the loaded SavedModel object, its local path), checked to be an image module."""
     path = resolve(handle)
-    module = tf.saved_model.load(str(path))
+    try:
+        module = tf.saved_model.load(str(path))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        message = getattr(error, "message", str(error)).strip().splitlines()
+        raise ValueError(
+            f"{str(path)!r} cannot be loaded as a SavedModel ({type(error).__name__}: "
+            f"{message[0] if message else ''}): pass the folder of a TF-Hub module (with "
+            f"saved_model.pb and variables/), or delete a damaged download from the cache "
+            f"and resolve the handle again"
+        ) from error
     if not callable(getattr(module, "__call__", None)) or not hasattr(module, "variables"):
         raise ValueError(
             f"{str(handle)!r} is not a reusable TF-Hub module: it lacks __call__ or "

@@ -7,6 +7,7 @@ same (`bitkeras.BiTClassifier` is one), plus keras-hub presets with a model
 card.
 """
 
+import contextlib
 import pathlib
 import warnings
 
@@ -49,7 +50,9 @@ class BiTBackbone(ResNetV2Backbone):
         not part of a backbone.
         """
         if presets.is_keras_hub_preset(name):
-            return super().from_preset(str(name), load_weights=weights is not None, **kwargs)
+            with _preset_errors(name):
+                return super().from_preset(str(name), load_weights=weights is not None,
+                                           **kwargs)
         preset = presets.get_preset(name)
         backbone = cls(
             block_units=preset.architecture.block_units,
@@ -130,7 +133,9 @@ class PretrainedClassifier:
         if presets.is_keras_hub_preset(name):
             if num_classes is not None:  # a new head: keras-hub then skips the saved one
                 kwargs.update(num_classes=num_classes, class_names=None)
-            return super().from_preset(str(name), load_weights=weights is not None, **kwargs)
+            with _preset_errors(name):
+                return super().from_preset(str(name), load_weights=weights is not None,
+                                           **kwargs)
         preset = presets.get_preset(name)
         path = resolve_weights(preset, weights)
         if num_classes is None:
@@ -205,6 +210,18 @@ class PretrainedClassifier:
         if format in export.FORMATS:
             kwargs["output"] = output
         return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
+
+
+@contextlib.contextmanager
+def _preset_errors(folder):
+    """keras-hub's errors on a damaged preset folder, as one that names the folder."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise ValueError(
+            f"keras-hub preset folder {str(folder)!r} cannot be loaded ({type(error).__name__}: "
+            f"{error}); write it again with save_to_preset"
+        ) from error
 
 
 def model_card(classifier):
