@@ -130,3 +130,47 @@ def test_export_refuses_what_it_cannot_write(tmp_path, colour_classifier):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):
         colour_classifier.export(tmp_path / "file")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_graphs_exif_orientation_turns_images_as_pillow_does(orientation):
+    from PIL import ImageOps
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, format="JPEG", exif=exif, quality=100)
+    data = tf.constant(jpeg.getvalue())
+    assert int(export.exif_orientation(data)) == orientation
+    decoded = tf.io.decode_image(data, channels=3)
+    turned = export.apply_orientation(decoded, export.exif_orientation(data))
+    # Pillow turns the same pixels, carrying the same EXIF, for display.
+    Image.fromarray(decoded.numpy()).save(png, format="PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(png.getvalue()))))
+    np.testing.assert_array_equal(turned.numpy(), expected)
+
+
+def test_images_without_an_orientation_read_as_one():
+    plain = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(plain, format="JPEG")
+    for data in (plain.getvalue(), b"", b"Exif\0\0MM\0*garbage", b"\xff" * 10):
+        assert int(export.exif_orientation(tf.constant(data))) == 1
+
+
+def test_bytes_signature_reads_a_turned_photo_as_predict_does(exported, colour_classifier,
+                                                               tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = np.concatenate([np.full((30, 20, 3), rgb, np.uint8) for rgb in
+                             list(COLORS.values())[:2]], axis=1)  # red | green, 30x40
+    pixels = np.clip(pixels + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown turned: the halves become top and bottom
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    module = tf.saved_model.load(str(exported / "logits"))
+    served = module.signatures["serving_bytes"](
+        images=tf.constant([(tmp_path / "turned.jpg").read_bytes()]))
+    predicted = colour_classifier.classify([tmp_path / "turned.jpg"], verbose=0,
+                                           image_size=export.DEFAULT_CROP_SIZE)
+    np.testing.assert_allclose(served["probabilities"].numpy(), predicted.probabilities,
+                               atol=2e-3)

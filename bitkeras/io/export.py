@@ -10,9 +10,10 @@
 - `variables`, `trainable_variables`, `regularization_losses` (empty: BiT
   fine-tunes without weight decay), as the reusable SavedModel API asks;
 - signature `serving_default`: {"images"} -> {"logits"} or {"features"};
-- signature `serving_bytes` (classifiers): {"images": encoded JPEG/PNG/GIF/BMP
+- signature `serving_bytes` (classifiers): {"images": encoded JPEG/PNG/GIF/BMP/WebP
   strings (batch,)} -> {"class_ids", "scores", "probabilities", "class_names"},
-  each image decoded, resized to the model's crop size and classified;
+  each image decoded (a JPEG turned as its EXIF orientation says, as bitkeras
+  reads files), resized to the model's crop size and classified;
 - assets: `labels.txt` (one class name a line) and, for native backbones,
   `bit_keys.txt`, the released checkpoint key of each of
   `checkpoint_variables`, in order, so the module converts back into a
@@ -89,7 +90,8 @@ class _BiTModule(tf.__internal__.tracking.AutoTrackable):
 
         def decode(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            return converter(image)
+            # As bitkeras reads image files: turned as the camera's EXIF says.
+            return converter(apply_orientation(image, exif_orientation(data)))
 
         pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec(
             [self.crop_size, self.crop_size, 3], tf.float32))
@@ -97,6 +99,65 @@ class _BiTModule(tf.__internal__.tracking.AutoTrackable):
         class_ids = tf.argmax(probabilities, axis=-1)
         return {"class_ids": class_ids, "scores": tf.reduce_max(probabilities, axis=-1),
                 "probabilities": probabilities, "class_names": self.label_table.lookup(class_ids)}
+
+
+EXIF_SCAN_BYTES = 65536
+"""How far into a JPEG the in-graph EXIF reader looks (APP1 comes first, at most 64 KiB)."""
+
+_MAX_ENTRIES = 64
+
+
+def exif_orientation(data):
+    """The EXIF orientation (1..8) of encoded JPEG bytes, 1 where there is none; graph ops only.
+
+    What Pillow's `ImageOps.exif_transpose` reads, found without Pillow so that a
+    SavedModel can apply it: the APP1 "Exif" segment's first IFD, tag 0x0112.
+    """
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SCAN_BYTES), tf.uint8),
+                   tf.int32)
+    size = EXIF_SCAN_BYTES + 16
+    head = tf.pad(head, [[0, size - tf.shape(head)[0]]])
+    hits = tf.reduce_all(tf.signal.frame(head, 6, 1) == tf.constant(list(b"Exif\0\0")), axis=1)
+    tiff = tf.cast(tf.argmax(tf.cast(hits, tf.int32)), tf.int32) + 6
+
+    def byte(index):
+        return tf.gather(head, tf.clip_by_value(index, 0, size - 1))
+
+    little = tf.equal(byte(tiff), 0x49)  # "II": little-endian; "MM": big-endian
+
+    def number(index, length):
+        values = [byte(index + k) for k in range(length)]
+        order = range(length)
+        little_value = sum(values[k] * 256 ** k for k in order)
+        big_value = sum(values[k] * 256 ** (length - 1 - k) for k in order)
+        return tf.where(little, little_value, big_value)
+
+    ifd = tiff + number(tiff + 4, 4)
+    entries = ifd + 2 + 12 * tf.range(_MAX_ENTRIES)
+    valid = tf.range(_MAX_ENTRIES) < number(ifd, 2)
+    tagged = valid & tf.equal(number(entries, 2), 0x0112)
+    orientation = tf.reduce_max(tf.where(tagged, number(entries + 8, 2), 0))
+    usable = tf.reduce_any(hits) & (orientation >= 1) & (orientation <= 8)
+    return tf.where(usable, orientation, 1)
+
+
+def apply_orientation(image, orientation):
+    """`image` (height, width, channels) turned for display, as `ImageOps.exif_transpose` does."""
+
+    def transpose(x):
+        return tf.transpose(x, [1, 0, 2])
+
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    return tf.switch_case(orientation - 1, branches)
 
 
 def export_model(model, path, format="saved_model", output=None):
