@@ -150,6 +150,11 @@ def test_a_checkpoint_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_ove
     lock.write_text(f"{socket.gethostname()} {dead.pid}")
     history = classifier.fit((images, labels), **arguments)
     assert history.start_step == 0 and not lock.exists()  # released at the end
+    lock.write_text("")  # a run between creating its lock and writing its name in it
+    with pytest.raises(RuntimeError, match="in use by a run starting"):
+        classifier.fit((images, labels), **arguments)
+    os.utime(lock, (0, 0))  # ... or one killed right then, long ago
+    assert classifier.fit((images, labels), **arguments).start_step == 2  # resumed at its end
 
 
 def test_resuming_names_what_differs_and_refuses_damaged_or_foreign_state(tmp_path):

@@ -68,9 +68,9 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
     being dropped, so the stream can never spin over records that all fail.
     """
     num_examples = source.num_examples
-    if isinstance(targets, int):
+    if np.ndim(targets) == 0:
         target_rows = None
-        num_classes = targets
+        num_classes = int(targets)
     else:
         target_rows = np.asarray(targets, np.float32)
         if len(target_rows) != num_examples:

@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import socket
+import time
 
 import keras
 import numpy as np
@@ -95,13 +96,17 @@ def owned(folder):
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             other = _lock_holder(lock)
-            if other is None or _is_dead(other):
+            # An empty lock is being written (or was left by a kill during that write).
+            if (other is not None and _is_dead(other)) or (
+                    other is None and _age_seconds(lock) > LOCK_WRITE_SECONDS):
                 lock.unlink(missing_ok=True)  # a crashed run's lock
                 continue
+            holder_name = "a run starting" if other is None else (
+                f"another run (process {other[1]} on {other[0]})")
             raise RuntimeError(
-                f"checkpoint folder {str(folder)!r} is in use by another run (process "
-                f"{other[1]} on {other[0]}): wait for it to end, or pass another "
-                f"checkpoint_dir. If that process is gone, delete {str(lock)!r}."
+                f"checkpoint folder {str(folder)!r} is in use by {holder_name}: wait for it "
+                f"to end, or pass another checkpoint_dir. If that process is gone, delete "
+                f"{str(lock)!r}."
             ) from None
         with os.fdopen(descriptor, "w") as out:
             out.write(holder)
@@ -111,6 +116,17 @@ def owned(folder):
     finally:
         if _lock_holder(lock) == tuple(holder.split(" ")):
             lock.unlink(missing_ok=True)
+
+
+LOCK_WRITE_SECONDS = 10
+"""An empty lock file older than this was left by a process killed while writing it."""
+
+
+def _age_seconds(path):
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _lock_holder(lock):
