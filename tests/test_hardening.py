@@ -348,3 +348,12 @@ def test_damaged_preset_folders_and_hub_modules_are_named(tmp_path):
     (tmp_path / "module" / "saved_model.pb").write_bytes(b"\0garbage")
     with pytest.raises(ValueError, match="cannot be loaded as a SavedModel"):
         BiTClassifier.from_hub(tmp_path / "module")
+
+
+def test_the_cli_keeps_the_traceback_when_asked(tmp_path, monkeypatch):
+    from bitkeras.jobs import cli
+
+    monkeypatch.setenv("BITKERAS_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

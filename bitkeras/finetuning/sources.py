@@ -83,8 +83,11 @@ class ImageSource:
         return len(self.class_names)
 
     def fingerprint(self):
-        """A short hash of the labels and, for sources in memory, the records (file paths or
-        pixels): what identifies the data of a run in its checkpoints."""
+        """A short hash of the data: what identifies it in a run's checkpoints.
+
+        It covers the labels and, for sources held in memory, the records
+        (file paths or pixels).
+        """
         digest = hashlib.sha1(np.ascontiguousarray(self.labels).tobytes())
         for part in self.table or ():
             part = np.ascontiguousarray(part)
@@ -666,8 +669,10 @@ def _tfds_builder(name):
     except Exception as error:  # Network failures surface as many different types.
         # Leave the data folder as it was: no partial downloads or half-written splits.
         for created in sorted(set(root.rglob("*")) - before, reverse=True):
-            shutil.rmtree(created, ignore_errors=True) if created.is_dir() else (
-                created.unlink(missing_ok=True))
+            if created.is_dir() and not created.is_symlink():
+                shutil.rmtree(created, ignore_errors=True)
+            else:
+                created.unlink(missing_ok=True)
         raise unavailable(f"{type(error).__name__}: {error}") from error
     return builder
 

@@ -214,9 +214,11 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
     """The one training loop of fine-tuning and pre-training; returns (History, start step).
 
     Runs the compiled `model` through Keras's `fit` for the `rule.steps`
-    optimizer steps not yet done: with a `checkpoint_dir`, it resumes from
-    the last checkpoint there (see `run_state`) and writes new ones; a NaN or
-    Inf loss stops it. `batches(start_step)`: the training batches from that
+    optimizer steps not yet done: with a `checkpoint_dir` (held by this run
+    while it trains), it resumes from the last checkpoint there (see
+    `run_state`) and writes new ones; a NaN or Inf loss stops it, with the
+    model put back at its last checkpoint or, without one, at the weights it
+    started with. `batches(start_step)`: the training batches from that
     step on (the same ones an uninterrupted run sees then). `schedule`: a
     `KerasSchedule` laying the steps out as Keras epochs. `run`: what
     identifies the run in its checkpoints. Other keyword arguments go to

@@ -10,6 +10,7 @@ Run `bitkeras COMMAND --help` for every option.
 import argparse
 import os
 import shlex
+import shutil
 import sys
 
 
@@ -24,7 +25,8 @@ def main(argv=None):
     that cannot be used, a run that failed), said in one line on standard
     error. 130: interrupted (Ctrl-C), with the command that resumes where a
     checkpoint exists. An output folder the run created and left empty is
-    removed.
+    removed. With BITKERAS_TRACEBACK=1 in the environment, errors keep their
+    traceback (for bug reports).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     out = _option(argv, "--out")
@@ -36,6 +38,8 @@ def main(argv=None):
         print(f"bitkeras: interrupted.{_resume_hint(argv, out)}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
+        if os.environ.get("BITKERAS_TRACEBACK"):
+            raise
         print(f"bitkeras: error: {error}".replace("\n", " "), file=sys.stderr)
         return 2
     finally:
@@ -67,8 +71,6 @@ def _remove_if_empty(folder):
     for root, _, names in os.walk(folder):
         if names:
             return
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
 
 
