@@ -70,12 +70,17 @@ def _truncated_jpeg(path, seed):
     path.write_bytes(data[: len(data) // 2])  # the header is intact, the data cut short
 
 
-def test_truncated_images_are_skipped_by_name_everywhere_or_raise(tmp_path):
+def _folder_with_a_cut_file(root, per_class, cut_class):
+    """Classes "a" and "b" of `per_class` PNGs each, and a truncated JPEG in `cut_class`."""
     for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        for index in range(3):
-            Image.fromarray(_photo(index)).save(tmp_path / name / f"{index}.png")
-    _truncated_jpeg(tmp_path / "a" / "cut.jpg", 7)
+        (root / name).mkdir()
+        for index in range(per_class):
+            Image.fromarray(_photo(index)).save(root / name / f"{index}.png")
+    _truncated_jpeg(root / cut_class / "cut.jpg", 7)
+
+
+def test_truncated_images_are_skipped_by_name_everywhere_or_raise(tmp_path):
+    _folder_with_a_cut_file(tmp_path, 3, "a")
     with pytest.warns(UserWarning, match="cut.jpg: cannot be decoded"):
         source = sources.open_source(tmp_path)
     assert source.num_examples == 6
@@ -295,11 +300,7 @@ def test_a_plain_keras_model_given_to_the_finetune_job_is_refused(tmp_path):
 
 
 def test_validation_data_with_a_truncated_file_skips_it_by_name(tmp_path):
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        for index in range(2):
-            Image.fromarray(_photo(index)).save(tmp_path / name / f"{index}.png")
-    _truncated_jpeg(tmp_path / "b" / "cut.jpg", 3)
+    _folder_with_a_cut_file(tmp_path, 2, "b")
     images, labels = worker_data()
     classifier = BiTClassifier(BiTBackbone(**TINY), class_names=["a", "b"])
     with pytest.warns(UserWarning, match="cut.jpg"):
