@@ -275,10 +275,11 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         if verbose:
             print(rule.describe(source.num_examples))
         run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
-               "data": source.fingerprint(),
                "classes": self.num_classes, "examples_per_class": examples_per_class,
                "trainable": trainable, "batch_split": batch_split, "precision": precision,
                **({"shuffle": False} if not shuffle else {})}
+        if checkpoint_dir is not None:  # only checkpoints need the data's identity
+            run["data"] = source.fingerprint()
 
         def batches(start_step):
             train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size, seed,

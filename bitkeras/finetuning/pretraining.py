@@ -76,10 +76,11 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
     # The classifier's own fit setup, with the recipe's loss where the labels are multi-hot.
     request = {"loss": multi_label_sigmoid_cross_entropy, "metrics": []} if multi_label else {}
     run = {"recipe": recipe.get_config(), "seed": seed, "num_examples": len(images),
-           "data": source.fingerprint(),
-           "targets": hashlib.sha1(targets.tobytes()).hexdigest()[:16],
            "num_classes": targets.shape[1],
            **({"precision": precision} if precision != "float32" else {})}
+    if checkpoint_dir is not None:  # only checkpoints need the data's identity
+        run.update(data=source.fingerprint(),
+                   targets=hashlib.sha1(targets.tobytes()).hexdigest()[:16])
 
     def batches(start_step):
         return pipeline.train_dataset(source, recipe, targets, recipe.batch_size, seed,
