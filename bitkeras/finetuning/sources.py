@@ -353,21 +353,20 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise", skip
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         headers = list(pool.map(_read_header, files))
     skipped = [*skipped, *((str(f), h) for f, h in zip(files, headers) if isinstance(h, str))]
-    kept = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    readable = np.array([i for i, h in enumerate(headers) if not isinstance(h, str)], np.int64)
+    paths = np.array([str(files[i]) for i in readable], dtype=str)
+    use_pillow = np.array([headers[i][2] for i in readable], dtype=bool)
     # Every file decoded once, by the path training takes: a header can be fine
     # and the data truncated, and nothing that fails here reaches a pipeline.
-    failed = set(_undecodable(np.array([str(files[i]) for i in kept]),
-                              np.array([headers[i][2] for i in kept], dtype=bool)))
-    skipped += [(str(files[kept[j]]), "cannot be decoded (damaged or truncated image data)")
-                for j in sorted(failed)]
-    kept = [i for j, i in enumerate(kept) if j not in failed]
+    decodes = _decodes(paths, use_pillow)
+    skipped += [(path, "cannot be decoded (damaged or truncated image data)")
+                for path in paths[~decodes]]
+    kept, paths, use_pillow = readable[decodes], paths[decodes], use_pillow[decodes]
     if skipped:
         _report_bad_files(skipped, description, on_bad_image)
-    if not kept:
+    if not len(kept):
         raise ValueError(f"{description} has no readable images (all were skipped)")
     labels = labels[kept]
-    paths = np.array([str(files[i]) for i in kept])
-    use_pillow = np.array([headers[i][2] for i in kept])
     return ImageSource(
         description=description,
         records=tf.data.Dataset.from_tensor_slices(((paths, use_pillow), labels)),
@@ -413,15 +412,17 @@ def _report_bad_files(skipped, description, on_bad_image):
                   stacklevel=6)  # the caller of BiTClassifier.fit
 
 
-def _undecodable(paths, use_pillow):
-    """Positions of the files that fail to decode, all decoded in parallel once."""
+def _decodes(paths, use_pillow):
+    """Whether each file decodes to a non-empty image: all decoded in parallel, once."""
+    decodes = np.zeros(len(paths), dtype=bool)
     if len(paths) == 0:
-        return []
+        return decodes
     decoded = tf.data.Dataset.from_tensor_slices((paths, use_pillow)).enumerate().map(
         lambda index, record: (index, tf.reduce_min(tf.shape(_decode_file(*record))[:2])),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
-    good = {int(index) for index, side in decoded.as_numpy_iterator() if side > 0}
-    return [index for index in range(len(paths)) if index not in good]
+    for index, side in decoded.as_numpy_iterator():
+        decodes[index] = side > 0
+    return decodes
 
 
 def _decode_file(path, use_pillow):
