@@ -227,6 +227,25 @@ def test_a_repeated_fit_starts_its_optimizer_afresh():
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
+def test_fit_traces_its_train_step_once(monkeypatch):
+    # The optimizer's slots exist before Keras traces the step: a tf.function
+    # that creates variables is traced a second time, doubling the wait for the
+    # first step of every fit.
+    traces = []
+    train_step = BiTClassifier.train_step
+
+    def counted(self, data):
+        traces.append(data)
+        return train_step(self, data)
+
+    monkeypatch.setattr(BiTClassifier, "train_step", counted)
+    images, labels = _bright_and_dark(32)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    for _ in range(2):  # each fit compiles afresh: one trace each
+        classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0, **SMALL_RULE)
+    assert len(traces) == 2 and int(classifier.optimizer.iterations) == 4
+
+
 def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images):
     path, _ = tiny_checkpoint
     classifier = BiTClassifier(BiTBackbone(**TINY), class_names=list("abcde"))

@@ -30,6 +30,16 @@ def test_train_batches_have_crop_size_and_one_hot_labels():
     np.testing.assert_array_equal(tf.reduce_sum(labels, 1), np.ones(4))
 
 
+def test_pipelines_run_without_the_autotuning_thread():
+    # Its thread delayed the destruction of a finished fit's pipeline by up to a minute.
+    source, _ = _arrays_source()
+    datasets = [pipeline.train_dataset(source, RULE, 3, 4, seed=0),
+                pipeline.eval_dataset(source, 4, BiTImageConverter(image_size=16))]
+    for dataset in datasets:
+        options = dataset.options()
+        assert options.autotune.enabled is False and options.deterministic is True
+
+
 def test_pipeline_replays_under_a_seed_and_varies_with_it():
     source, _ = _arrays_source()
     rule = dataclasses.replace(RULE, mixup_alpha=0.5)

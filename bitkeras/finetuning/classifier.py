@@ -351,6 +351,10 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
             metrics=self._fit_metrics(sparse_labels) if metrics == "auto" else metrics,
             **arguments,
         )
+        if self.built and not self.optimizer.built:
+            # Its slots now, not inside the first trace of the train step: a
+            # tf.function that creates variables traces twice.
+            self.optimizer.build(self.trainable_variables)
 
     def _adopt_classes(self, source):
         """Sizes a missing head from the data, or checks the data against the head."""

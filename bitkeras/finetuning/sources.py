@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from bitkeras.checks import check_positive_integer
+from bitkeras.finetuning.pipeline import dataset_options
 from bitkeras.models.images import check_value_range
 
 NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
@@ -419,7 +420,8 @@ def _decodes(paths, use_pillow):
         return decodes
     decoded = tf.data.Dataset.from_tensor_slices((paths, use_pillow)).enumerate().map(
         lambda index, record: (index, tf.reduce_min(tf.shape(_decode_file(*record))[:2])),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors().with_options(
+        dataset_options())
     for index, side in decoded.as_numpy_iterator():
         decodes[index] = side > 0
     return decodes
