@@ -1,30 +1,45 @@
-"""bitkeras's R50x1 against a PyTorch BiT R50x1 on this machine, in one run.
+"""bitkeras against PyTorch BiT on this machine, through the calls users make, in one run.
+
+For each setting (R50x1, a 1000-class head; by default 128x128 batch 16 and the
+HyperRule's 384x384 batch 4 in float32, and 128x128 batch 16 in bfloat16):
+
+- training: bitkeras's `fit` (the HyperRule pipeline feeding Keras's compiled
+  train step, SGD with momentum) against a PyTorch BiT training step (SGD with
+  momentum) in eager mode and in channels_last memory format;
+- inference: bitkeras's `predict` (its preprocessor included) against PyTorch
+  eager and channels_last under `torch.no_grad()`;
+- with `--compile`, `torch.compile` as well (its first step takes minutes on a CPU);
+- the time from calling `fit` to the end of its first optimizer step, beside
+  PyTorch's first eager step on a fresh model.
+
+Measurements are interleaved: inside `fit` and `predict`, a callback runs one
+PyTorch call of every PyTorch line after each bitkeras step, so a slow spell of
+the machine falls on all of them alike. Figures are medians; the ratios are
+what to compare, on the same machine, in the same run.
+
+bfloat16: bitkeras's `fit(precision="mixed_bfloat16")` and a bfloat16 model
+for `predict`, against PyTorch's `torch.autocast("cpu", torch.bfloat16)`; the
+script says whether the CPU has bfloat16 instructions (AVX512_BF16, AMX).
 
 The PyTorch model follows the released PyTorch BiT definition: weight-
 standardized convolutions (population variance, epsilon 1e-10), GroupNorm with
 32 groups and epsilon 1e-5, pre-activation bottlenecks with the stride on the
-3x3 convolution, a 1000-class head. Both models run R50x1 at 128x128, batch 16:
-a training step with SGD momentum and inference. MFU is given against both
-libraries' float32 matmul (2048x2048), measured here in the same run.
+3x3 convolution. Needs PyTorch (`pip install torch`), which bitkeras does not use:
 
-Needs PyTorch (`pip install torch`), which bitkeras itself does not use:
-
-    python benchmarks/pytorch_reference.py [--steps 10]
+    python benchmarks/pytorch_reference.py [--rounds 6] [--settings 128x16 384x4 128x16:bf16]
 """
 
 import argparse
 import os
+import platform
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from throughput import (  # noqa: E402  (this script's folder is on sys.path)
-    matmul_flops_per_second,
-    median_seconds,
-    model_images_per_second,
-)
 
 import bitkeras  # noqa: E402
 
@@ -34,6 +49,8 @@ try:
     from torch import nn
 except ImportError:  # pragma: no cover - depends on the machine
     sys.exit("benchmarks/pytorch_reference.py needs PyTorch: pip install torch")
+
+NUM_CLASSES = 1000
 
 
 class StandardizedConv(nn.Conv2d):
@@ -84,66 +101,194 @@ class ResNetV2(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def torch_images_per_second(architecture, batch, size, num_classes, steps):
+def torch_runs(architecture, batch, size, bfloat16, compiled):
+    """{label: (train step, inference)} for PyTorch eager, channels_last (and compiled)."""
     torch.manual_seed(0)
-    model = ResNetV2(architecture, num_classes)
     images = torch.rand(batch, 3, size, size)
-    labels = torch.randint(0, num_classes, (batch,))
+    labels = torch.randint(0, NUM_CLASSES, (batch,))
+    variants = {"eager": False, "channels_last": True}
+    if compiled:
+        variants["torch.compile"] = "compile"
+    runs = {}
+    for label, form in variants.items():
+        model = ResNetV2(architecture, NUM_CLASSES)
+        inputs = images
+        if form is True:
+            model = model.to(memory_format=torch.channels_last)
+            inputs = images.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+        forward = torch.compile(model) if form == "compile" else model
+
+        def train(forward=forward, optimizer=optimizer, inputs=inputs):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
+                loss = F.cross_entropy(forward(inputs), labels)
+            loss.backward()
+            optimizer.step()
+
+        def infer(forward=forward, inputs=inputs):
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
+                forward(inputs)
+
+        runs[f"PyTorch {label}"] = (train, infer)
+    return runs
+
+
+def torch_first_step(architecture, batch, size):
+    """Seconds from a fresh PyTorch model to the end of its first eager training step."""
+    torch.manual_seed(1)
+    model = ResNetV2(architecture, NUM_CLASSES)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-
-    def train_step():
-        optimizer.zero_grad()
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
-    model.train()
-    train = median_seconds(train_step, steps)
-    model.eval()
-    with torch.no_grad():
-        infer = median_seconds(lambda: model(images), steps)
-    return batch / train, batch / infer
+    images, labels = torch.rand(batch, 3, size, size), torch.randint(0, NUM_CLASSES, (batch,))
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    F.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    return time.perf_counter() - start
 
 
-def torch_matmul_flops_per_second(size, steps):
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 / median_seconds(lambda: a @ b, steps)
+class Interleaved(keras.callbacks.Callback):
+    """Times each bitkeras step of a fit or predict, and one call of every other run after it.
+
+    A step's time runs from the end of the previous step's other runs to the
+    end of the step: everything Keras does for it, data included.
+    """
+
+    def __init__(self, others, warmup):
+        super().__init__()
+        self.others = others
+        self.warmup = warmup
+        self.times = {"bitkeras": [], **{name: [] for name in others}}
+        self.steps = 0
+        self.started = self.resumed = None
+        self.first_step = None
+
+    def begin(self):
+        self.started = self.resumed = time.perf_counter()
+
+    def on_predict_begin(self, logs=None):
+        self.resumed = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_end()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._step_end()
+
+    def _step_end(self):
+        now = time.perf_counter()
+        self.steps += 1
+        if self.steps == 1 and self.started is not None:
+            self.first_step = now - self.started
+        if self.steps > self.warmup:
+            self.times["bitkeras"].append(now - self.resumed)
+        if self.steps >= self.warmup:
+            for name, run in self.others.items():
+                start = time.perf_counter()
+                run()
+                self.times[name].append(time.perf_counter() - start)
+        self.resumed = time.perf_counter()
+
+    def medians(self):
+        return {name: float(np.median(values)) for name, values in self.times.items()}
+
+
+def measure(setting, rounds, warmup, compiled):
+    """(train medians, inference medians, fit's first step seconds) for one setting."""
+    size, batch, bfloat16 = setting
+    architecture = bitkeras.ARCHITECTURES["R50x1"]
+    others = torch_runs(architecture, batch, size, bfloat16, compiled)
+    for train, infer in others.values():  # PyTorch's own first calls, off the clock
+        train()
+        infer()
+    rng = np.random.default_rng(0)
+    steps = warmup + rounds
+    images = rng.integers(0, 256, (batch * steps, size, size, 3)).astype(np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, len(images))
+
+    keras.utils.set_random_seed(0)
+    classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes=NUM_CLASSES)
+    training = Interleaved({name: runs[0] for name, runs in others.items()}, warmup)
+    training.begin()
+    classifier.fit(images, labels, steps=steps, batch_size=batch, crop_size=size,
+                   resize_size=size, mixup_alpha=0.0, flip=False, verbose=0,
+                   precision="mixed_bfloat16" if bfloat16 else "float32",
+                   callbacks=[training])
+    inference_model = classifier
+    if bfloat16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            inference_model = bitkeras.BiTClassifier(bitkeras.BiTBackbone(),
+                                                     num_classes=NUM_CLASSES)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        inference_model.set_weights(classifier.get_weights())
+    inference = Interleaved({name: runs[1] for name, runs in others.items()}, warmup)
+    inference_model.predict(images[:batch * steps], batch_size=batch, verbose=0,
+                            image_size=size, callbacks=[inference])
+    return training.medians(), inference.medians(), training.first_step
+
+
+def bfloat16_instructions():
+    flags = ""
+    if platform.system() == "Linux":
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    found = [name for name in ("avx512_bf16", "amx_bf16") if f" {name}" in flags]
+    return ", ".join(found) if found else "none (bfloat16 is emulated: expect it slower)"
+
+
+def cpu_name():
+    if platform.system() == "Linux":
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def parse_setting(text):
+    """'128x16' or '128x16:bf16' -> (size, batch, bfloat16)."""
+    shape, _, precision = text.partition(":")
+    size, batch = (int(part) for part in shape.split("x"))
+    if precision not in ("", "bf16"):
+        raise SystemExit(f"--settings {text!r}: the precision suffix is ':bf16' or nothing")
+    return size, batch, precision == "bf16"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="timed steps of each line (each round times every line once)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--settings", nargs="+", default=["128x16", "384x4", "128x16:bf16"],
+                        help="SIZExBATCH, with ':bf16' for bfloat16 (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile (minutes of compilation on a CPU)")
     args = parser.parse_args()
-    size, batch, num_classes = 128, 16, 1000
-    architecture = bitkeras.ARCHITECTURES["R50x1"]
-    forward_flops = 2 * architecture.multiply_adds(size, num_classes)
+    settings = [parse_setting(text) for text in args.settings]
 
-    ceilings = {
-        "TensorFlow": matmul_flops_per_second(2048, args.steps * 4),
-        "PyTorch": torch_matmul_flops_per_second(2048, args.steps * 4),
-    }
-    print(f"threads: TensorFlow {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}"
-          f", PyTorch {torch.get_num_threads()} (cpus {os.cpu_count()}); torch {torch.__version__}")
-    for name, ceiling in ceilings.items():
-        print(f"matmul 2048x2048 float32, {name}: {ceiling / 1e9:.1f} GFLOP/s")
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
-    labels = rng.integers(0, num_classes, batch)
-    measured = {
-        "PyTorch BiT": torch_images_per_second(architecture, batch, size, num_classes,
-                                               args.steps),
-        "bitkeras, XLA off": model_images_per_second(False, images, labels, args.steps,
-                                                     num_classes),
-    }
-    reference = measured["PyTorch BiT"]
-    for label, (train, infer) in measured.items():
-        mfu = ", ".join(
-            f"vs {name} matmul {3 * forward_flops * train / ceiling:.2f} / "
-            f"{forward_flops * infer / ceiling:.2f}"
-            for name, ceiling in ceilings.items()
-        )
-        print(f"  {label:<18} train {train:5.1f} images/s, inference {infer:5.1f} images/s "
-              f"[x{train / reference[0]:.2f} / x{infer / reference[1]:.2f} vs PyTorch]; "
-              f"MFU train / inference {mfu}")
+    print(f"{cpu_name()}, {os.cpu_count()} cores; bfloat16 instructions: "
+          f"{bfloat16_instructions()}")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); R50x1, {NUM_CLASSES} classes; medians of "
+          f"{args.rounds} interleaved rounds")
+    architecture = bitkeras.ARCHITECTURES["R50x1"]
+    for setting in settings:
+        size, batch, bfloat16 = setting
+        train, infer, first_step = measure(setting, args.rounds, args.warmup, args.compile)
+        eager = "PyTorch eager"
+        fastest_infer = min((name for name in infer if name != "bitkeras"), key=infer.get)
+        print(f"\n{size}x{size}, batch {batch}, {'bfloat16' if bfloat16 else 'float32'}")
+        print(f"  {'':<24} {'train img/s':>12} {'inference img/s':>16}")
+        for name in train:
+            label = "bitkeras fit / predict" if name == "bitkeras" else name
+            print(f"  {label:<24} {batch / train[name]:12.1f} {batch / infer[name]:16.1f}")
+        print(f"  bitkeras / PyTorch eager: train x{train[eager] / train['bitkeras']:.2f}; "
+              f"inference x{infer[fastest_infer] / infer['bitkeras']:.2f} against the fastest "
+              f"PyTorch ({fastest_infer})")
+        print(f"  first step: bitkeras fit {first_step:.1f} s (from the call), PyTorch eager "
+              f"{torch_first_step(architecture, batch, size):.1f} s (fresh model)")
 
 
 if __name__ == "__main__":

@@ -22,23 +22,33 @@ def test_cpu_budget_rule_keeps_the_rule_shape_at_a_quarter_of_the_resolution():
     assert plain.steps == 50 and not plain.flip
 
 
-def test_default_finetune_job_writes_a_valid_report(tmp_path, capsys):
+def test_default_finetune_job_shows_transfer_and_writes_a_valid_report(tmp_path, capsys):
+    # The default job shortened (60 steps, one K, 40 steps a few-shot fit): the
+    # transfer it shows must still clear the job's own bars. The full default
+    # job measured +14 points of mean few-shot gain against a bar of 5, and +65
+    # at the first evaluation against 20 (README.md).
     pytest.importorskip("sklearn")
-    report = cli.run(["finetune", "--out", str(tmp_path), "--steps", "3", "--few-shot", "1",
-                       "--few-shot-steps", "2", "--seeds", "2", "--evaluations", "2",
+    report = cli.run(["finetune", "--out", str(tmp_path), "--steps", "60", "--few-shot", "1",
+                       "--few-shot-steps", "40", "--seeds", "2", "--evaluations", "2",
                        "--verbose", "0"])
     printed = capsys.readouterr().out
     assert "CPU budget" in printed and "BiT-HyperRule:" in printed
+    criteria = report["criteria"]
+    assert set(criteria) == set(transfer.TRANSFER_BARS)
+    for name, criterion in criteria.items():
+        assert criterion["met"] and criterion["value"] >= transfer.TRANSFER_BARS[name], name
+        assert f"{100 * criterion['value']:+.1f} points" in printed
+    assert criteria["mean_few_shot_gain"]["value"] == pytest.approx(report["few_shot"]["1"]["gain"])
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     for key in ("pretrained_accuracy", "scratch_accuracy", "few_shot", "rule", "curves",
                 "benefits"):
         assert key in saved
     assert 0 <= saved["pretrained_accuracy"] <= 1 and 0 <= saved["scratch_accuracy"] <= 1
-    assert saved["rule"]["steps"] == 3 and saved["curves"]["steps"] == [2, 3]
+    assert saved["rule"]["steps"] == 60 and saved["curves"]["steps"] == [30, 60]
     assert saved["model"].startswith("BiT-Glyphs-R14x0.5")
     row = saved["few_shot"]["1"]
-    assert row["steps"] == 2
+    assert row["steps"] == 40
     assert len(row["pretrained"]["accuracies"]) == 2 == len(row["scratch"]["accuracies"])
     assert all(0 <= value <= 1 for side in ("pretrained", "scratch")
                for value in row[side]["accuracies"])
@@ -119,3 +129,16 @@ def test_finetune_checks_its_arguments_before_training(tmp_path):
     with pytest.raises(ValueError, match="smallest class"):
         cli.run(["finetune", "--out", str(tmp_path), "--few-shot", "1", "500"])
     assert not (tmp_path / "report.json").exists()
+
+
+def test_transfer_criteria_compare_the_gains_with_the_bars():
+    def report(start_gain, few_shot_gains):
+        return {"benefits": {"gain": {"start": start_gain}},
+                "few_shot": {str(k): {"gain": gain} for k, gain in enumerate(few_shot_gains)}}
+
+    criteria = transfer.transfer_criteria(report(0.5, [0.02, 0.04, 0.03]))
+    assert criteria["mean_few_shot_gain"]["value"] == pytest.approx(0.03)
+    assert criteria["mean_few_shot_gain"]["margin"] == pytest.approx(0.03 - 0.05)
+    assert not criteria["mean_few_shot_gain"]["met"] and criteria["first_evaluation_gain"]["met"]
+    assert set(transfer.transfer_criteria(report(0.1, []))) == {"first_evaluation_gain"}
+    assert not transfer.transfer_criteria(report(0.1, []))["first_evaluation_gain"]["met"]
