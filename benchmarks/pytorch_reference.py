@@ -21,10 +21,7 @@ bfloat16: bitkeras's `fit(precision="mixed_bfloat16")` and a bfloat16 model
 for `predict`, against PyTorch's `torch.autocast("cpu", torch.bfloat16)`; the
 script says whether the CPU has bfloat16 instructions (AVX512_BF16, AMX).
 
-The PyTorch model follows the released PyTorch BiT definition: weight-
-standardized convolutions (population variance, epsilon 1e-10), GroupNorm with
-32 groups and epsilon 1e-5, pre-activation bottlenecks with the stride on the
-3x3 convolution. Needs PyTorch (`pip install torch`), which bitkeras does not use:
+The PyTorch model is `benchmarks/torch_bit.py`. Needs PyTorch (`pip install torch`), which bitkeras does not use:
 
     python benchmarks/pytorch_reference.py [--rounds 6] [--settings 128x16 384x4 128x16:bf16]
 """
@@ -46,59 +43,11 @@ import bitkeras  # noqa: E402
 try:
     import torch
     import torch.nn.functional as F
-    from torch import nn
 except ImportError:  # pragma: no cover - depends on the machine
     sys.exit("benchmarks/pytorch_reference.py needs PyTorch: pip install torch")
+from torch_bit import ResNetV2  # noqa: E402  (this script's folder is on sys.path)
 
 NUM_CLASSES = 1000
-
-
-class StandardizedConv(nn.Conv2d):
-    def forward(self, x):
-        variance, mean = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True,
-                                        unbiased=False)
-        weight = (self.weight - mean) / torch.sqrt(variance + 1e-10)
-        return F.conv2d(x, weight, None, self.stride, self.padding)
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, in_channels, mid_channels, out_channels, stride):
-        super().__init__()
-        self.norm_a = nn.GroupNorm(32, in_channels, eps=1e-5)
-        self.conv_a = StandardizedConv(in_channels, mid_channels, 1, bias=False)
-        self.norm_b = nn.GroupNorm(32, mid_channels, eps=1e-5)
-        self.conv_b = StandardizedConv(mid_channels, mid_channels, 3, stride, 1, bias=False)
-        self.norm_c = nn.GroupNorm(32, mid_channels, eps=1e-5)
-        self.conv_c = StandardizedConv(mid_channels, out_channels, 1, bias=False)
-        self.projection = (
-            StandardizedConv(in_channels, out_channels, 1, stride, bias=False)
-            if stride != 1 or in_channels != out_channels else None
-        )
-
-    def forward(self, x):
-        preactivated = F.relu(self.norm_a(x))
-        shortcut = x if self.projection is None else self.projection(preactivated)
-        hidden = self.conv_a(preactivated)
-        hidden = self.conv_b(F.relu(self.norm_b(hidden)))
-        hidden = self.conv_c(F.relu(self.norm_c(hidden)))
-        return hidden + shortcut
-
-
-class ResNetV2(nn.Module):
-    def __init__(self, architecture, num_classes):
-        super().__init__()
-        self.root = StandardizedConv(3, architecture.root_channels, 7, 2, 3, bias=False)
-        self.units = nn.Sequential(*[
-            Bottleneck(cin, mid, out, stride)
-            for _, _, cin, mid, out, stride, _ in architecture.units()
-        ])
-        self.norm = nn.GroupNorm(32, architecture.feature_channels, eps=1e-5)
-        self.head = nn.Linear(architecture.feature_channels, num_classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.pad(self.root(x), (1, 1, 1, 1)), 3, 2)
-        x = F.relu(self.norm(self.units(x)))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 def torch_runs(architecture, batch, size, bfloat16, compiled):

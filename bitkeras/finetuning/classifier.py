@@ -14,7 +14,7 @@ import zipfile
 import keras
 
 from bitkeras.checks import check_positive_integer, check_seed
-from bitkeras.finetuning import distribute, pipeline, sources, training
+from bitkeras.finetuning import distribute, pipeline, sources, training, xla
 from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
 from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
@@ -198,8 +198,9 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         - `precision`: "float32", "mixed_bfloat16" or "mixed_float16" (with
           loss scaling); GroupNorm statistics, weight standardization and the
           head stay in float32. The classifier itself stays float32.
-        - `jit_compile`: "auto" (XLA on GPU and TPU, off on CPU, where it
-          measured slower), True or False.
+        - `jit_compile`: "auto" (XLA on GPU and TPU; on a CPU, where this
+          machine measured it faster for this model: see
+          `bitkeras.finetuning.xla`), True or False.
         - `checkpoint_dir`: write the training state (model, optimizer, step)
           there every `checkpoint_every` steps (default: 20 per run); the
           same call after a crash resumes from it and ends at the same step,
@@ -291,10 +292,12 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
 
         if jit_compile == "auto":
             jit_compile = request.get("jit_compile", "auto")
+        jit_compile = xla.resolve(
+            jit_compile, strategy, self, rule,
+            rule.batch_size // (strategy.num_replicas_in_sync * batch_split), precision, verbose)
         with training.on_strategy(self, strategy, precision) as model, \
                 training.trainable_from(model, trainable):
-            model.compile_for_rule(rule, batch_split,
-                                   distribute.jit_compile_for(jit_compile, strategy), request)
+            model.compile_for_rule(rule, batch_split, jit_compile, request)
             history, start_step = training.train(
                 model, rule, batches, passes, run, checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every, callbacks=callbacks, verbose=verbose,

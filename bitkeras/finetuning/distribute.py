@@ -114,9 +114,9 @@ def is_chief():
 def jit_compile_for(jit_compile, strategy):
     """XLA on where it is faster: TPUs (which need it) and GPUs; off on CPUs.
 
-    On CPU, benchmarks/throughput.py measured the R50x1 training step slower
-    with XLA (MFU 0.49 vs 0.57 on 2 cores, measured in one run), so "auto"
-    leaves it off there.
+    On a CPU "auto" gives False here: whether XLA is faster there depends on
+    the CPU and the model, which `fit` and `pretrain` measure
+    (`bitkeras.finetuning.xla.resolve`).
     """
     if jit_compile != "auto":
         return bool(jit_compile)

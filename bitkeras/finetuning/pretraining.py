@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from bitkeras.checks import check_seed
-from bitkeras.finetuning import distribute, pipeline, run_state, sources, training
+from bitkeras.finetuning import distribute, pipeline, run_state, sources, training, xla
 from bitkeras.finetuning.training import check_batching
 from bitkeras.finetuning.upstream import UpstreamRecipe
 
@@ -86,10 +86,11 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
         return pipeline.train_dataset(source, recipe, targets, recipe.batch_size, seed,
                                       start_step=start_step)
 
+    jit_compile = xla.resolve(jit_compile, strategy, classifier, recipe,
+                              recipe.batch_size // strategy.num_replicas_in_sync, precision,
+                              verbose)
     with training.on_strategy(classifier, strategy, precision) as model:
-        model.compile_for_rule(
-            recipe, jit_compile=distribute.jit_compile_for(jit_compile, strategy),
-            request=request)
+        model.compile_for_rule(recipe, jit_compile=jit_compile, request=request)
         model.optimizer.build(model.trainable_variables)
         history, start_step = training.train(
             model, recipe, batches, training.keras_schedule(recipe, len(images)), run,

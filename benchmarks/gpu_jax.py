@@ -1,0 +1,201 @@
+"""bitkeras's R50x1 under Keras's JAX backend against PyTorch BiT on a GPU, in one run.
+
+The same network as bitkeras (`bitkeras.models`: `ResNetV2Backbone` and
+`HeadClassifier`, written in `keras.ops` only) runs on JAX with XLA through
+Keras's own `train_on_batch` (SGD with momentum, sparse cross-entropy; the
+step is one jitted function) and `predict_on_batch`, next to the PyTorch BiT of
+`benchmarks/torch_bit.py` in eager mode and in channels_last, in float32 and
+in bfloat16 (Keras's "mixed_bfloat16" policy against `torch.autocast`).
+Medians of interleaved rounds, images already on the GPU; float32 convolutions
+may use TF32 on both sides (each library's default).
+
+It needs Keras, keras-hub, JAX with CUDA and PyTorch, not TensorFlow: only
+`bitkeras.models` is imported, without the package's top level (which loads
+the TensorFlow parts: data pipelines, checkpoints).
+
+    KERAS_BACKEND=jax python benchmarks/gpu_jax.py [--size 384] [--batch 64] [--rounds 10]
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+import types
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if "bitkeras" not in sys.modules:  # bitkeras.models without bitkeras/__init__.py
+    package = types.ModuleType("bitkeras")
+    package.__path__ = [str(ROOT / "bitkeras")]
+    sys.modules["bitkeras"] = package
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch_bit import ResNetV2  # noqa: E402  (this script's folder is on sys.path)
+
+from bitkeras.models.architecture import ARCHITECTURES  # noqa: E402
+from bitkeras.models.backbone import ResNetV2Backbone  # noqa: E402
+from bitkeras.models.classifier import HeadClassifier  # noqa: E402
+
+NUM_CLASSES = 1000
+
+
+def keras_runs(size, batch, bfloat16, steps=8):
+    """{label: (train, infer)} for the Keras model on JAX, each compiled by a first call.
+
+    "Keras fit / predict": Keras's own loops over `steps` batches of host
+    arrays, images already at the size (keras-hub's preprocessing step needs
+    TensorFlow or Grain, so Keras's `Model.fit`/`predict` run the network
+    alone; batches copied to the GPU as they go). "jitted step": the model's `stateless_call` and the
+    optimizer's `stateless_apply` in one `jax.jit` function on arrays already
+    on the GPU, as PyTorch's lines run (`*_on_batch` is not used: Keras syncs
+    every variable back after each call, which costs more than the step here).
+    """
+    keras.config.set_dtype_policy("mixed_bfloat16" if bfloat16 else "float32")
+    try:
+        keras.utils.set_random_seed(0)
+        architecture = ARCHITECTURES["R50x1"]
+        model = HeadClassifier(ResNetV2Backbone(architecture.block_units,
+                                                architecture.width_factor),
+                               num_classes=NUM_CLASSES)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    optimizer = keras.optimizers.SGD(0.003, momentum=0.9)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    rng = np.random.default_rng(0)
+    host_images = rng.uniform(0, 1, (batch * steps, size, size, 3)).astype(np.float32)
+    host_labels = rng.integers(0, NUM_CLASSES, batch * steps)
+
+    def fit():
+        keras.Model.fit(model, host_images, host_labels, batch_size=batch, epochs=1,
+                        shuffle=False, verbose=0)
+
+    def predict():
+        keras.Model.predict(model, host_images, batch_size=batch, verbose=0)
+
+    model.predict_on_batch(host_images[:batch])  # builds the model
+    optimizer.build(model.trainable_variables)
+    # Copies: Keras's fit donates the buffers of the variables' own values.
+    state = [[jax.numpy.array(v.value, copy=True) for v in variables] for variables in (
+        model.trainable_variables, model.non_trainable_variables, optimizer.variables)]
+    images = jax.device_put(host_images[:batch])
+    labels = jax.device_put(host_labels[:batch])
+
+    def loss(trainable, non_trainable, images, labels):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, images,
+                                                     training=True)
+        value = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return value.mean(), non_trainable
+
+    gradient = jax.value_and_grad(loss, has_aux=True)
+
+    @jax.jit
+    def step(trainable, non_trainable, optimizer_state, images, labels):
+        (value, non_trainable), gradients = gradient(trainable, non_trainable, images, labels)
+        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients,
+                                                               trainable)
+        return trainable, non_trainable, optimizer_state, value
+
+    forward = jax.jit(lambda trainable, non_trainable, images: model.stateless_call(
+        trainable, non_trainable, images)[0])
+
+    def train_step():
+        *state[:], value = step(*state, images, labels)
+        value.block_until_ready()
+
+    def infer_step():
+        forward(state[0], state[1], images).block_until_ready()
+
+    return {"Keras fit / predict": (fit, predict), "Keras, jitted step": (train_step, infer_step)}, steps
+
+
+def torch_runs(size, batch, bfloat16):
+    """{label: (train, infer)} for PyTorch eager and channels_last on the GPU."""
+    runs = {}
+    for label, channels_last in (("PyTorch eager", False), ("PyTorch channels_last", True)):
+        torch.manual_seed(0)
+        model = ResNetV2(ARCHITECTURES["R50x1"], NUM_CLASSES).cuda()
+        images = torch.rand(batch, 3, size, size, device="cuda")
+        labels = torch.randint(0, NUM_CLASSES, (batch,), device="cuda")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+
+        def train(model=model, images=images, labels=labels, optimizer=optimizer):
+            optimizer.zero_grad()
+            with torch.autocast("cuda", torch.bfloat16, enabled=bfloat16):
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            torch.cuda.synchronize()
+
+        def infer(model=model, images=images):
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=bfloat16):
+                model(images)
+            torch.cuda.synchronize()
+
+        runs[label] = (train, infer)
+    return runs
+
+
+def medians(runs, rounds, warmup):
+    """Median seconds per call of each run, timed in turn round after round."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()}; Keras {keras.__version__} on "
+          f"{keras.backend.backend()} {jax.__version__} ({jax.devices()[0].platform}), "
+          f"torch {torch.__version__}; R50x1 {args.size}x{args.size}, batch {args.batch}, "
+          f"medians of {args.rounds} rounds")
+    for precision in args.precisions:
+        bfloat16 = precision == "bfloat16"
+        started = time.perf_counter()
+        keras_lines, steps = keras_runs(args.size, args.batch, bfloat16)
+        for train, infer in keras_lines.values():  # compiled off the clock
+            train()
+            infer()
+        compiled = time.perf_counter() - started
+        runs = {**keras_lines, **torch_runs(args.size, args.batch, bfloat16)}
+        batches = {name: steps if name == "Keras fit / predict" else 1 for name in runs}
+        seconds = {kind: medians({name: pair[index] for name, pair in runs.items()},
+                                 args.rounds, args.warmup)
+                   for index, kind in enumerate(("train", "infer"))}
+        rates = {kind: {name: args.batch * batches[name] / value
+                        for name, value in seconds[kind].items()} for kind in seconds}
+        print(f"\n{precision} (Keras: build and compile {compiled:.0f} s)")
+        print(f"  {'':<24} {'train img/s':>12} {'inference img/s':>16}")
+        for name in runs:
+            print(f"  {name:<24} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
+        torch_names = [name for name in runs if name.startswith("PyTorch")]
+        for name in keras_lines:
+            print(f"  {name}: train x{rates['train'][name] / rates['train']['PyTorch eager']:.2f}"
+                  f" PyTorch eager, inference x{rates['infer'][name] / max(rates['infer'][n] for n in torch_names):.2f}"
+                  f" the fastest PyTorch")
+
+
+if __name__ == "__main__":
+    main()
