@@ -35,7 +35,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch_bit import ResNetV2  # noqa: E402  (this script's folder is on sys.path)
+from timing import interleaved_median_seconds  # noqa: E402  (this script's folder)
+from torch_bit import ResNetV2  # noqa: E402
 
 from bitkeras.models.architecture import ARCHITECTURES  # noqa: E402
 from bitkeras.models.backbone import ResNetV2Backbone  # noqa: E402
@@ -50,10 +51,11 @@ def keras_runs(size, batch, bfloat16, steps=8):
     "Keras fit / predict": Keras's own loops over `steps` batches of host
     arrays, images already at the size (keras-hub's preprocessing step needs
     TensorFlow or Grain, so Keras's `Model.fit`/`predict` run the network
-    alone; batches copied to the GPU as they go). "jitted step": the model's `stateless_call` and the
-    optimizer's `stateless_apply` in one `jax.jit` function on arrays already
-    on the GPU, as PyTorch's lines run (`*_on_batch` is not used: Keras syncs
-    every variable back after each call, which costs more than the step here).
+    alone; batches copied to the GPU as they go). "jitted step": the model's
+    `stateless_call` and the optimizer's `stateless_apply` in one `jax.jit`
+    function on arrays already on the GPU, as PyTorch's lines run
+    (`*_on_batch` is not used: Keras syncs every variable back after each
+    call, which costs more than the step here).
     """
     keras.config.set_dtype_policy("mixed_bfloat16" if bfloat16 else "float32")
     try:
@@ -112,7 +114,8 @@ def keras_runs(size, batch, bfloat16, steps=8):
     def infer_step():
         forward(state[0], state[1], images).block_until_ready()
 
-    return {"Keras fit / predict": (fit, predict), "Keras, jitted step": (train_step, infer_step)}, steps
+    lines = {"Keras fit / predict": (fit, predict), "Keras, jitted step": (train_step, infer_step)}
+    return lines, steps
 
 
 def torch_runs(size, batch, bfloat16):
@@ -145,20 +148,6 @@ def torch_runs(size, batch, bfloat16):
     return runs
 
 
-def medians(runs, rounds, warmup):
-    """Median seconds per call of each run, timed in turn round after round."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in times.items()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=384)
@@ -181,9 +170,9 @@ def main():
         compiled = time.perf_counter() - started
         runs = {**keras_lines, **torch_runs(args.size, args.batch, bfloat16)}
         batches = {name: steps if name == "Keras fit / predict" else 1 for name in runs}
-        seconds = {kind: medians({name: pair[index] for name, pair in runs.items()},
-                                 args.rounds, args.warmup)
-                   for index, kind in enumerate(("train", "infer"))}
+        seconds = {kind: interleaved_median_seconds(
+            {name: pair[index] for name, pair in runs.items()}, args.rounds, args.warmup)
+            for index, kind in enumerate(("train", "infer"))}
         rates = {kind: {name: args.batch * batches[name] / value
                         for name, value in seconds[kind].items()} for kind in seconds}
         print(f"\n{precision} (Keras: build and compile {compiled:.0f} s)")
@@ -191,10 +180,11 @@ def main():
         for name in runs:
             print(f"  {name:<24} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
         torch_names = [name for name in runs if name.startswith("PyTorch")]
+        fastest = max(rates["infer"][name] for name in torch_names)
         for name in keras_lines:
             print(f"  {name}: train x{rates['train'][name] / rates['train']['PyTorch eager']:.2f}"
-                  f" PyTorch eager, inference x{rates['infer'][name] / max(rates['infer'][n] for n in torch_names):.2f}"
-                  f" the fastest PyTorch")
+                  f" PyTorch eager, inference x{rates['infer'][name] / fastest:.2f} the fastest"
+                  f" PyTorch")
 
 
 if __name__ == "__main__":

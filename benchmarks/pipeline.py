@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from throughput import median_seconds  # noqa: E402  (this script's folder is on sys.path)
+from timing import median_seconds  # noqa: E402  (this script's folder is on sys.path)
 
 import bitkeras  # noqa: E402
 from bitkeras.finetuning import sources  # noqa: E402

@@ -21,7 +21,8 @@ bfloat16: bitkeras's `fit(precision="mixed_bfloat16")` and a bfloat16 model
 for `predict`, against PyTorch's `torch.autocast("cpu", torch.bfloat16)`; the
 script says whether the CPU has bfloat16 instructions (AVX512_BF16, AMX).
 
-The PyTorch model is `benchmarks/torch_bit.py`. Needs PyTorch (`pip install torch`), which bitkeras does not use:
+The PyTorch model is `benchmarks/torch_bit.py`. Needs PyTorch (`pip install torch`),
+which bitkeras does not use:
 
     python benchmarks/pytorch_reference.py [--rounds 6] [--settings 128x16 384x4 128x16:bf16]
 """

@@ -465,7 +465,8 @@ def draw_report(report, path):
         shots_axis.axis("off")
     title = "Few-shot test accuracy (mean ± std over draws)"
     if "mean_few_shot_gain" in report.get("criteria", {}):
-        title += f"\nmean gain {100 * report['criteria']['mean_few_shot_gain']['value']:+.1f} points"
+        gain = report["criteria"]["mean_few_shot_gain"]["value"]
+        title += f"\nmean gain {100 * gain:+.1f} points"
     shots_axis.set_title(title, fontsize=10)
     figure.suptitle(f"{report['model']} on {report['data']}", fontsize=10)
     figure.tight_layout()
