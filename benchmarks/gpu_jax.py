@@ -1,13 +1,14 @@
 """bitkeras's R50x1 under Keras's JAX backend against PyTorch BiT on a GPU, in one run.
 
 The same network as bitkeras (`bitkeras.models`: `ResNetV2Backbone` and
-`HeadClassifier`, written in `keras.ops` only) runs on JAX with XLA through
-Keras's own `train_on_batch` (SGD with momentum, sparse cross-entropy; the
-step is one jitted function) and `predict_on_batch`, next to the PyTorch BiT of
+`HeadClassifier`, written in `keras.ops` only) runs on JAX with XLA, SGD with
+momentum and sparse cross-entropy, two ways (see `keras_runs`): Keras's own
+`fit` and `predict` loops over host arrays, and one jitted training step and
+forward pass on arrays already on the GPU. Next to it, the PyTorch BiT of
 `benchmarks/torch_bit.py` in eager mode and in channels_last, in float32 and
 in bfloat16 (Keras's "mixed_bfloat16" policy against `torch.autocast`).
-Medians of interleaved rounds, images already on the GPU; float32 convolutions
-may use TF32 on both sides (each library's default).
+Medians of interleaved rounds; float32 convolutions may use TF32 on both
+sides (each library's default).
 
 It needs Keras, keras-hub, JAX with CUDA and PyTorch, not TensorFlow: only
 `bitkeras.models` is imported, without the package's top level (which loads
@@ -34,9 +35,8 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from timing import interleaved_median_seconds  # noqa: E402  (this script's folder)
-from torch_bit import ResNetV2  # noqa: E402
+from torch_bit import step_runs  # noqa: E402
 
 from bitkeras.models.architecture import ARCHITECTURES  # noqa: E402
 from bitkeras.models.backbone import ResNetV2Backbone  # noqa: E402
@@ -118,36 +118,6 @@ def keras_runs(size, batch, bfloat16, steps=8):
     return lines, steps
 
 
-def torch_runs(size, batch, bfloat16):
-    """{label: (train, infer)} for PyTorch eager and channels_last on the GPU."""
-    runs = {}
-    for label, channels_last in (("PyTorch eager", False), ("PyTorch channels_last", True)):
-        torch.manual_seed(0)
-        model = ResNetV2(ARCHITECTURES["R50x1"], NUM_CLASSES).cuda()
-        images = torch.rand(batch, 3, size, size, device="cuda")
-        labels = torch.randint(0, NUM_CLASSES, (batch,), device="cuda")
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-
-        def train(model=model, images=images, labels=labels, optimizer=optimizer):
-            optimizer.zero_grad()
-            with torch.autocast("cuda", torch.bfloat16, enabled=bfloat16):
-                loss = F.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            torch.cuda.synchronize()
-
-        def infer(model=model, images=images):
-            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=bfloat16):
-                model(images)
-            torch.cuda.synchronize()
-
-        runs[label] = (train, infer)
-    return runs
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=384)
@@ -168,7 +138,8 @@ def main():
             train()
             infer()
         compiled = time.perf_counter() - started
-        runs = {**keras_lines, **torch_runs(args.size, args.batch, bfloat16)}
+        runs = {**keras_lines, **step_runs(ARCHITECTURES["R50x1"], NUM_CLASSES, args.batch,
+                                             args.size, bfloat16, device="cuda")}
         batches = {name: steps if name == "Keras fit / predict" else 1 for name in runs}
         seconds = {kind: interleaved_median_seconds(
             {name: pair[index] for name, pair in runs.items()}, args.rounds, args.warmup)

@@ -40,48 +40,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bitkeras  # noqa: E402
+from bitkeras.finetuning.xla import cpu_name  # noqa: E402
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover - depends on the machine
     sys.exit("benchmarks/pytorch_reference.py needs PyTorch: pip install torch")
-from torch_bit import ResNetV2  # noqa: E402  (this script's folder is on sys.path)
+from torch_bit import ResNetV2, step_runs  # noqa: E402  (this script's folder is on sys.path)
 
 NUM_CLASSES = 1000
-
-
-def torch_runs(architecture, batch, size, bfloat16, compiled):
-    """{label: (train step, inference)} for PyTorch eager, channels_last (and compiled)."""
-    torch.manual_seed(0)
-    images = torch.rand(batch, 3, size, size)
-    labels = torch.randint(0, NUM_CLASSES, (batch,))
-    variants = {"eager": False, "channels_last": True}
-    if compiled:
-        variants["torch.compile"] = "compile"
-    runs = {}
-    for label, form in variants.items():
-        model = ResNetV2(architecture, NUM_CLASSES)
-        inputs = images
-        if form is True:
-            model = model.to(memory_format=torch.channels_last)
-            inputs = images.contiguous(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-        forward = torch.compile(model) if form == "compile" else model
-
-        def train(forward=forward, optimizer=optimizer, inputs=inputs):
-            optimizer.zero_grad()
-            with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
-                loss = F.cross_entropy(forward(inputs), labels)
-            loss.backward()
-            optimizer.step()
-
-        def infer(forward=forward, inputs=inputs):
-            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
-                forward(inputs)
-
-        runs[f"PyTorch {label}"] = (train, infer)
-    return runs
 
 
 def torch_first_step(architecture, batch, size):
@@ -147,7 +115,7 @@ def measure(setting, rounds, warmup, compiled):
     """(train medians, inference medians, fit's first step seconds) for one setting."""
     size, batch, bfloat16 = setting
     architecture = bitkeras.ARCHITECTURES["R50x1"]
-    others = torch_runs(architecture, batch, size, bfloat16, compiled)
+    others = step_runs(architecture, NUM_CLASSES, batch, size, bfloat16, compiled=compiled)
     for train, infer in others.values():  # PyTorch's own first calls, off the clock
         train()
         infer()
@@ -186,15 +154,6 @@ def bfloat16_instructions():
             flags = next((line for line in cpuinfo if line.startswith("flags")), "")
     found = [name for name in ("avx512_bf16", "amx_bf16") if f" {name}" in flags]
     return ", ".join(found) if found else "none (bfloat16 is emulated: expect it slower)"
-
-
-def cpu_name():
-    if platform.system() == "Linux":
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def parse_setting(text):

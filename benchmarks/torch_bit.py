@@ -58,3 +58,44 @@ class ResNetV2(nn.Module):
         x = F.max_pool2d(F.pad(self.root(x), (1, 1, 1, 1)), 3, 2)
         x = F.relu(self.norm(self.units(x)))
         return self.head(x.mean(dim=(2, 3)))
+
+
+def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", compiled=False):
+    """{label: (train, infer)}: PyTorch eager, channels_last (and torch.compile) steps.
+
+    Each line has its own model (SGD with momentum, lr 0.003) and random
+    images on `device`; `bfloat16` runs them under `torch.autocast`. On CUDA
+    each call waits for the GPU to finish.
+    """
+    torch.manual_seed(0)
+    images = torch.rand(batch, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
+    variants = {"eager": False, "channels_last": True}
+    if compiled:
+        variants["torch.compile"] = "compile"
+    finish = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    runs = {}
+    for label, form in variants.items():
+        model = ResNetV2(architecture, num_classes).to(device)
+        inputs = images
+        if form is True:
+            model = model.to(memory_format=torch.channels_last)
+            inputs = images.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+        forward = torch.compile(model) if form == "compile" else model
+
+        def train(forward=forward, optimizer=optimizer, inputs=inputs):
+            optimizer.zero_grad()
+            with torch.autocast(device, torch.bfloat16, enabled=bfloat16):
+                loss = F.cross_entropy(forward(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            finish()
+
+        def infer(forward=forward, inputs=inputs):
+            with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=bfloat16):
+                forward(inputs)
+            finish()
+
+        runs[f"PyTorch {label}"] = (train, infer)
+    return runs

@@ -91,7 +91,6 @@ def pretrain(classifier, images, labels, recipe=None, *, epochs=90, batch_size=2
                               verbose)
     with training.on_strategy(classifier, strategy, precision) as model:
         model.compile_for_rule(recipe, jit_compile=jit_compile, request=request)
-        model.optimizer.build(model.trainable_variables)
         history, start_step = training.train(
             model, recipe, batches, training.keras_schedule(recipe, len(images)), run,
             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
