@@ -4,7 +4,10 @@ In one run: a dense float32 matmul's FLOP/s (the machine's ceiling), then R50x1
 at 128x128, batch 16, for a training step (SGD with momentum, through Keras's
 compiled train step) and for inference:
 
-- bitkeras as shipped, XLA off (the baseline, `compile()`'s default) and on;
+- bitkeras with its layers in plain `keras.ops` (the baseline: the graph an
+  export holds, `bitkeras.models.kernels.portable()`), XLA off;
+- bitkeras as shipped (weight standardization and inference GroupNorm as
+  small XLA clusters), XLA for the whole step off (`compile()`'s default) and on;
 - the bound: R50x1's convolutions and head alone (same shapes, no
   normalization, standardization or activation), forward and forward +
   backward, as TensorFlow's kernels run them here. No implementation of the
@@ -18,6 +21,7 @@ MFU = model FLOPs per second / matmul FLOPs per second.
 """
 
 import argparse
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bitkeras  # noqa: E402
+from bitkeras.models import kernels  # noqa: E402
 from timing import interleaved_median_seconds, median_seconds  # noqa: E402  (this folder)
 
 
@@ -43,15 +48,19 @@ def matmul_flops_per_second(size, steps):
     return flops / median_seconds(run, steps)
 
 
-def model_runs(jit_compile, images, labels, num_classes):
-    """Callables for one R50x1 training step and one inference batch, traced already."""
+def model_runs(jit_compile, images, labels, num_classes, portable=False):
+    """Callables for one R50x1 training step and one inference batch, traced already.
+
+    `portable`: traced with the layers' plain `keras.ops` form.
+    """
     keras.utils.set_random_seed(0)
     classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes)
     classifier.compile(jit_compile=jit_compile)
     train = lambda: classifier.train_on_batch(images, labels)  # noqa: E731
     infer = lambda: classifier.predict_on_batch(images)  # noqa: E731
-    train()
-    infer()
+    with kernels.portable() if portable else contextlib.nullcontext():
+        train()
+        infer()
     return train, infer
 
 
@@ -118,11 +127,11 @@ def main():
     labels = rng.integers(0, args.num_classes, args.batch)
 
     matmul, matmul_flops = matmul_run(args.matmul_size)
-    configurations = {}
+    configurations = {"baseline: keras.ops layers, XLA off": model_runs(
+        False, images, labels, args.num_classes, portable=True)}
     for jit_compile in (False, True):
-        label = "bitkeras, XLA on" if jit_compile else "baseline: bitkeras, XLA off"
-        configurations[label] = model_runs(
-            jit_compile, images, labels, args.num_classes)
+        label = f"bitkeras, XLA {'on' if jit_compile else 'off'}"
+        configurations[label] = model_runs(jit_compile, images, labels, args.num_classes)
     configurations["bound: convolutions + head alone"] = convolution_runs(
         architecture, args.batch, args.size, args.num_classes)
     runs = {"matmul": lambda: [matmul() for _ in range(4)]}

@@ -1,7 +1,9 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from bitkeras.models import kernels
 from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
 from tests import reference
 
@@ -36,6 +38,112 @@ def test_group_normalization_has_bit_settings():
     x = np.random.default_rng(0).normal(size=(2, 3, 3, 64)).astype(np.float32)
     expected = reference.group_norm(x.astype(np.float64), np.ones(64), np.zeros(64))
     np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def random_group_norm(rng, channels=64, dtype=None):
+    layer = group_normalization(dtype=dtype)
+    layer.build((None, None, None, channels))
+    layer.gamma.assign(rng.normal(1.0, 0.5, channels))
+    layer.beta.assign(rng.normal(0.0, 0.5, channels))
+    return layer, keras.ops.convert_to_numpy(layer.gamma), keras.ops.convert_to_numpy(layer.beta)
+
+
+def test_group_normalization_inference_matches_float64_on_both_paths():
+    rng = np.random.default_rng(1)
+    layer, gamma, beta = random_group_norm(rng)
+    # Offset activations (mean 3, std 2), as after a ReLU and a convolution.
+    x = rng.normal(3.0, 2.0, (2, 5, 7, 64)).astype(np.float32)
+    expected = reference.group_norm(x.astype(np.float64), gamma, beta)
+    scale = np.abs(expected).max()
+    fused = keras.ops.convert_to_numpy(layer(x, training=False))
+    with kernels.portable():
+        portable = keras.ops.convert_to_numpy(layer(x, training=False))
+    trained = keras.ops.convert_to_numpy(layer(x, training=True))
+    for computed in (fused, portable, trained):
+        np.testing.assert_allclose(computed, expected, atol=1e-5 * scale)
+    # Training runs Keras's own layer, bit for bit.
+    plain = keras.layers.GroupNormalization.from_config(layer.get_config())
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(trained, keras.ops.convert_to_numpy(plain(x)))
+
+
+def test_group_normalization_gradient_matches_float64():
+    rng = np.random.default_rng(2)
+    layer, gamma, beta = random_group_norm(rng)
+    x = rng.normal(1.0, 2.0, (2, 4, 3, 64))
+    upstream = rng.normal(size=x.shape)
+    with tf.GradientTape() as tape:
+        inputs = tf.constant(x, tf.float32)
+        tape.watch(inputs)
+        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
+    computed = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    # Central differences of the float64 reference, one coordinate each.
+    def objective(values, index, delta):
+        shifted = [value.copy() for value in values]
+        shifted[index].flat[0] += delta
+        return (reference.group_norm(*shifted) * upstream).sum()
+    values = [x, gamma.astype(np.float64), beta.astype(np.float64)]
+    for index, gradient in enumerate(computed):
+        numeric = (objective(values, index, 1e-6) - objective(values, index, -1e-6)) / 2e-6
+        analytic = gradient.numpy().flat[0]
+        assert abs(analytic - numeric) <= 1e-3 * max(1.0, abs(numeric)), (index, analytic, numeric)
+
+
+def test_mixed_precision_group_normalization_keeps_float32_statistics():
+    rng = np.random.default_rng(3)
+    layer, gamma, beta = random_group_norm(rng, dtype="mixed_bfloat16")
+    x = rng.normal(100.0, 1.0, (2, 4, 4, 64)).astype(np.float32)
+    out = layer(x, training=False)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    # Only the output's rounding to bfloat16 (8 bits) may be lost. Statistics
+    # taken on bfloat16 values (steps of 0.5 at 100) would be off by about 0.7.
+    expected = reference.group_norm(x.astype(np.float64), gamma, beta)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+                               expected, atol=2**-7 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_standardized_conv_gradient_matches_float64(training):
+    rng = np.random.default_rng(5)
+    conv = StandardizedConv2D(4, 3)
+    conv.build((None, None, None, 3))
+    kernel = rng.normal(0.5, 1.0, (3, 3, 3, 4))
+    conv.kernel.assign(kernel)
+    x = rng.normal(size=(2, 5, 5, 3))
+    upstream = rng.normal(size=(2, 3, 3, 4))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(conv(tf.constant(x, tf.float32), training=training) * upstream)
+    analytic = tape.gradient(loss, conv.kernel.value).numpy()
+
+    def objective(kernel):
+        return (reference.conv_valid(x, reference.standardize(kernel), 1) * upstream).sum()
+    for index in [(0, 0, 0, 0), (1, 2, 1, 3), (2, 1, 2, 1)]:
+        step = np.zeros_like(kernel)
+        step[index] = 1e-6
+        numeric = (objective(kernel + step) - objective(kernel - step)) / 2e-6
+        assert abs(analytic[index] - numeric) <= 1e-3 * max(1.0, abs(numeric)), index
+
+
+def xla_functions(function, *args):
+    """Names of the functions XLA must compile in `function`'s graph for `args`."""
+    graph = tf.function(function).get_concrete_function(*args).graph.as_graph_def()
+    return [definition.signature.name for definition in graph.library.function
+            if definition.attr.get("_XlaMustCompile") and definition.attr["_XlaMustCompile"].b]
+
+
+def test_layers_use_xla_clusters_outside_portable_only():
+    layer, _, _ = random_group_norm(np.random.default_rng(4))
+    conv = StandardizedConv2D(8, 3)
+    conv.build((None, None, None, 64))
+    spec = tf.TensorSpec((None, 6, 6, 64), tf.float32)
+    assert xla_functions(lambda x: layer(x, training=False), spec)
+    assert xla_functions(lambda x: conv(x), spec)
+    assert not xla_functions(lambda x: layer(x, training=True), spec)
+    assert not xla_functions(lambda x: conv(x, training=True), spec)
+    with kernels.portable():
+        assert not xla_functions(lambda x: conv(layer(x, training=False)), spec)
+    assert kernels.fused()
 
 
 @pytest.mark.parametrize("size", [8, 9])

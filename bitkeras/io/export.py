@@ -30,6 +30,7 @@ import tempfile
 import tensorflow as tf
 
 from bitkeras.io import checkpoint
+from bitkeras.models import kernels
 from bitkeras.models.preprocessing import BiTImageConverter
 
 FORMATS = ("saved_model", "tf_hub")
@@ -188,12 +189,14 @@ def export_model(model, path, format="saved_model", output=None):
     try:
         assets = staging / "source_assets"
         assets.mkdir()
-        module = _BiTModule(model, output, class_names, crop_size, assets)
-        signatures = {"serving_default": module.serving_default}
-        if module.serving_bytes is not None:
-            signatures["serving_bytes"] = module.serving_bytes
         saved = staging / "saved_model"
-        tf.saved_model.save(module, str(saved), signatures=signatures)
+        # Traced without XLA clusters, so any TensorFlow runtime can serve it.
+        with kernels.portable():
+            module = _BiTModule(model, output, class_names, crop_size, assets)
+            signatures = {"serving_default": module.serving_default}
+            if module.serving_bytes is not None:
+                signatures["serving_bytes"] = module.serving_bytes
+            tf.saved_model.save(module, str(saved), signatures=signatures)
         _replace_folder(saved, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -205,7 +208,8 @@ def export_or_delegate(model, filepath, format, keras_export, **kwargs):
     if format in FORMATS:
         return export_model(model, filepath, format, **kwargs)
     try:
-        return keras_export(filepath, format=format, **kwargs)
+        with kernels.portable():
+            return keras_export(filepath, format=format, **kwargs)
     except ValueError as error:
         if "format" not in str(error):
             raise

@@ -7,6 +7,7 @@ registered as serializable so `.keras` files reload it.
 import keras
 from keras import ops
 
+from bitkeras.models import kernels
 from bitkeras.models.architecture import GROUPS
 
 GROUP_NORM_EPSILON = 1e-5
@@ -37,12 +38,16 @@ class StandardizedConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
         self.standardization_epsilon = standardization_epsilon
 
+    def call(self, inputs, training=None):
+        # The XLA-fused standardization (bitkeras.models.kernels) for inference
+        # only: in training steps it saved nothing and delayed the first step.
+        with kernels.fusing(not training):
+            return super().call(inputs)
+
     def convolution_op(self, inputs, kernel):
-        # Standardize in float32 whatever the compute dtype: the statistics of
+        # Standardized in float32 whatever the compute dtype: the statistics of
         # small kernels lose too much in half precision.
-        kernel = ops.cast(kernel, "float32")
-        mean, variance = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
-        kernel = (kernel - mean) * ops.rsqrt(variance + self.standardization_epsilon)
+        kernel = kernels.standardize(kernel, self.standardization_epsilon)
         return super().convolution_op(inputs, ops.cast(kernel, self.compute_dtype))
 
     def get_config(self):
@@ -51,11 +56,33 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return config
 
 
+@keras.saving.register_keras_serializable(package="bitkeras")
+class GroupNormalization(keras.layers.GroupNormalization):
+    """Keras's GroupNormalization, with a fused inference path.
+
+    The same layer, weights and config as `keras.layers.GroupNormalization`.
+    Called with `training` false or unset on 4-D channels-last inputs with
+    scale and centre, it computes the same function through
+    `bitkeras.models.kernels.group_norm` (one XLA cluster under the
+    TensorFlow backend); training steps run Keras's own ops.
+    """
+
+    def call(self, inputs, training=None):
+        if training or not self._fusable(inputs):
+            return super().call(inputs)
+        outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups, self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _fusable(self, inputs):
+        return (
+            kernels.fused() and len(inputs.shape) == 4 and self.axis in (-1, 3)
+            and self.scale and self.center
+        )
+
+
 def group_normalization(name=None, **kwargs):
-    """Keras's GroupNormalization with BiT's settings: 32 groups, epsilon 1e-5."""
-    return keras.layers.GroupNormalization(
-        groups=GROUPS, epsilon=GROUP_NORM_EPSILON, name=name, **kwargs
-    )
+    """GroupNormalization with BiT's settings: 32 groups, epsilon 1e-5."""
+    return GroupNormalization(groups=GROUPS, epsilon=GROUP_NORM_EPSILON, name=name, **kwargs)
 
 
 def pad_symmetric(inputs, amount):
