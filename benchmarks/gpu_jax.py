@@ -15,6 +15,11 @@ It needs Keras, keras-hub, JAX with CUDA and PyTorch, not TensorFlow: only
 the TensorFlow parts: data pipelines, checkpoints).
 
     KERAS_BACKEND=jax python benchmarks/gpu_jax.py [--size 384] [--batch 64] [--rounds 10]
+
+`--device cpu` runs both on the CPU instead (JAX's CPU build, PyTorch's CPU
+kernels): the answer to whether Keras on JAX would train or infer faster
+than bitkeras on TensorFlow there (compare with `pytorch_reference.py`,
+whose PyTorch lines are the same).
 """
 
 import argparse
@@ -125,8 +130,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="where PyTorch runs; JAX runs on its default device")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()}; Keras {keras.__version__} on "
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                   else f"CPU, {os.cpu_count()} cores")
+    print(f"{device_name}; Keras {keras.__version__} on "
           f"{keras.backend.backend()} {jax.__version__} ({jax.devices()[0].platform}), "
           f"torch {torch.__version__}; R50x1 {args.size}x{args.size}, batch {args.batch}, "
           f"medians of {args.rounds} rounds")
@@ -139,7 +148,7 @@ def main():
             infer()
         compiled = time.perf_counter() - started
         runs = {**keras_lines, **step_runs(ARCHITECTURES["R50x1"], NUM_CLASSES, args.batch,
-                                             args.size, bfloat16, device="cuda")}
+                                             args.size, bfloat16, device=args.device)}
         batches = {name: steps if name == "Keras fit / predict" else 1 for name in runs}
         seconds = {kind: interleaved_median_seconds(
             {name: pair[index] for name, pair in runs.items()}, args.rounds, args.warmup)
