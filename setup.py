@@ -30,6 +30,14 @@ setup(
         "scikit-learn>=1.3",
         # report.png, and the fonts the upstream glyphs are rendered from.
         "matplotlib>=3.7",
+        # BiT weights as timm and transformers publish them: the Hugging Face Hub's client
+        # (its cache, offline mode, the `hf download` command) and the safetensors format
+        # (read without pickle).
+        "huggingface_hub>=0.34",
+        "safetensors>=0.4",
+        # kaggle:// handles: Kaggle Models, where tfhub.dev's BiT modules moved (keras-hub
+        # needs it too).
+        "kagglehub>=0.3",
     ],
     extras_require={
         "test": [

@@ -122,3 +122,46 @@ def forward(arrays, images, block_units):
 def write_checkpoint(path, arrays):
     np.savez(path, **arrays)
     return path
+
+
+_PYTORCH_PARTS = {"a": ("norm1", "conv1"), "b": ("norm2", "conv2"), "c": ("norm3", "conv3")}
+
+
+def pytorch_layout(arrays, library):
+    """Released arrays renamed and transposed as timm or transformers write them.
+
+    timm's `ResNetV2` state dict (`resnetv2_50x1_bit`) and transformers'
+    `BitForImageClassification` (layer_type "preactivation"): OIHW
+    convolutions; timm's head a 1x1 convolution, transformers' a dense layer.
+    """
+    if library == "timm":
+        root, unit_prefix, final, head = "stem.conv.", "stages.{}.blocks.{}.", "norm.", "head.fc."
+    else:
+        root = "bit.embedder.convolution."
+        unit_prefix, final, head = "bit.encoder.stages.{}.layers.{}.", "bit.norm.", "classifier.1."
+    tensors = {}
+    for key, value in arrays.items():
+        parts = key.split("/")
+        if key.startswith("resnet/root_block/"):
+            name = root + "weight"
+        elif key.startswith("resnet/block"):
+            prefix = unit_prefix.format(int(parts[1][5:]) - 1, int(parts[2][4:]) - 1)
+            norm, conv = _PYTORCH_PARTS[parts[3]]
+            if parts[4] == "proj":
+                name = prefix + "downsample.conv.weight"
+            elif parts[4] == "group_norm":
+                name = prefix + norm + (".weight" if parts[5] == "gamma" else ".bias")
+            else:
+                name = prefix + conv + ".weight"
+        elif key.startswith("resnet/group_norm/"):
+            name = final + ("weight" if parts[2] == "gamma" else "bias")
+        else:  # the head
+            name = head + ("bias" if parts[3] == "bias" else "weight")
+            if parts[3] == "kernel":
+                value = value[0, 0].T  # (classes, features)
+                if library == "timm":
+                    value = value[:, :, None, None]
+        if value.ndim == 4 and not name.startswith(head):
+            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        tensors[name] = np.ascontiguousarray(value)
+    return tensors

@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import pathlib
+import shutil
 import tarfile
 import threading
 
@@ -150,6 +151,23 @@ def test_offline_remote_handle_fails_fast_and_says_where_to_put_the_module(
         BiTBackbone.from_hub("https://tfhub.invalid/google/bit/m-r50x1/1")
     message = str(raised.value)
     assert "tf-hub-format=compressed" in message and str(tmp_path / "hub_cache") in message
+
+
+def test_kaggle_handles_resolve_through_kagglehubs_cache_and_fail_fast_offline(
+        released, images, tmp_path, monkeypatch):
+    path, arrays, _, _ = released
+    # kagglehub's cache layout: models/<owner>/<model>/<framework>/<variation>/<version>,
+    # complete when <version>.complete sits beside it.
+    variation = tmp_path / "kagglehub" / "models" / "google" / "bit" / "tensorFlow2" / "m-r50x1"
+    shutil.copytree(path, variation / "1")
+    (variation / "1.complete").touch()
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    backbone = BiTBackbone.from_hub("kaggle://google/bit/tensorFlow2/m-r50x1/1", convert=True)
+    expected, _, _ = reference.forward(arrays, images, TINY["block_units"])
+    np.testing.assert_allclose(backbone(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(hub.HubUnavailableError, match=r"kagglehub.model_download\('google/bit/"
+                                                      r"tensorFlow2/m-r101x1/1'\)"):
+        BiTBackbone.from_hub("kaggle://google/bit/tensorFlow2/m-r101x1/1")
 
 
 def test_folders_that_are_not_modules_are_refused(tmp_path):

@@ -82,6 +82,13 @@ def _open_npz(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file {path!r}")
     if not zipfile.is_zipfile(path):
+        from bitkeras.io import torch_layouts  # it builds on this module
+
+        if torch_layouts.is_safetensors(path):
+            raise CorruptWeightsError(
+                f"{path!r} is a safetensors file (the timm or transformers layout), not a "
+                f"released .npz: load it with BiTBackbone.from_preset({path!r}) or "
+                f"from_preset(NAME, weights={path!r})")
         raise CorruptWeightsError(
             f"{path!r} is not a .npz archive (a zip of .npy arrays, as BiT's checkpoints are): "
             f"it is empty, truncated or another kind of file; download or write it again"

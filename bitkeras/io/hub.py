@@ -2,7 +2,9 @@
 
 A handle is a TF-Hub URL (resolved into TF-Hub's own cache layout,
 `$TFHUB_CACHE_DIR/<sha1 of the handle>`, so a cache that `tensorflow_hub` filled
-is reused and the other way round) or a local SavedModel folder. Keras 3 does not
+is reused and the other way round; tfhub.dev now forwards to Kaggle Models), a
+Kaggle Models handle `kaggle://owner/model/framework/variation/version`
+(through `kagglehub` and its cache), or a local SavedModel folder. Keras 3 does not
 take `hub.KerasLayer`; `HubModule` is Keras's own `TFSMLayer` pointed at the
 module's reusable-SavedModel `__call__`, so its variables are tracked, `fit`
 trains them, and a model holding one saves and reloads.
@@ -39,13 +41,19 @@ class HubUnavailableError(OSError):
     """A TF-Hub handle that is neither cached nor downloadable."""
 
 
+KAGGLE_SCHEME = "kaggle://"
+"""Kaggle Models handles, where tfhub.dev's modules live now: kaggle://google/bit/tensorFlow2/m-r50x1/1."""
+
+
 def is_remote(handle):
-    return str(handle).startswith(("http://", "https://", "gs://"))
+    return str(handle).startswith(("http://", "https://", "gs://", KAGGLE_SCHEME))
 
 
 def resolve(handle):
     """The local SavedModel folder of `handle` (downloaded into the TF-Hub cache if needed)."""
-    if is_remote(handle):
+    if str(handle).startswith(KAGGLE_SCHEME):
+        path = kaggle_module(str(handle))
+    elif is_remote(handle):
         path = cached_module(str(handle))
     else:
         path = pathlib.Path(handle).expanduser()
@@ -102,6 +110,25 @@ def cached_module(handle):
             f"set {CACHE_ENV} to move the cache)."
         ) from error
     return folder
+
+
+def kaggle_module(handle):
+    """The folder of a Kaggle Models handle: kagglehub's cache, else downloaded by kagglehub."""
+    import kagglehub
+    from kagglehub import exceptions
+
+    model = handle[len(KAGGLE_SCHEME):]
+    try:
+        return pathlib.Path(kagglehub.model_download(model))
+    except (OSError, ValueError, exceptions.BackendError, exceptions.NotFoundError,
+            exceptions.UnauthenticatedError) as error:
+        raise HubUnavailableError(
+            f"could not download the Kaggle model {handle} ({type(error).__name__}). On a "
+            f"machine with internet access run kagglehub.model_download({model!r}) and copy "
+            f"kagglehub's cache (KAGGLEHUB_CACHE, default ~/.cache/kagglehub) here, or "
+            f"download https://www.kaggle.com/models/{model}, extract it into a folder and "
+            f"pass that folder instead of the handle."
+        ) from error
 
 
 def load_module(handle):

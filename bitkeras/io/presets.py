@@ -9,6 +9,7 @@ always read from the file itself.
 import dataclasses
 import difflib
 import importlib.resources
+import json
 import pathlib
 
 from bitkeras.data import glyphs
@@ -91,9 +92,21 @@ def list_presets():
 
 
 def is_keras_hub_preset(name):
-    """Whether `name` is a keras-hub preset folder (`save_to_preset` output: a config.json)."""
-    return isinstance(name, (str, pathlib.PurePath)) and (
-        pathlib.Path(name).expanduser() / "config.json").is_file()
+    """Whether `name` is a keras-hub preset folder (`save_to_preset` output).
+
+    Its config.json names a Keras class; the config.json of a timm or
+    transformers folder does not. One that cannot be read counts as keras-hub's,
+    whose loader then says what is wrong with it.
+    """
+    if not isinstance(name, (str, pathlib.PurePath)):
+        return False
+    config = pathlib.Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "class_name" in json.loads(config.read_text())
+    except (ValueError, OSError, TypeError):
+        return True
 
 
 def get_preset(name):

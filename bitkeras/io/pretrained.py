@@ -14,7 +14,7 @@ import warnings
 import keras
 
 from bitkeras import files
-from bitkeras.io import checkpoint, export, hub, presets
+from bitkeras.io import checkpoint, export, hub, presets, torch_layouts
 from bitkeras.io.weights import resolve_weights
 from bitkeras.models.backbone import ResNetV2Backbone
 
@@ -42,17 +42,32 @@ class BiTBackbone(ResNetV2Backbone):
         "BiT-M-R50x1-distilled-224", ...; see `bitkeras.list_presets()`),
         or a keras-hub preset folder written by `save_to_preset` (its weights
         loaded unless `weights=None`).
-        `weights`: None (random initialisation), a path to a `.npz` file in the
-        released format, "auto" (the preset's own file: shipped with bitkeras,
-        or released, from the cache or downloaded), or "default" ("auto" for
-        the presets bitkeras ships, such as "BiT-Glyphs-R14x0.5", None for the
-        rest, so nothing is downloaded unasked). The file's head, if any, is
-        not part of a backbone.
+        `name` may also be BiT weights as the PyTorch libraries publish them
+        (`bitkeras.io.torch_layouts`): a Hugging Face handle
+        ("hf://timm/resnetv2_50x1_bit.goog_in21k", "hf://google/bit-50"), or a
+        local timm or transformers folder or `.safetensors` file, or a
+        released-format `.npz` file; the architecture is read from the tensors.
+        `weights`: None (random initialisation), a path to weights in the
+        released `.npz` format or a timm or transformers `.safetensors` file
+        (checked against the named architecture), "auto" (the preset's own
+        file: shipped with bitkeras, or released, from the cache or
+        downloaded), or "default" ("auto" for the presets bitkeras ships, such
+        as "BiT-Glyphs-R14x0.5", and for handles and paths, None for the rest,
+        so nothing is downloaded unasked). The file's head, if any, is not part
+        of a backbone.
         """
+        name = _local(name)
         if presets.is_keras_hub_preset(name):
             with _preset_errors(name):
                 return super().from_preset(str(name), load_weights=weights is not None,
                                            **kwargs)
+        if _is_weights_path(name):
+            arrays, source, _ = _read_path_preset(name, weights)
+            architecture = _architecture(arrays, source)
+            backbone = cls(architecture.block_units, architecture.width_factor, **kwargs)
+            if weights is not None:
+                checkpoint.load_arrays(backbone, arrays, source)
+            return backbone
         preset = presets.get_preset(name)
         backbone = cls(
             block_units=preset.architecture.block_units,
@@ -61,7 +76,8 @@ class BiTBackbone(ResNetV2Backbone):
         )
         path = resolve_weights(preset, weights)
         if path is not None:
-            checkpoint.load_npz(backbone, path)
+            arrays, source, _ = torch_layouts.read_weights(path)
+            checkpoint.load_arrays(backbone, arrays, source)
         return backbone
 
     @classmethod
@@ -130,37 +146,51 @@ class PretrainedClassifier:
         (132, ('char_0', 'char_1', 'char_2'), 32)
         >>> BiTClassifier.from_preset("BiT-M-R50x1", weights="auto")  # doctest: +SKIP
         """
+        name = _local(name)
         if presets.is_keras_hub_preset(name):
             if num_classes is not None:  # a new head: keras-hub then skips the saved one
                 kwargs.update(num_classes=num_classes, class_names=None)
             with _preset_errors(name):
                 return super().from_preset(str(name), load_weights=weights is not None,
                                            **kwargs)
-        preset = presets.get_preset(name)
-        path = resolve_weights(preset, weights)
-        if num_classes is None:
-            if path is None:
+        if _is_weights_path(name):
+            arrays, source, config = _read_path_preset(name, weights)
+            architecture = _architecture(arrays, source)
+            class_names = resolution = None
+            head_classes = checkpoint.describe_arrays(arrays)[1]
+            if head_classes is not None:
+                class_names = torch_layouts.class_names(config, head_classes)
+                resolution = torch_layouts.image_size(config)
+            if weights is None:  # the file's shapes, randomly initialised
+                if num_classes is None:
+                    num_classes = head_classes
+                arrays = None
+        else:
+            preset = presets.get_preset(name)
+            path = resolve_weights(preset, weights)
+            arrays, source, _ = (None, None, None) if path is None else (
+                torch_layouts.read_weights(path))
+            architecture, class_names, resolution = (
+                preset.architecture, preset.class_names, preset.resolution)
+        keep_head = num_classes is None
+        if keep_head:
+            if arrays is None:
                 raise ValueError(
-                    f"{cls.__name__}.from_preset({name!r}) without weights needs num_classes"
-                )
-            num_classes = checkpoint.read_head_classes(path)
+                    f"{cls.__name__}.from_preset({str(name)!r}) without weights needs "
+                    f"num_classes")
+            num_classes = checkpoint.describe_arrays(arrays)[1]
             if num_classes is None:
                 raise ValueError(
-                    f"checkpoint {str(path)!r} has no head: pass num_classes to add a new one"
-                )
-            keep_head = True
-            if preset.class_names is not None and len(preset.class_names) == num_classes:
-                kwargs.setdefault("class_names", preset.class_names)
-        else:
-            keep_head = False
-        architecture = preset.architecture
+                    f"checkpoint {source!r} has no head: pass num_classes to add a new one")
+            if class_names is not None and len(class_names) == num_classes:
+                kwargs.setdefault("class_names", class_names)
         backbone = BiTBackbone(architecture.block_units, architecture.width_factor)
         classifier = cls(backbone, num_classes, **kwargs)
-        if keep_head and preset.resolution is not None and "preprocessor" not in kwargs:
-            # The released head as trained: at the preset's resolution.
-            classifier.preprocessor.image_converter.image_size = (preset.resolution,) * 2
-        if path is not None:
-            checkpoint.load_npz(classifier if keep_head else backbone, path)
+        if keep_head and resolution is not None and "preprocessor" not in kwargs:
+            # The head as trained: at its resolution.
+            classifier.preprocessor.image_converter.image_size = (resolution,) * 2
+        if arrays is not None:
+            checkpoint.load_arrays(classifier if keep_head else backbone, arrays, source)
         return classifier
 
     @classmethod
@@ -210,6 +240,35 @@ class PretrainedClassifier:
         if format in export.FORMATS:
             kwargs["output"] = output
         return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
+
+
+def _local(name):
+    """A Hugging Face handle as its local folder (cached or downloaded); other names as given."""
+    return torch_layouts.hf_folder(name) if torch_layouts.is_hf_handle(name) else name
+
+
+def _is_weights_path(name):
+    """Whether `name` is a weights file or folder rather than a preset name."""
+    return isinstance(name, (str, pathlib.PurePath)) and pathlib.Path(name).expanduser().exists()
+
+
+def _read_path_preset(path, weights):
+    """The arrays of a weights file or folder given as the preset, with `weights` checked."""
+    if weights not in (None, "default", "auto"):
+        raise ValueError(
+            f"from_preset({str(path)!r}, weights={weights!r}): the preset is a weights file "
+            f"or folder already; pass weights='default' to load it or None for an "
+            f"architecture of the same shape, randomly initialised")
+    return torch_layouts.read_weights(path)
+
+
+def _architecture(arrays, source):
+    architecture = checkpoint.describe_arrays(arrays)[0]
+    if architecture is None:
+        raise checkpoint.CheckpointMismatchError(
+            f"{source!r}: no BiT architecture can be read from its tensors (the root "
+            f"convolution is missing or not 4-D)")
+    return architecture
 
 
 @contextlib.contextmanager
