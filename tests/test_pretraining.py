@@ -161,3 +161,76 @@ def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_p
     from bitkeras import load_npz
 
     load_npz(reloaded, out / "model.npz")
+
+
+def test_continued_pretraining_on_a_folder_resumes_after_a_kill_and_fine_tunes(tmp_path):
+    from bitkeras.jobs import cli
+    from tests.conftest import COLORS, make_image_folder
+
+    data = make_image_folder(tmp_path / "photos", per_class=8, extras=False)
+    out = tmp_path / "continued"
+    command = [sys.executable, "-m", "bitkeras", "pretrain", "--model", "BiT-Glyphs-R14x0.5",
+               "--data", str(data), "--out", str(out), "--image-size", "32", "--epochs", "24",
+               "--batch-size", "8", "--checkpoint-every", "4", "--verbose", "0"]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-2000:]
+    second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "Resuming at step" in second.stdout
+    record = json.loads((out / "upstream.json").read_text())
+    assert record["started_from"] == "BiT-Glyphs-R14x0.5" and record["evaluation"] is None
+    assert record["data"]["examples"] == 8 * len(COLORS)
+    assert record["steps_completed"] == record["recipe"]["steps"] == 24 * 24 // 8
+    assert record["resumed_from_step"] >= 4
+    # It started from the shipped model's backbone, and moved away from it.
+    shipped = BiTBackbone.from_preset("BiT-Glyphs-R14x0.5")
+    continued = BiTClassifier.from_preset(out / "model.npz")
+    assert record["class_names"] == sorted(COLORS) and continued.num_classes == len(COLORS)
+    start = keras.ops.convert_to_numpy(shipped.get_layer("root_conv").kernel)
+    end = keras.ops.convert_to_numpy(continued.backbone.get_layer("root_conv").kernel)
+    assert 0 < np.abs(end - start).max() < 0.5 * np.abs(start).max()
+    # The result fine-tunes as any model does.
+    report = cli.run(["finetune", "--data", str(data), "--model", str(out / "model.npz"),
+                      "--out", str(tmp_path / "downstream"), "--steps", "4", "--batch-size",
+                      "8", "--crop-size", "32", "--resize-size", "36", "--few-shot",
+                      "--evaluations", "1", "--verbose", "0"])
+    assert report["num_classes"] == len(COLORS)
+
+
+def test_multi_label_csv_data_and_refused_combinations(tmp_path):
+    from bitkeras.jobs import cli, upstream_data
+    from tests.conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "photos", per_class=2, extras=False)
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    rows = ["path,labels"] + [f"{path.relative_to(tmp_path)},{path.parent.name} shiny"
+                              if index % 2 else f"{path.relative_to(tmp_path)},{path.parent.name}"
+                              for index, path in enumerate(files)]
+    table = tmp_path / "labels.csv"
+    table.write_text("\n".join(rows) + "\n")
+    images, labels, names, _ = upstream_data.load(table, 24, multi_label=True)
+    assert images.shape == (len(files), 24, 24, 3) and images.dtype == np.uint8
+    assert "shiny" in names and labels.shape == (len(files), len(names))
+    for index, path in enumerate(files):
+        expected = {path.parent.name} | ({"shiny"} if index % 2 else set())
+        assert {names[i] for i in np.flatnonzero(labels[index])} == expected
+    with pytest.raises(ValueError, match="several labels.*--multi-label"):
+        upstream_data.load(table, 24)
+    table.write_text("path,labels\n" + f"{files[0].relative_to(tmp_path)}\n")
+    with pytest.raises(ValueError, match="row 1"):
+        upstream_data.load(table, 24)
+    with pytest.raises(ValueError, match="--examples"):
+        cli.run(["pretrain", "--data", str(folder), "--examples", "10", "--out",
+                 str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="--width-factor"):
+        cli.run(["pretrain", "--model", "BiT-Glyphs-R14x0.5", "--width-factor", "1", "--out",
+                 str(tmp_path / "x")])

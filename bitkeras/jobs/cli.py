@@ -3,6 +3,7 @@
     bitkeras finetune                 # the shipped model on the bundled digits
     bitkeras finetune --data flowers/ --model BiT-M-R50x1 --out runs/flowers
     bitkeras pretrain --out runs/glyphs --examples 60000 --epochs 16
+    bitkeras pretrain --model BiT-M-R50x1 --data photos/ --out runs/photos --image-size 128
 
 Run `bitkeras COMMAND --help` for every option.
 """
@@ -13,6 +14,9 @@ import shlex
 import shutil
 import sys
 
+
+GLYPH_EXAMPLES = 60_000
+"""How many glyphs `bitkeras pretrain` generates by default."""
 
 USER_ERRORS = (ValueError, OSError, RuntimeError, ArithmeticError)
 """What bad input, missing files and failed runs raise: one line, exit status 2."""
@@ -82,8 +86,10 @@ def run(argv):
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _pretrain_parser(commands.add_parser(
         "pretrain", help="pre-train a BiT model upstream with BiT's recipe",
-        description="Pre-trains a BiT model on the generated glyphs dataset (bitkeras.data.glyphs) "
-                    "with BiT's upstream recipe; checkpoints, and resumes when rerun."))
+        description="Pre-trains a BiT model with BiT's upstream recipe on the generated glyphs "
+                    "dataset (bitkeras.data.glyphs) or your own images (--data), from scratch "
+                    "or continuing a released or shipped model (--model); checkpoints, and "
+                    "resumes when rerun."))
     _finetune_parser(commands.add_parser(
         "finetune", help="fine-tune with the BiT-HyperRule and write a transfer report",
         description="Fine-tunes a pretrained model with the BiT-HyperRule next to the same "
@@ -104,21 +110,37 @@ def run(argv):
 def _pretrain_parser(parser):
     parser.add_argument("--out", required=True, help="folder for model.npz, upstream.json, "
                         "MODEL_CARD.md and (while running) checkpoints/")
-    parser.add_argument("--examples", type=int, default=60_000,
-                        help="generated training images (default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help="continue pre-training this model (a preset with weights such as "
+                        "BiT-M-R50x1 or BiT-Glyphs-R14x0.5, a .npz or .safetensors file, a "
+                        "folder, hf://...; a new head for the data's classes); default: a new "
+                        "model of --block-units and --width-factor")
+    parser.add_argument("--data", default=None,
+                        help="pre-train on these images: a folder of class sub-folders, "
+                        "tfds:NAME[:SPLIT], or a CSV of `path,labels` rows (labels separated "
+                        "by spaces); default: the generated glyphs")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="the CSV's rows may have several labels: sigmoid cross-entropy "
+                        "per class instead of softmax")
+    parser.add_argument("--examples", type=int, default=None,
+                        help=f"generated glyph images (default: {GLYPH_EXAMPLES}; not with --data)")
     parser.add_argument("--image-size", type=int, default=32,
-                        help="side of the generated images and of the crops (default: %(default)s)")
+                        help="side the images are generated or resized to, and of the crops "
+                        "(default: %(default)s)")
     parser.add_argument("--epochs", type=float, default=16, help="passes over the data; the "
                         "recipe's decays fall at 30/60/80 of 90 of them (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
-    parser.add_argument("--block-units", type=int, nargs=4, default=(1, 1, 1, 1),
-                        metavar="N", help="units in block1..block4 (default: 1 1 1 1)")
-    parser.add_argument("--width-factor", type=float, default=0.5, help="default: %(default)s")
+    parser.add_argument("--block-units", type=int, nargs=4, default=None, metavar="N",
+                        help="units in block1..block4 of a new model (default: 1 1 1 1; "
+                        "not with --model)")
+    parser.add_argument("--width-factor", type=float, default=None,
+                        help="width of a new model (default: 0.5; not with --model)")
     parser.add_argument("--seed", type=int, default=0, help="data, initialisation and order")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="no random flips (mirroring changes letters)")
     parser.add_argument("--eval-examples", type=int, default=12_200,
-                        help="fresh images (another seed) the upstream accuracy is measured on")
+                        help="fresh glyphs (another seed) the upstream accuracy is measured on "
+                        "(glyph runs only)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="steps between checkpoints (default: 20 per run)")
     parser.add_argument("--jit-compile", action="store_true",

@@ -1,4 +1,8 @@
-"""`bitkeras pretrain`: generate the glyphs, pre-train, measure, write a model card.
+"""`bitkeras pretrain`: generate the glyphs (or read `--data`), pre-train, measure, write a card.
+
+`--model` continues from a released or shipped model (its backbone; a new head
+for the data's classes), on the glyphs or on the user's images
+(`bitkeras.jobs.upstream_data`: a folder, TFDS, or a multi-label CSV).
 
 Writes into `--out`: `model.npz` (the released BiT format, head included),
 `upstream.json` (everything below, machine-readable) and `MODEL_CARD.md`.
@@ -23,6 +27,8 @@ from bitkeras.finetuning.pretraining import pretrain
 from bitkeras.finetuning.upstream import UpstreamRecipe
 from bitkeras.io.checkpoint import save_npz
 from bitkeras.io.pretrained import BiTBackbone
+from bitkeras.jobs import upstream_data
+from bitkeras.jobs.cli import GLYPH_EXAMPLES
 
 EVAL_SEED_OFFSET = 1_000_003
 """The upstream accuracy is measured on glyphs drawn with `seed + EVAL_SEED_OFFSET`."""
@@ -31,22 +37,41 @@ EVAL_SEED_OFFSET = 1_000_003
 def run(args):
     # A multi-worker or TPU strategy must exist before TensorFlow runs anything.
     strategy = distribute.strategy_for(args.strategy)
+    _check_arguments(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "checkpoints" / run_state.CHECKPOINT_FILE).exists():
         print(f"Starting a new run (no checkpoint in {out / 'checkpoints'} to resume from)")
     started = time.perf_counter()
-    print(f"Rendering {args.examples} glyph images ({glyphs.NUM_CLASSES} classes, "
-          f"{args.image_size}px, seed {args.seed})", flush=True)
-    images, labels = glyphs.make_glyphs(args.examples, args.seed, args.image_size)
+    if args.data is None:
+        examples = args.examples or GLYPH_EXAMPLES
+        print(f"Rendering {examples} glyph images ({glyphs.NUM_CLASSES} classes, "
+              f"{args.image_size}px, seed {args.seed})", flush=True)
+        images, labels = glyphs.make_glyphs(examples, args.seed, args.image_size)
+        class_names = glyphs.CLASS_NAMES
+        data = {"name": "glyphs", "examples": examples, "image_size": args.image_size,
+                "seed": args.seed, "num_classes": glyphs.NUM_CLASSES}
+    else:
+        print(f"Reading {args.data} at {args.image_size}px", flush=True)
+        images, labels, class_names, description = upstream_data.load(
+            args.data, args.image_size, args.multi_label)
+        data = {"name": args.data, "description": description, "examples": len(images),
+                "image_size": args.image_size, "num_classes": len(class_names),
+                "multi_label": args.multi_label}
     render_seconds = time.perf_counter() - started
 
     keras.utils.set_random_seed(args.seed)
-    backbone = BiTBackbone(tuple(args.block_units), _width(args.width_factor))
-    classifier = BiTClassifier(backbone, class_names=glyphs.CLASS_NAMES)
-    recipe = UpstreamRecipe.for_dataset(args.examples, args.image_size, args.batch_size,
+    if args.model is None:
+        backbone = BiTBackbone(tuple(args.block_units or (1, 1, 1, 1)),
+                               _width(args.width_factor or 0.5))
+    else:
+        print(f"Continuing from {args.model}, with a new {len(class_names)}-class head",
+              flush=True)
+        backbone = BiTBackbone.from_preset(args.model, weights="auto")
+    classifier = BiTClassifier(backbone, class_names=class_names)
+    recipe = UpstreamRecipe.for_dataset(len(images), args.image_size, args.batch_size,
                                         args.epochs, flip=args.flip)
-    print(recipe.describe(args.examples), flush=True)
+    print(recipe.describe(len(images)), flush=True)
     started = time.perf_counter()
     history = pretrain(classifier, images, labels, recipe, seed=args.seed,
                        checkpoint_dir=out / "checkpoints",
@@ -55,10 +80,12 @@ def run(args):
                        jit_compile=True if args.jit_compile else "auto")
     train_seconds = time.perf_counter() - started
 
-    evaluation = upstream_accuracy(classifier, args.eval_examples,
-                                   args.seed + EVAL_SEED_OFFSET, args.image_size)
-    print(f"Upstream accuracy on {args.eval_examples} fresh glyphs: "
-          f"{evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f})")
+    evaluation = None
+    if args.data is None:
+        evaluation = upstream_accuracy(classifier, args.eval_examples,
+                                       args.seed + EVAL_SEED_OFFSET, args.image_size)
+        print(f"Upstream accuracy on {args.eval_examples} fresh glyphs: "
+              f"{evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f})")
     if not distribute.is_chief():
         return None  # the chief writes the files
     save_npz(classifier, out / "model.npz")
@@ -68,8 +95,9 @@ def run(args):
         "architecture": {"block_units": list(backbone.block_units),
                          "width_factor": backbone.width_factor},
         "parameters": classifier.count_params(),
-        "data": {"name": "glyphs", "examples": args.examples, "image_size": args.image_size,
-                 "seed": args.seed, "num_classes": glyphs.NUM_CLASSES},
+        "started_from": args.model,
+        "data": data,
+        "class_names": list(class_names),
         "recipe": recipe.get_config(),
         "evaluation": evaluation,
         "final_training_loss": (history.history.get("loss") or [None])[-1],
@@ -91,6 +119,19 @@ def run(args):
     return record
 
 
+def _check_arguments(args):
+    """Refuses options that the run would not use, naming them."""
+    if args.data is not None and args.examples is not None:
+        raise ValueError("--examples sets how many glyphs are generated; with --data the data "
+                         "decides: drop one of them")
+    if args.model is not None and (args.block_units or args.width_factor):
+        raise ValueError("--block-units and --width-factor shape a new model; --model brings "
+                         "its own architecture: drop one of them")
+    if args.multi_label and args.data is None:
+        raise ValueError("--multi-label needs --data (a CSV of path,labels rows); the glyphs "
+                         "have one label each")
+
+
 def upstream_accuracy(classifier, num_examples, seed, image_size):
     """Top-1 / top-5 accuracy on `num_examples` glyphs rendered with `seed`."""
     images, labels = glyphs.make_glyphs(num_examples, seed, image_size)
@@ -104,6 +145,8 @@ def upstream_accuracy(classifier, num_examples, seed, image_size):
 
 
 def model_card(record):
+    if record["data"]["name"] != "glyphs" or record.get("started_from"):
+        return _continued_model_card(record)
     data, recipe, evaluation = record["data"], record["recipe"], record["evaluation"]
     architecture = record["architecture"]
     return f"""# {record["name"]}
@@ -147,6 +190,35 @@ ImageNet-21k. Load it, offline, with `BiTClassifier.from_preset("{record["name"]
 - {evaluation['accuracy']:.4f} top-1, {evaluation['top5_accuracy']:.4f} top-5 on
   {evaluation['examples']} fresh glyphs (seed {evaluation['seed']}, never trained on),
   at {data['image_size']}px.
+"""
+
+
+def _continued_model_card(record):
+    """The card of a run on the user's data or from a given model: what was done, as data."""
+    data, recipe, architecture = record["data"], record["recipe"], record["architecture"]
+    start = record.get("started_from") or "a random initialisation"
+    evaluation = record["evaluation"]
+    measured = (f"{evaluation['accuracy']:.4f} top-1 on {evaluation['examples']} fresh glyphs"
+                if evaluation else "not measured here: fine-tune it (`bitkeras finetune "
+                "--model model.npz --data ...`) and compare with the model it started from")
+    return f"""# {record["name"]}
+
+A BiT ResNet-v2 (GroupNorm + Weight Standardization), block units
+{tuple(architecture['block_units'])}, width factor {architecture['width_factor']}
+({record['parameters']:,} parameters), pre-trained by bitkeras from {start} on
+{data.get('description', data['name'])}: {data['examples']} images at
+{data['image_size']}px, {data['num_classes']} classes
+({'multi-label, sigmoid cross-entropy' if data.get('multi_label') else 'softmax cross-entropy'}).
+`model.npz` is in the released BiT format, head included: load it with
+`BiTBackbone.from_preset("model.npz")` or `BiTClassifier.from_preset("model.npz")`.
+
+- Command: `{record['command']}`
+- BiT's upstream recipe: {recipe['steps']} steps at batch {recipe['batch_size']}, learning
+  rate {recipe['base_learning_rate']:g} after {recipe['warmup_steps']} warm-up steps,
+  weight decay {recipe['weight_decay']:g}, {recipe['crop_size']}px crops from
+  {recipe['resize_size']}px.
+- Time: {record['train_seconds'] / 60:.1f} minutes of training on {record['machine']}.
+- Upstream accuracy: {measured}.
 """
 
 
