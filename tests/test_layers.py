@@ -58,8 +58,9 @@ def test_group_normalization_inference_matches_float64_on_both_paths():
     fused = keras.ops.convert_to_numpy(layer(x, training=False))
     with kernels.portable():
         portable = keras.ops.convert_to_numpy(layer(x, training=False))
+        plain_ops = keras.ops.convert_to_numpy(kernels.group_norm(x, gamma, beta, 32, 1e-5))
     trained = keras.ops.convert_to_numpy(layer(x, training=True))
-    for computed in (fused, portable, trained):
+    for computed in (fused, portable, plain_ops, trained):
         np.testing.assert_allclose(computed, expected, atol=1e-5 * scale)
     # Training runs Keras's own layer, bit for bit.
     plain = keras.layers.GroupNormalization.from_config(layer.get_config())

@@ -47,6 +47,9 @@ def test_a_safetensors_file_loads_as_the_same_weights_from_npz(library, tiny_che
     classifier = BiTClassifier.from_preset(path)
     head = keras.ops.convert_to_numpy(classifier.head.kernel)
     np.testing.assert_array_equal(head, arrays["resnet/head/conv2d/kernel"][0, 0])
+    # The shipped preset has the tiny architecture: the file as its weights.
+    named = BiTBackbone.from_preset("BiT-Glyphs-R14x0.5", weights=path)
+    np.testing.assert_array_equal(features(named, images), features(npz_backbone, images))
     random = BiTBackbone.from_preset(path, weights=None)
     assert not np.array_equal(features(random, images), features(npz_backbone, images))
     unloaded = BiTClassifier.from_preset(path, weights=None)

@@ -42,7 +42,7 @@ class HubUnavailableError(OSError):
 
 
 KAGGLE_SCHEME = "kaggle://"
-"""Kaggle Models handles, where tfhub.dev's modules live now: kaggle://google/bit/tensorFlow2/m-r50x1/1."""
+"""Kaggle Models, where tfhub.dev's modules live now: kaggle://google/bit/tensorFlow2/m-r50x1/1."""
 
 
 def is_remote(handle):

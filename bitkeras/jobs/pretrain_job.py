@@ -44,7 +44,7 @@ def run(args):
         print(f"Starting a new run (no checkpoint in {out / 'checkpoints'} to resume from)")
     started = time.perf_counter()
     if args.data is None:
-        examples = args.examples or GLYPH_EXAMPLES
+        examples = GLYPH_EXAMPLES if args.examples is None else args.examples
         print(f"Rendering {examples} glyph images ({glyphs.NUM_CLASSES} classes, "
               f"{args.image_size}px, seed {args.seed})", flush=True)
         images, labels = glyphs.make_glyphs(examples, args.seed, args.image_size)
@@ -62,8 +62,9 @@ def run(args):
 
     keras.utils.set_random_seed(args.seed)
     if args.model is None:
-        backbone = BiTBackbone(tuple(args.block_units or (1, 1, 1, 1)),
-                               _width(args.width_factor or 0.5))
+        block_units = (1, 1, 1, 1) if args.block_units is None else tuple(args.block_units)
+        width_factor = 0.5 if args.width_factor is None else args.width_factor
+        backbone = BiTBackbone(block_units, _width(width_factor))
     else:
         print(f"Continuing from {args.model}, with a new {len(class_names)}-class head",
               flush=True)
@@ -124,7 +125,7 @@ def _check_arguments(args):
     if args.data is not None and args.examples is not None:
         raise ValueError("--examples sets how many glyphs are generated; with --data the data "
                          "decides: drop one of them")
-    if args.model is not None and (args.block_units or args.width_factor):
+    if args.model is not None and (args.block_units, args.width_factor) != (None, None):
         raise ValueError("--block-units and --width-factor shape a new model; --model brings "
                          "its own architecture: drop one of them")
     if args.multi_label and args.data is None:

@@ -6,15 +6,15 @@ Under the TensorFlow backend the same arithmetic runs as small XLA clusters
 (`tf.function(jit_compile=True)`) inside TensorFlow's graph, while the
 convolutions stay on TensorFlow's own kernels. TensorFlow executes the
 composed ops one pass over memory each; XLA fuses them into one or two. On a
-2-core Xeon (AVX-512) this made R50x1 inference at 128x128 1.26x faster
-(`benchmarks/throughput.py`). Training steps keep the plain form: there the
+2-core Xeon (AVX-512) this made R50x1 inference at 128x128 1.26-1.29x faster
+(`benchmarks/throughput.py`, two runs). Training steps keep the plain form: there the
 clusters saved nothing (XLA's GroupNorm gradient was slower than TensorFlow's),
 and compiling them made the first step of `fit` seconds longer.
 
 JAX compiles the whole step with XLA anyway and torch runs its own kernels, so
-both use the `keras.ops` form. `portable()` turns the clusters off while a graph
-is traced for export: a SavedModel stays free of XLA-only functions, which
-TF Serving and converters do not all run.
+both use the plain form (and Keras's own GroupNormalization). `portable()`
+turns the clusters off while a graph is traced for export: a SavedModel stays
+free of XLA-only functions, which TF Serving and converters do not all run.
 """
 
 import contextlib

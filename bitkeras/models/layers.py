@@ -61,10 +61,11 @@ class GroupNormalization(keras.layers.GroupNormalization):
     """Keras's GroupNormalization, with a fused inference path.
 
     The same layer, weights and config as `keras.layers.GroupNormalization`.
-    Called with `training` false or unset on 4-D channels-last inputs with
-    scale and centre, it computes the same function through
-    `bitkeras.models.kernels.group_norm` (one XLA cluster under the
-    TensorFlow backend); training steps run Keras's own ops.
+    Under the TensorFlow backend, called with `training` false or unset on
+    4-D channels-last inputs with scale and centre, it computes the same
+    function as one XLA cluster (`bitkeras.models.kernels.group_norm`);
+    training steps, other backends and exports (`kernels.portable()`) run
+    Keras's own layer.
     """
 
     def call(self, inputs, training=None):
