@@ -130,11 +130,8 @@ def test_a_head_of_the_wrong_size_is_refused(glyph_data):
         pretraining.pretrain(classifier, *glyph_data, epochs=1, batch_size=32, verbose=0)
 
 
-def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_path):
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "bitkeras", "pretrain", "--out", str(out),
-               "--examples", "256", "--image-size", "16", "--epochs", "16", "--batch-size", "32",
-               "--checkpoint-every", "8", "--eval-examples", "122", "--verbose", "0"]
+def kill_after_a_checkpoint_and_resume(command, out):
+    """Runs `command`, SIGKILLs it once it has written a checkpoint, and reruns it to the end."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -146,11 +143,18 @@ def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_p
     first.wait()
     assert first.returncode == -signal.SIGKILL, first.stdout.read()[-2000:]
     assert checkpoint.exists() and not (out / "model.npz").exists()
-
     second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "Resuming at step" in second.stdout
+
+
+def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "bitkeras", "pretrain", "--out", str(out),
+               "--examples", "256", "--image-size", "16", "--epochs", "16", "--batch-size", "32",
+               "--checkpoint-every", "8", "--eval-examples", "122", "--verbose", "0"]
+    kill_after_a_checkpoint_and_resume(command, out)
     record = json.loads((out / "upstream.json").read_text())
     assert record["recipe"]["steps"] == 16 * 256 // 32 == record["steps_completed"]
     assert 8 <= record["resumed_from_step"] < 128
@@ -172,20 +176,7 @@ def test_continued_pretraining_on_a_folder_resumes_after_a_kill_and_fine_tunes(t
     command = [sys.executable, "-m", "bitkeras", "pretrain", "--model", "BiT-Glyphs-R14x0.5",
                "--data", str(data), "--out", str(out), "--image-size", "32", "--epochs", "24",
                "--batch-size", "8", "--checkpoint-every", "4", "--verbose", "0"]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-2000:]
-    second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
-                            timeout=600)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "Resuming at step" in second.stdout
+    kill_after_a_checkpoint_and_resume(command, out)
     record = json.loads((out / "upstream.json").read_text())
     assert record["started_from"] == "BiT-Glyphs-R14x0.5" and record["evaluation"] is None
     assert record["data"]["examples"] == 8 * len(COLORS)
