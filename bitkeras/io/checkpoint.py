@@ -114,17 +114,6 @@ def read_arrays(path):
         return {key: archive[key] for key in archive.files}
 
 
-def read_head_classes(path):
-    """The head size of a checkpoint, or None if it has no head.
-
-    Reads only the head's bias: `np.load` opens members lazily, so this costs
-    nothing next to loading a large file's weights.
-    """
-    key = f"{HEAD_PREFIX}conv2d/bias"
-    with _open_npz(path) as archive:
-        return int(archive[key].shape[0]) if key in archive.files else None
-
-
 def describe_arrays(arrays):
     """Infers (Architecture or None, head classes or None) from checkpoint arrays."""
     root = arrays.get(f"resnet/root_block/{_CONV}")

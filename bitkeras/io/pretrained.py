@@ -63,7 +63,7 @@ class BiTBackbone(ResNetV2Backbone):
                                            **kwargs)
         if _is_weights_path(name):
             arrays, source, _ = _read_path_preset(name, weights)
-            architecture = _architecture(arrays, source)
+            architecture, _ = _described(arrays, source)
             backbone = cls(architecture.block_units, architecture.width_factor, **kwargs)
             if weights is not None:
                 checkpoint.load_arrays(backbone, arrays, source)
@@ -155,9 +155,8 @@ class PretrainedClassifier:
                                            **kwargs)
         if _is_weights_path(name):
             arrays, source, config = _read_path_preset(name, weights)
-            architecture = _architecture(arrays, source)
+            architecture, head_classes = _described(arrays, source)
             class_names = resolution = None
-            head_classes = checkpoint.describe_arrays(arrays)[1]
             if head_classes is not None:
                 class_names = torch_layouts.class_names(config, head_classes)
                 resolution = torch_layouts.image_size(config)
@@ -170,6 +169,7 @@ class PretrainedClassifier:
             path = resolve_weights(preset, weights)
             arrays, source, _ = (None, None, None) if path is None else (
                 torch_layouts.read_weights(path))
+            head_classes = None if arrays is None else checkpoint.describe_arrays(arrays)[1]
             architecture, class_names, resolution = (
                 preset.architecture, preset.class_names, preset.resolution)
         keep_head = num_classes is None
@@ -178,7 +178,7 @@ class PretrainedClassifier:
                 raise ValueError(
                     f"{cls.__name__}.from_preset({str(name)!r}) without weights needs "
                     f"num_classes")
-            num_classes = checkpoint.describe_arrays(arrays)[1]
+            num_classes = head_classes
             if num_classes is None:
                 raise ValueError(
                     f"checkpoint {source!r} has no head: pass num_classes to add a new one")
@@ -262,13 +262,14 @@ def _read_path_preset(path, weights):
     return torch_layouts.read_weights(path)
 
 
-def _architecture(arrays, source):
-    architecture = checkpoint.describe_arrays(arrays)[0]
+def _described(arrays, source):
+    """(Architecture, head classes or None) read from a file's arrays; no architecture raises."""
+    architecture, head_classes = checkpoint.describe_arrays(arrays)
     if architecture is None:
         raise checkpoint.CheckpointMismatchError(
             f"{source!r}: no BiT architecture can be read from its tensors (the root "
             f"convolution is missing or not 4-D)")
-    return architecture
+    return architecture, head_classes
 
 
 @contextlib.contextmanager
