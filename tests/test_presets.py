@@ -33,3 +33,22 @@ def test_the_table_records_each_models_training_resolution():
     assert get_preset("BiT-Glyphs-R14x0.5").resolution == 32
     assert get_preset("R50x1").resolution is None and get_preset("R50x1").url is None
     assert len(list_presets()) == 6 + 3 * 6 + 2 + 1
+
+
+def test_each_preset_says_where_its_weights_come_from():
+    sources = list_presets(sources=True)
+    assert list(sources) == list_presets()
+    assert sources["R50x1"] == {}
+    assert sources["BiT-M-R101x3"] == {
+        "file": BUCKET_URL + "BiT-M-R101x3.npz",
+        "hf": "hf://timm/resnetv2_101x3_bit.goog_in21k",
+        "kaggle": "kaggle://google/bit/tensorFlow2/m-r101x3/1"}
+    assert sources["BiT-M-R152x4-ILSVRC2012"]["hf"] == (
+        "hf://timm/resnetv2_152x4_bit.goog_in21k_ft_in1k")
+    assert sources["BiT-S-R50x3"]["kaggle"] == (
+        "kaggle://google/bit/tensorFlow2/s-r50x3-ilsvrc2012-classification/1")
+    assert "hf" not in sources["BiT-S-R50x3"]  # timm hosts no BiT-S
+    assert sources["BiT-M-R50x1-distilled-224"]["hf"] == (
+        "hf://timm/resnetv2_50x1_bit.goog_distilled_in1k")
+    assert sources["BiT-Glyphs-R14x0.5"] == {
+        "file": str(get_preset("BiT-Glyphs-R14x0.5").shipped_path)}

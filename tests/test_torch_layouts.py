@@ -1,6 +1,8 @@
 """BiT weights in timm's and transformers' layouts: files, folders and hf:// handles."""
 
+import hashlib
 import json
+import os
 
 import keras
 import numpy as np
@@ -128,15 +130,23 @@ def test_wrong_layouts_and_damaged_files_name_themselves(tiny_checkpoint, tmp_pa
 
 
 def hub_cache(root, repo_id, files):
-    """A Hugging Face cache holding one snapshot of `repo_id`, laid out as huggingface_hub does."""
+    """A Hugging Face cache holding one snapshot of `repo_id`, laid out as huggingface_hub does.
+
+    Weights files are LFS blobs named by their SHA-256, linked from the snapshot.
+    """
     commit = "0" * 40
     repo = root / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     for name, write in files.items():
         write(snapshot / name)
+        if name.endswith(".safetensors"):
+            blob = repo / "blobs" / hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+            (snapshot / name).rename(blob)
+            (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
     return root
 
 
@@ -154,6 +164,13 @@ def test_hf_handles_load_from_the_cache_and_fail_fast_offline(tiny_checkpoint, n
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     backbone = BiTBackbone.from_preset("hf://timm/resnetv2_tiny_bit.test")
     np.testing.assert_array_equal(features(backbone, images), features(npz_backbone, images))
+    snapshot = cache / "models--timm--resnetv2_tiny_bit.test" / "snapshots" / ("0" * 40)
+    blob = (snapshot / "model.safetensors").resolve()
+    with open(blob, "r+b") as damaged:
+        damaged.seek(-1, os.SEEK_END)
+        damaged.write(b"\xff" if damaged.read(1) != b"\xff" else b"\x00")
+    with pytest.raises(CorruptWeightsError, match="not the .* the Hub published"):
+        BiTBackbone.from_preset("hf://timm/resnetv2_tiny_bit.test")
     with pytest.raises(WeightsUnavailableError, match="hf download timm/resnetv2_50x1_bit"):
         BiTClassifier.from_preset("hf://timm/resnetv2_50x1_bit.goog_in21k")
     with pytest.raises(ValueError, match="hf://owner/name"):

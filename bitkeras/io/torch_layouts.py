@@ -10,9 +10,12 @@ goes through `bitkeras.io.checkpoint` like any `.npz`: a tensor that has no
 place, a missing one or a wrong shape names itself.
 
 `hf://owner/name` handles are fetched by `huggingface_hub` into its cache
-(`HF_HOME`, `HF_HUB_OFFLINE` as that library defines them).
+(`HF_HOME`, `HF_HUB_OFFLINE` as that library defines them). The Hub publishes
+the SHA-256 of every large (LFS) file, and its cache names each such file by
+it: the weights are checked against that name before they are read.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -233,7 +236,7 @@ def hf_folder(handle):
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return pathlib.Path(huggingface_hub.snapshot_download(
+        folder = pathlib.Path(huggingface_hub.snapshot_download(
             repo_id, revision=revision or None,
             allow_patterns=["*.json", "*.safetensors", "*.weights.h5"]))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
@@ -243,3 +246,28 @@ def hf_folder(handle):
             f"`hf download {repo_id}` (or huggingface_hub.snapshot_download({repo_id!r})) "
             f"and copy its cache folder ({huggingface_hub.constants.HF_HUB_CACHE}) here, or "
             f"pass the downloaded folder's path instead of the handle") from error
+    for path in sorted(folder.glob("*.safetensors")):
+        verify_hub_blob(path, handle)
+    return folder
+
+
+def verify_hub_blob(path, handle):
+    """Checks a file of Hugging Face's cache against the SHA-256 the Hub published for it.
+
+    The cache keeps an LFS file as `blobs/<sha256>` (the Hub's etag for it) and
+    links the snapshot's name to it; a file whose blob is not named by a SHA-256
+    (a small git file, a copied folder) has nothing published to check against.
+    """
+    published = pathlib.Path(path).resolve().name
+    if not re.fullmatch(r"[0-9a-f]{64}", published):
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    if digest.hexdigest() != published:
+        raise CorruptWeightsError(
+            f"{path} (from {handle!r}) has SHA-256 {digest.hexdigest()}, not the "
+            f"{published} the Hub published for it: the cached file is damaged. Delete "
+            f"{pathlib.Path(path).resolve()} and load the handle again where there is internet"
+        )
