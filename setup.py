@@ -38,10 +38,15 @@ setup(
         # kaggle:// handles: Kaggle Models, where tfhub.dev's BiT modules moved (keras-hub
         # needs it too).
         "kagglehub>=0.3",
+        # COCO average precision of detectors: the reference implementation detection
+        # results are reported with.
+        "pycocotools>=2.0.7",
     ],
     extras_require={
         "test": [
             "pytest>=8",
+            # The README's test command runs the suite on every CPU (-n auto).
+            "pytest-xdist>=3",
             # What TFDS needs to build the tests' tiny dataset.
             "importlib_resources",
             # The Keras 2 clients the exports are tested with (hub.load, hub.KerasLayer).

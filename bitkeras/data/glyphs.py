@@ -120,6 +120,16 @@ def render(index, seed=0, image_size=32):
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
+def draw_form(name, size, rng):
+    """The form of class `name` (a `CLASS_NAMES` entry), randomly posed: float (size, size) in [0, 1].
+
+    1 is ink, 0 background, with anti-aliased edges; the form is centred, scaled,
+    rotated and sheared at random as in `render`. Used by the detection scenes.
+    """
+    mask = _random_affine(_draw_mask(name, size * _SUPERSAMPLE, rng), rng)
+    return np.asarray(mask.resize((size, size), Image.Resampling.BOX), np.float32) / 255.0
+
+
 def _draw_mask(name, canvas, rng):
     """The class's form as a white-on-black 'L' image of size `canvas`."""
     mask = Image.new("L", (canvas, canvas), 0)

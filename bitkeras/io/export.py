@@ -183,6 +183,25 @@ def export_model(model, path, format="saved_model", output=None):
         raise ValueError("a backbone has no logits: export it with output='features'")
     class_names = model.names() if is_classifier else ()
     crop_size = (model.image_size if is_classifier else None) or DEFAULT_CROP_SIZE
+
+    def signatures(module):
+        found = {"serving_default": module.serving_default}
+        if module.serving_bytes is not None:
+            found["serving_bytes"] = module.serving_bytes
+        return found
+
+    return write_saved_model(
+        path, lambda assets: _BiTModule(model, output, class_names, crop_size, assets),
+        signatures)
+
+
+def write_saved_model(path, make_module, signatures):
+    """Saves `make_module(assets_folder)` with `signatures(module)` at `path`, all or nothing.
+
+    The module is built and traced without XLA clusters (`kernels.portable()`),
+    so any TensorFlow runtime can serve it; the folder is written beside `path`
+    and renamed into place at the end. Returns the path.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
@@ -190,13 +209,9 @@ def export_model(model, path, format="saved_model", output=None):
         assets = staging / "source_assets"
         assets.mkdir()
         saved = staging / "saved_model"
-        # Traced without XLA clusters, so any TensorFlow runtime can serve it.
         with kernels.portable():
-            module = _BiTModule(model, output, class_names, crop_size, assets)
-            signatures = {"serving_default": module.serving_default}
-            if module.serving_bytes is not None:
-                signatures["serving_bytes"] = module.serving_bytes
-            tf.saved_model.save(module, str(saved), signatures=signatures)
+            module = make_module(assets)
+            tf.saved_model.save(module, str(saved), signatures=signatures(module))
         _replace_folder(saved, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""Detection transfer: data (scenes, COCO JSON, TFDS records), the rule, keras-hub's RetinaNet
+on a BiT backbone (training, COCO AP by pycocotools, bytes serving), and `bitkeras detect`."""
+
+import io
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from bitkeras.detection import (
+    BadAnnotationError,
+    BiTDetector,
+    DetectionData,
+    DetectionRule,
+    coco_evaluation,
+    from_coco_json,
+    render_scenes,
+)
+from bitkeras.detection import data as detection_data
+from bitkeras.detection.detector import PreActivationPyramid
+from bitkeras.models.backbone import ResNetV2Backbone
+
+TINY_DETECTOR = dict(block_units=(1, 1, 1, 1), width_factor=0.5)
+
+
+def test_rendered_scenes_are_deterministic_and_box_their_ink():
+    first, again = render_scenes(6, seed=3).numpy(), render_scenes(6, seed=3).numpy()
+    other = render_scenes(6, seed=4).numpy()
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(first, again))
+    assert not np.array_equal(first[0][0], other[0][0])
+    for image, boxes, labels in first:
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert 1 <= len(boxes) == len(labels) <= 4
+        assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2:] <= 128)
+        assert np.all(boxes[:, 2:] - boxes[:, :2] >= 4)  # at least 4 px of ink each way
+        assert np.all((labels >= 0) & (labels < 6))
+    with pytest.raises(ValueError, match="unknown glyph classes"):
+        render_scenes(1, class_names=("disc", "unicorn"))
+
+
+def _png(path, height, width, value=120):
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(path)
+
+
+def test_coco_json_boxes_are_converted_and_bad_ones_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    _png(tmp_path / "images" / "a.png", 40, 60)
+    _png(tmp_path / "b.png", 30, 30)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 60},
+                   {"id": 2, "file_name": "b.png", "height": 30, "width": 30},
+                   {"id": 3, "file_name": "missing.png", "height": 30, "width": 30},
+                   {"id": 4, "file_name": "broken.png", "height": 30, "width": 30}],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 20]},
+            {"id": 11, "image_id": 1, "category_id": 3, "bbox": [50, 0, 10, 40]},
+            {"id": 12, "image_id": 1, "category_id": 3, "bbox": [55, 0, 10, 10]},  # outside
+            {"id": 13, "image_id": 2, "category_id": 7, "bbox": [1, 1, 0, 5]},  # zero area
+            {"id": 14, "image_id": 2, "category_id": 99, "bbox": [1, 1, 5, 5]},  # no class
+            {"id": 15, "image_id": 42, "category_id": 7, "bbox": [1, 1, 5, 5]},  # no image
+        ]}
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(BadAnnotationError) as error:
+        from_coco_json(tmp_path, on_bad="raise")
+    for named in ("annotation 12", "outside the 60x40 image", "annotation 13", "zero area",
+                  "annotation 14", "unknown class", "annotation 15: no image has id 42",
+                  "missing.png", "broken.png"):
+        assert named in str(error.value)
+    with pytest.warns(UserWarning, match="6 bad annotation"):
+        data = from_coco_json(tmp_path / "annotations.json")
+    assert data.class_names == ("dog", "cat")  # in category id order
+    examples = data.numpy()
+    assert [image.shape for image, _, _ in examples] == [(40, 60, 3), (30, 30, 3)]
+    np.testing.assert_array_equal(examples[0][1], [[5, 6, 15, 26], [50, 0, 60, 40]])
+    np.testing.assert_array_equal(examples[0][2], [1, 0])
+    assert examples[1][1].shape == (0, 4)
+
+
+def test_tfds_records_become_pixel_boxes():
+    record = {"image": tf.zeros((50, 200, 3), tf.uint8),
+              "objects": {"bbox": tf.constant([[0.1, 0.25, 0.5, 1.0]]),
+                          "label": tf.constant([4], tf.int64)}}
+    _, boxes, labels = detection_data.tfds_example(record)
+    np.testing.assert_allclose(boxes.numpy(), [[50, 5, 200, 25]], rtol=1e-6)
+    assert labels.dtype == tf.int32 and labels.numpy().tolist() == [4]
+
+
+def test_batches_letterbox_images_scale_boxes_and_pad_labels():
+    images = [np.full((50, 100, 3), 200, np.uint8), np.full((64, 32, 3), 50, np.uint8)]
+    data = DetectionData.from_arrays(images, [[[10, 5, 30, 45]], [[0, 0, 32, 64], [4, 4, 8, 8]]],
+                                     [[1], [0, 1]], ("a", "b"))
+    x, y = next(iter(detection_data.batches(data, 128, batch_size=2)))
+    assert x.shape == (2, 128, 128, 3) and x.dtype == tf.uint8
+    np.testing.assert_allclose(y["boxes"][0].numpy(), [[12.8, 6.4, 38.4, 57.6], [0, 0, 0, 0]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(y["boxes"][1].numpy(), [[0, 0, 64, 128], [8, 8, 16, 16]])
+    np.testing.assert_array_equal(y["labels"].numpy(), [[1, -1], [0, 1]])
+    assert x[0, 63, 0, 0] == 200 and x[0, 64, 0, 0] == 0  # padded below the image
+    with pytest.raises(ValueError, match="one label per box"):
+        DetectionData.from_arrays(images[:1], [[[0, 0, 1, 1]]], [[0, 1]], ("a",))
+
+
+def test_the_rule_is_the_papers_coco_setting_scaled_to_the_data():
+    coco = DetectionRule.for_data(118_287, 640)
+    assert (coco.image_size, coco.batch_size, coco.learning_rate) == (1024, 256, 0.08)
+    assert coco.steps == math.ceil(30 * 118_287 / 256)
+    small = DetectionRule.for_data(300, 100, batch_size=8, steps=90)
+    assert (small.image_size, small.steps) == (128, 90)
+    assert small.learning_rate == pytest.approx(0.08 * 8 / 256)
+    schedule = small.schedule()
+    rates = [float(schedule(step)) for step in (9, 50, 70, 89)]
+    assert rates == pytest.approx([small.learning_rate, small.learning_rate,
+                                   small.learning_rate / 10, small.learning_rate / 100])
+    assert DetectionRule.for_data(10, 300).image_size == 384
+    with pytest.raises(ValueError, match="positive"):
+        DetectionRule.for_data(0, 100)
+
+
+def test_pyramid_levels_are_the_next_norms_pre_activations():
+    encoder = ResNetV2Backbone(**TINY_DETECTOR)
+    pyramid = PreActivationPyramid(encoder)
+    images = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 3)).astype("float32")
+    levels = pyramid(images)
+    raw = keras.Model(encoder.input, encoder.pyramid_outputs)(images)
+    # P3 is what block 3's first unit normalizes: its own GroupNorm and ReLU.
+    norm = encoder.get_layer("block3_unit01").norm_a
+    np.testing.assert_allclose(levels["P3"], keras.ops.relu(norm(raw["P3"])), rtol=1e-5,
+                               atol=1e-6)
+    final = keras.ops.relu(encoder.get_layer("final_norm")(raw["P5"]))
+    np.testing.assert_allclose(levels["P5"], final, rtol=1e-5, atol=1e-6)
+    assert sorted(levels) == ["P3", "P4", "P5"]
+
+
+def _png_bytes(image):
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue()
+
+
+def test_retinanet_on_a_bit_backbone_trains_scores_and_serves_bytes(tmp_path):
+    keras.utils.set_random_seed(0)
+    train, test = render_scenes(16, seed=0, objects=(1, 3), object_sizes=(32, 72)), \
+        render_scenes(6, seed=1, objects=(1, 3), object_sizes=(32, 72))
+    detector = BiTDetector.from_preset(ResNetV2Backbone(**TINY_DETECTOR),
+                                       class_names=train.class_names, image_size=128)
+    heads = detector.classification_head.prediction_layer.bias.numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-heads)), 0.01, rtol=1e-5)  # the focal prior
+    detector.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    x, y = next(iter(detector.batches(train, 8)))
+    before = detector.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    detector.fit(detector.batches(train, 8, training=True), epochs=1, steps_per_epoch=12,
+                 verbose=0, shuffle=False)
+    after = detector.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert after < 0.8 * before, (before, after)
+
+    metrics = coco_evaluation(detector, test)
+    assert set(metrics) == {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"}
+    assert all(-1 <= value <= 1 for value in metrics.values())
+
+    image = test.numpy()[0][0][:, :100]  # not square: boxes come back in its own pixels
+    found = detector.detect([image])[0]
+    assert found["boxes"].shape[1:] == (4,) and len(found["scores"]) == len(found["labels"])
+    assert np.all(found["boxes"] >= 0) and np.all(found["boxes"][:, [0, 2]] <= 100)
+    assert set(found["class_names"]) <= set(train.class_names)
+
+    served = tf.saved_model.load(str(detector.export_serving(tmp_path / "serving")))
+    answer = served.signatures["serving_default"](images=tf.constant([_png_bytes(image)]))
+    count = int(answer["num_detections"][0])
+    assert count == len(found["scores"])
+    np.testing.assert_allclose(answer["boxes"][0, :count], found["boxes"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(answer["scores"][0, :count], found["scores"], rtol=1e-4,
+                               atol=1e-5)
+    assert [name.decode() for name in answer["class_names"][0, :count].numpy()] == \
+        found["class_names"]
+    assert set(answer["class_names"][0, count:].numpy()) <= {b""}
+
+
+def test_detector_refuses_mismatched_classes_and_sizes():
+    backbone = ResNetV2Backbone(**TINY_DETECTOR)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        BiTDetector.from_preset(backbone, class_names=["a"], image_size=100)
+    with pytest.raises(ValueError, match="class_names is required"):
+        BiTDetector.from_preset(backbone)
+    detector = BiTDetector.from_preset(backbone, class_names=["a", "b"], image_size=128)
+    with pytest.raises(ValueError, match="class_names=data.class_names"):
+        detector.batches(render_scenes(1), 1)
+    with pytest.raises(ValueError, match="wrap a single image"):
+        detector.detect(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_detect_job_end_to_end(tmp_path):
+    from bitkeras.jobs import cli
+
+    out = tmp_path / "run"
+    report = cli.run(["detect", "--train-images", "8", "--test-images", "4", "--steps", "2",
+                      "--batch-size", "4", "--evaluations", "1", "--out", str(out),
+                      "--verbose", "0"])
+    written = json.loads((out / "report.json").read_text())
+    assert written["final"].keys() == {"pretrained", "scratch"}
+    assert written["curves"]["steps"] == [2]
+    assert written["gain"]["AP"] == pytest.approx(
+        written["final"]["pretrained"]["AP"] - written["final"]["scratch"]["AP"])
+    assert report["rule"]["steps"] == 2 and (out / "report.png").stat().st_size > 10_000
+    loaded = keras.saving.load_model(out / "detector.keras")
+    assert isinstance(loaded, BiTDetector) and loaded.class_names == tuple(
+        written["class_names"])
+    prior = -math.log(99)  # where the class head's bias starts: the training was kept
+    assert np.any(loaded.classification_head.prediction_layer.bias.numpy() != np.float32(prior))
+    served = tf.saved_model.load(str(out / "serving")).signatures["serving_default"]
+    image = render_scenes(1, seed=5).numpy()[0][0]
+    answer = served(images=tf.constant([_png_bytes(image), _png_bytes(image[:64])]))
+    assert answer["boxes"].shape == (2, 100, 4) and answer["class_names"].dtype == tf.string
