@@ -1,5 +1,6 @@
 """bitkeras: Big Transfer (BiT) ResNet-v2 models for Keras 3."""
 
+from bitkeras.detection import BiTDetector, DetectionRule
 from bitkeras.finetuning.classifier import BiTClassifier, load_model
 from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.finetuning.pretraining import pretrain
@@ -27,11 +28,13 @@ __all__ = [
     "BadImageError",
     "BiTBackbone",
     "BiTClassifier",
+    "BiTDetector",
     "BiTImageClassifierPreprocessor",
     "BiTImageConverter",
     "CheckpointMismatchError",
     "CorruptWeightsError",
     "DataUnavailableError",
+    "DetectionRule",
     "HeadClassifier",
     "HubUnavailableError",
     "HyperRule",

@@ -217,3 +217,19 @@ def test_detect_job_end_to_end(tmp_path):
     image = render_scenes(1, seed=5).numpy()[0][0]
     answer = served(images=tf.constant([_png_bytes(image), _png_bytes(image[:64])]))
     assert answer["boxes"].shape == (2, 100, 4) and answer["class_names"].dtype == tf.string
+
+
+def test_tfds_detection_datasets_read_with_pixel_boxes(monkeypatch, tmp_path):
+    pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
+    from tests.tiny_tfds import BitkerasTinyBoxes, prepare
+
+    prepare(BitkerasTinyBoxes, tmp_path, monkeypatch)
+    train = detection_data.open_detection_data("tfds:bitkeras_tiny_boxes")
+    assert (train.num_images, train.class_names) == (3, ("box", "bar"))
+    for (image, boxes, labels), expected in zip(train.numpy(), BitkerasTinyBoxes.BOXES):
+        assert image.shape == (32, 48, 3)
+        pixels = [(left, top, right, bottom) for top, left, bottom, right in expected]
+        np.testing.assert_allclose(boxes, pixels, atol=1e-4)
+        assert labels.tolist() == [k % 2 for k in range(len(expected))]
+    assert detection_data.open_detection_data("tfds:bitkeras_tiny_boxes:validation").num_images \
+        == 2

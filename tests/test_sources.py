@@ -209,11 +209,9 @@ def test_a_failed_tfds_download_leaves_the_data_folder_as_it_was(monkeypatch, tm
 
 def test_tfds_source_reads_a_prepared_dataset(monkeypatch, tmp_path):
     pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
-    from tests.tiny_tfds import BitkerasTinyColours
+    from tests.tiny_tfds import BitkerasTinyColours, prepare
 
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    BitkerasTinyColours(data_dir=str(tmp_path)).download_and_prepare(
-        download_dir=str(tmp_path / "downloads"))
+    prepare(BitkerasTinyColours, tmp_path, monkeypatch)
     train = sources.open_source("tfds:bitkeras_tiny_colours")
     assert train.class_names == ("blue", "red") and train.named
     assert train.num_examples == 6 and sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]

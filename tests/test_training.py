@@ -51,6 +51,12 @@ def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path,
     assert ten.class_names == ("red", "blue")
     assert restored.evaluate(held_out, verbose=0, test_time_augmentation="ten_crop",
                              return_dict=True)["accuracy"] >= 0.9
+    scales = restored.classify(files, test_time_augmentation="multi_scale", verbose=0)
+    np.testing.assert_allclose(scales.probabilities.sum(1), 1, rtol=1e-5)
+    assert restored.evaluate(held_out, verbose=0, test_time_augmentation="multi_scale",
+                             return_dict=True)["accuracy"] >= 0.9
+    with pytest.raises(ValueError, match="leave image_size out"):
+        restored.predict(files, test_time_augmentation="multi_scale", image_size=64)
 
 
 def test_gradient_accumulation_equals_the_big_batch_update():

@@ -20,7 +20,12 @@ from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
 from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.classifier import HeadClassifier
-from bitkeras.models.inference import ViewAverage, check_test_time_augmentation
+from bitkeras.models.inference import (
+    MULTI_SCALE_SIDES,
+    MultiScaleAverage,
+    ViewAverage,
+    check_test_time_augmentation,
+)
 from bitkeras.models.preprocessing import ten_crop_views
 
 EVAL_BATCH_SIZE = 32
@@ -410,7 +415,11 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         (`image_size=` to override for the call; a classifier with no size
         yet uses the HyperRule's crop size for the data).
         `test_time_augmentation="ten_crop"` scores the mean probabilities of
-        ten crops of the image resized as the rule resizes for training. Unreadable files are skipped with a warning, or raise with
+        ten crops of the image resized as the rule resizes for training;
+        `"multi_scale"`, of the whole image, aspect kept, at shorter sides 224,
+        256, 384, 480 and 640 scaled by the classifier's `image_size` / 224
+        (ResNet's fully-convolutional multi-scale testing, stated for 224-pixel
+        crops; one image a batch; `image_size=` does not apply). Unreadable files are skipped with a warning, or raise with
         `on_bad_image="raise"`. `batch_size` (default 32 images), `verbose`,
         `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
@@ -449,7 +458,8 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         (image, label), batched or not. Preprocessing as in `evaluate`. With
         `test_time_augmentation="ten_crop"` the rows are the log of the mean
         probability over the ten views: softmax of them gives those means, as
-        it gives the probabilities of plain logits. `classify` returns class
+        it gives the probabilities of plain logits; likewise over the scales with
+        `"multi_scale"` (see `evaluate`). `classify` returns class
         ids, probabilities and names instead.
         """
         self.require_head()
@@ -462,6 +472,20 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
                    one_hot_classes=None):
         """(the model to run, batches of (images, labels)) for `source`, preprocessed."""
         check_test_time_augmentation(test_time_augmentation)
+        if test_time_augmentation == "multi_scale":
+            if image_size is not None:
+                raise ValueError("image_size does not apply to test_time_augmentation="
+                                 "'multi_scale', which sees each image whole at several "
+                                 "scales; leave image_size out")
+            # ResNet's sides are for 224-pixel training crops: scaled to this classifier's.
+            crop_size = self.image_size or HyperRule.for_dataset(
+                source.num_examples, source.image_size).crop_size
+            sides = [max(1, round(side * crop_size / 224)) for side in MULTI_SCALE_SIDES]
+            # Each image's views at every scale; sizes differ, so one image a batch.
+            dataset = pipeline.eval_dataset(
+                source, 1, lambda image: pipeline.multi_scale_views(image, sides),
+                one_hot_classes=one_hot_classes)
+            return MultiScaleAverage(self), dataset
         rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
         crop_size = image_size or self.image_size or rule.crop_size
         ten_crop = test_time_augmentation == "ten_crop"

@@ -14,6 +14,8 @@ Randomness is stateless and keyed by `seed` and the position of the example
 import numpy as np
 import tensorflow as tf
 
+from bitkeras.models.inference import MULTI_SCALE_SIDES
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 SHUFFLE_BUFFER = 10_000
@@ -181,6 +183,22 @@ def mixup(images, labels, alpha, seed):
     mixed_images = lam * images + (1.0 - lam) * tf.reverse(images, axis=[0])
     mixed_labels = lam * labels + (1.0 - lam) * tf.reverse(labels, axis=[0])
     return mixed_images, mixed_labels
+
+
+def multi_scale_views(image, sides=MULTI_SCALE_SIDES):
+    """The whole image (height, width, 3), its aspect kept, at each shorter side in `sides`.
+
+    Returns {"side_224": float32 image in [0, 1], ...}, one per side (the views
+    of `bitkeras.models.inference.MultiScaleAverage`; a dict, which Keras's
+    loops take as one input, where a tuple would read as (x, y)).
+    """
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    views = {}
+    for side in sides:
+        size = tf.cast(tf.round(shape * side / tf.reduce_min(shape)), tf.int32)
+        views[f"side_{side}"] = tf.image.resize(image, size, antialias=True)
+    return views
 
 
 def eval_dataset(source, batch_size, convert, one_hot_classes=None, views=None):

@@ -9,7 +9,7 @@ writes, together at its end:
 - report.json: the rule, the AP curves of both, their final COCO figures and
   the gains;
 - report.png: the AP curves, and the pretrained detector's boxes on test images;
-- detector.keras: the pretrained-backbone detector (`keras.saving.load_model`);
+- detector.keras: the pretrained-backbone detector, uncompiled (`keras.saving.load_model`);
 - serving/: that detector as a SavedModel serving encoded image bytes
   (`BiTDetector.export_serving`).
 
@@ -20,9 +20,7 @@ textured backgrounds; `bitkeras.detection.scenes`) and the budget fits a
 
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
 import time
 
 import keras
@@ -34,7 +32,7 @@ from bitkeras.detection import data as detection_data
 from bitkeras.detection import scenes
 from bitkeras.detection.detector import BiTDetector, COCOEvaluation, DetectionRule
 from bitkeras.finetuning import sources
-from bitkeras.jobs.transfer import publish
+from bitkeras.jobs.transfer import staged_run
 
 OUTPUTS = ("report.json", "report.png", "detector.keras", "serving")
 SIDES = ("pretrained", "scratch")
@@ -46,15 +44,7 @@ SCENE_BUDGET = {"train_images": 320, "test_images": 64, "steps": 240, "batch_siz
 def run(args):
     """The detect job; its outputs appear in --out together, when it has finished."""
     out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / "detection"
-    staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
-    try:
-        report = _run(args, staging)
-        publish(staging, out, OUTPUTS)
-        print(f"Wrote {', '.join(str(out / name) for name in OUTPUTS)} "
-              f"in {report['seconds']:.0f} s")
-        return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return staged_run(out, OUTPUTS, lambda staging: _run(args, staging))
 
 
 def load_data(args):
@@ -135,7 +125,11 @@ def _run(args, out):
                  for name in ("AP", "AP50")},
         "command": args.command_line}
     pretrained = detectors["pretrained"]
-    pretrained.save(out / "detector.keras")
+    # Saved uncompiled: keras-hub's detectors cannot restore their own compile() on load
+    # (it warns, then drops the optimizer state), and the file is for use, not resuming.
+    saved = BiTDetector.from_config(pretrained.get_config())
+    saved.set_weights(pretrained.get_weights())
+    saved.save(out / "detector.keras")
     pretrained.export_serving(out / "serving")
     examples = test.take(4).numpy()
     draw_report(report, [image for image, _, _ in examples],

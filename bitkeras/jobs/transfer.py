@@ -61,16 +61,27 @@ def run(args):
     """The finetune job; its outputs appear in --out together, when it has finished."""
     out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
         "finetuned-" + _slug(args.data or "digits"))
-    staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
     if any((out / name).exists() for name in OUTPUTS):
         # The job has no checkpoints: a rerun starts over, and says so.
         print(f"Starting over: the results of an earlier run in {out} stay until this run "
               f"ends, then are replaced")
+    return staged_run(out, OUTPUTS, lambda staging: _run(args, staging),
+                      publish_here=distribute.is_chief())
+
+
+def staged_run(out, names, produce, publish_here=True):
+    """`produce(staging)` writes `names` into a staging folder beside `out`; then they are
+    published into `out` together (`publish`) and the report `produce` returned is returned.
+
+    The staging folder is removed in every case; `publish_here=False` (a worker that is not
+    the chief) publishes nothing.
+    """
+    staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
     try:
-        report = _run(args, staging)
-        if distribute.is_chief():
-            publish(staging, out, OUTPUTS)
-            print(f"Wrote {', '.join(str(out / name) for name in OUTPUTS)} "
+        report = produce(staging)
+        if publish_here:
+            publish(staging, out, names)
+            print(f"Wrote {', '.join(str(out / name) for name in names)} "
                   f"in {report['seconds']:.0f} s")
         return report
     finally:

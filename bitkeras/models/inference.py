@@ -1,7 +1,8 @@
 """Inference around a classifier: test-time augmentation and named predictions.
 
 `ViewAverage` runs a classifier on several views of each image (ten-crop)
-inside Keras's own `predict`/`evaluate` loops; `Predictions` is what
+and `MultiScaleAverage` on the whole image at several scales, inside Keras's own
+`predict`/`evaluate` loops; `Predictions` is what
 `BiTClassifier.classify` returns.
 """
 
@@ -11,7 +12,10 @@ import keras
 import numpy as np
 from keras import ops
 
-TEST_TIME_AUGMENTATIONS = (None, "ten_crop")
+TEST_TIME_AUGMENTATIONS = (None, "ten_crop", "multi_scale")
+
+MULTI_SCALE_SIDES = (224, 256, 384, 480, 640)
+"""The shorter sides of ResNet's fully-convolutional multi-scale testing (He et al., 2015)."""
 
 
 def check_test_time_augmentation(test_time_augmentation):
@@ -43,6 +47,30 @@ class ViewAverage(keras.Model):
         log_probabilities = ops.log_softmax(logits, axis=-1)
         return ops.logsumexp(log_probabilities, axis=1) - ops.log(
             ops.cast(shape[1], "float32"))
+
+
+class MultiScaleAverage(keras.Model):
+    """Views of one image at several scales -> log of the mean probability over them.
+
+    ResNet's fully-convolutional multi-scale testing: the whole image, its
+    aspect kept, resized so its shorter side is each of `MULTI_SCALE_SIDES`
+    (`bitkeras.finetuning.pipeline.multi_scale_views` makes the views in
+    tf.data), each classified at its own size (BiT's networks pool globally),
+    and the probabilities averaged. Takes the views as a dict of batches, one
+    per scale; outputs logits in the sense of `ViewAverage`.
+    """
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+
+    def call(self, views, training=False):
+        log_probabilities = [
+            ops.log_softmax(ops.cast(self.classifier(view, training=training), "float32"),
+                            axis=-1)
+            for view in views.values()]
+        return ops.logsumexp(ops.stack(log_probabilities, axis=1), axis=1) - np.log(
+            len(log_probabilities)).astype("float32")
 
 
 @dataclasses.dataclass(frozen=True)
