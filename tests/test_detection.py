@@ -14,9 +14,9 @@ from PIL import Image
 from bitkeras.detection import (
     BadAnnotationError,
     BiTDetector,
+    COCOEvaluation,
     DetectionData,
     DetectionRule,
-    coco_evaluation,
     from_coco_json,
     render_scenes,
 )
@@ -155,12 +155,14 @@ def test_retinanet_on_a_bit_backbone_trains_scores_and_serves_bytes(tmp_path):
     detector.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     x, y = next(iter(detector.batches(train, 8)))
     before = detector.evaluate(x, y, verbose=0, return_dict=True)["loss"]
-    detector.fit(detector.batches(train, 8, training=True), epochs=1, steps_per_epoch=12,
-                 verbose=0, shuffle=False)
+    history = detector.fit(detector.batches(train, 8, training=True), epochs=1,
+                           steps_per_epoch=12, verbose=0, shuffle=False,
+                           callbacks=[COCOEvaluation(test)])  # pycocotools on held-out scenes
     after = detector.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert after < 0.8 * before, (before, after)
 
-    metrics = coco_evaluation(detector, test)
+    metrics = {name[len("val_"):]: values[-1] for name, values in history.history.items()
+               if name.startswith("val_")}
     assert set(metrics) == {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"}
     assert all(-1 <= value <= 1 for value in metrics.values())
 
@@ -199,15 +201,16 @@ def test_detect_job_end_to_end(tmp_path):
     from bitkeras.jobs import cli
 
     out = tmp_path / "run"
-    report = cli.run(["detect", "--train-images", "8", "--test-images", "4", "--steps", "2",
-                      "--batch-size", "4", "--evaluations", "1", "--out", str(out),
+    report = cli.run(["detect", "--train-images", "8", "--test-images", "4", "--steps", "3",
+                      "--batch-size", "4", "--evaluations", "2", "--out", str(out),
                       "--verbose", "0"])
     written = json.loads((out / "report.json").read_text())
     assert written["final"].keys() == {"pretrained", "scratch"}
-    assert written["curves"]["steps"] == [2]
+    assert written["curves"]["steps"] == [2, 3]  # every step given is trained
+    assert len(written["curves"]["scratch"]["AP50"]) == 2
     assert written["gain"]["AP"] == pytest.approx(
         written["final"]["pretrained"]["AP"] - written["final"]["scratch"]["AP"])
-    assert report["rule"]["steps"] == 2 and (out / "report.png").stat().st_size > 10_000
+    assert report["rule"]["steps"] == 3 and (out / "report.png").stat().st_size > 10_000
     loaded = keras.saving.load_model(out / "detector.keras")
     assert isinstance(loaded, BiTDetector) and loaded.class_names == tuple(
         written["class_names"])

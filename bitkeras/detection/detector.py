@@ -402,19 +402,38 @@ def _xywh(boxes):
 
 
 class COCOEvaluation(keras.callbacks.Callback):
-    """Scores the model with `coco_evaluation` at the end of every `every`-th epoch.
+    """Scores the model with `coco_evaluation` during `fit`.
 
-    The figures go into the epoch's logs (and so the History) as "val_AP",
-    "val_AP50", ...
+    By default at the end of every `every`-th epoch, the figures going into the
+    epoch's logs (and so the History) as "val_AP", "val_AP50", ... With
+    `at_steps` (optimizer steps, counted from this fit's start), after each of
+    those batches instead. Either way `results` lists (step, figures) pairs.
     """
 
-    def __init__(self, data, every=1, batch_size=8):
+    def __init__(self, data, every=1, batch_size=8, at_steps=None):
         super().__init__()
         self.data = detection_data.open_detection_data(data)
         self.every = every
         self.batch_size = batch_size
+        self.at_steps = None if at_steps is None else set(at_steps)
+        self.results = []
+        self._steps = 0
+
+    def on_train_begin(self, logs=None):
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self.at_steps is not None and self._steps in self.at_steps:
+            self._score()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and (epoch + 1) % self.every == 0:
-            metrics = coco_evaluation(self.model, self.data, self.batch_size)
-            logs.update({f"val_{name}": value for name, value in metrics.items()})
+        if self.at_steps is None and (epoch + 1) % self.every == 0:
+            metrics = self._score()
+            if logs is not None:
+                logs.update({f"val_{name}": value for name, value in metrics.items()})
+
+    def _score(self):
+        metrics = coco_evaluation(self.model, self.data, self.batch_size)
+        self.results.append((self._steps, metrics))
+        return metrics

@@ -93,11 +93,11 @@ def _run(args, out):
     if args.learning_rate is not None:
         rule = dataclasses.replace(rule, base_learning_rate=args.learning_rate)
     evaluations = min(args.evaluations, rule.steps)
-    steps_per_evaluation = rule.steps // evaluations
+    at_steps = [round(rule.steps * (i + 1) / evaluations) for i in range(evaluations)]
     print(f"Detection: {train.num_images} training and {test.num_images} test images of "
           f"{train.description}; {rule.steps} steps of batch {rule.batch_size} at "
           f"{rule.image_size} px, learning rate {rule.learning_rate:.4g}")
-    curves = {"steps": [steps_per_evaluation * (i + 1) for i in range(evaluations)]}
+    curves = {"steps": at_steps}
     final, detectors = {}, {}
     for side_name in SIDES:
         keras.utils.set_random_seed(args.seed)
@@ -105,15 +105,13 @@ def _run(args, out):
             args.model, class_names=train.class_names, image_size=rule.image_size,
             weights="default" if side_name == "pretrained" else None)
         detector.compile(optimizer=rule.optimizer())
-        history = detector.fit(
-            detector.batches(train, rule.batch_size, training=True), epochs=evaluations,
-            steps_per_epoch=steps_per_evaluation, verbose=args.verbose, shuffle=False,
-            callbacks=[COCOEvaluation(test, batch_size=rule.batch_size)])
-        curves[side_name] = {name: [float(v) for v in history.history[f"val_{name}"]]
+        scores = COCOEvaluation(test, batch_size=rule.batch_size, at_steps=at_steps)
+        detector.fit(detector.batches(train, rule.batch_size, training=True),
+                     steps_per_epoch=rule.steps, verbose=args.verbose, shuffle=False,
+                     callbacks=[scores])
+        curves[side_name] = {name: [figures[name] for _, figures in scores.results]
                              for name in ("AP", "AP50")}
-        final[side_name] = {name[len("val_"):]: float(values[-1])
-                            for name, values in history.history.items()
-                            if name.startswith("val_")}
+        final[side_name] = scores.results[-1][1]
         print(f"  {side_name}: AP {final[side_name]['AP']:.3f}, "
               f"AP50 {final[side_name]['AP50']:.3f}")
         detectors[side_name] = detector
