@@ -37,7 +37,7 @@ class DetectionRule:
     takes the image side from the data: 1024 px for images of 640 px and more,
     otherwise their longer side rounded up to a multiple of 128 (P7's stride).
     The rate drops tenfold at 2/3 and 8/9 of training after a linear warm-up
-    (Detectron's RetinaNet schedule; the BiT paper does not say where it drops).
+    (Detectron's RetinaNet schedule: the paper's text we work from gives no drop points).
     SGD with momentum 0.9 and weight decay 1e-4, as RetinaNet trains.
     """
 
