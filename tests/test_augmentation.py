@@ -45,9 +45,11 @@ def test_pca_lighting_from_grey_images_shifts_only_along_grey():
     assert restored.eigenvalues == layer.eigenvalues and restored.std == 0.1
     with pytest.raises(ValueError, match="one per column"):
         PCALighting(eigenvalues=(1, 2))
+    with pytest.raises(ValueError, match="takes float images"):
+        layer(grey[:1], training=True)
 
 
-class _SizeLogits(keras.Model):
+class SizeLogits(keras.Model):
     """Logits that record the view: (height / 1000, width / 1000, mean pixel)."""
 
     def call(self, images, training=False):
@@ -66,7 +68,7 @@ def test_multi_scale_testing_averages_the_whole_image_at_each_shorter_side():
     assert {name: tuple(view.shape) for name, view in views.items()} == {
         "side_224": (224, 336, 3), "side_256": (256, 384, 3), "side_480": (480, 720, 3)}
     np.testing.assert_allclose(views["side_256"].numpy(), 64 / 255, rtol=1e-5)
-    output = MultiScaleAverage(_SizeLogits())({name: view[None] for name, view in views.items()})
+    output = MultiScaleAverage(SizeLogits())({name: view[None] for name, view in views.items()})
     logits = np.array([[h / 1000, w / 1000, 64 / 255] for h, w in ((224, 336), (256, 384),
                                                                   (480, 720))])
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)

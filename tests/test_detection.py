@@ -214,6 +214,9 @@ def test_detect_job_end_to_end(tmp_path):
     loaded = keras.saving.load_model(out / "detector.keras")
     assert isinstance(loaded, BiTDetector) and loaded.class_names == tuple(
         written["class_names"])
+    # Reloaded compiled with the rule's optimizer, its state after the 3 steps kept.
+    assert isinstance(loaded.optimizer, keras.optimizers.SGD)
+    assert int(loaded.optimizer.iterations) == 3
     prior = -math.log(99)  # where the class head's bias starts: the training was kept
     assert np.any(loaded.classification_head.prediction_layer.bias.numpy() != np.float32(prior))
     served = tf.saved_model.load(str(out / "serving")).signatures["serving_default"]

@@ -253,14 +253,15 @@ def letterbox(image, image_size):
 def batches(data, image_size, batch_size, training=False, seed=0):
     """`data` (DetectionData) as batches for `fit`/`evaluate`: (images, {"boxes", "labels"}).
 
-    Training repeats, shuffles and flips at random; otherwise one pass in order.
+    Training repeats, shuffles and flips at random (`seed`, with Keras's global seed
+    as `keras.utils.set_random_seed` sets it); otherwise one pass in order.
     """
     def fitted(image, boxes, labels):
         image, scale = letterbox(image, image_size)
         return image, boxes * scale, labels
 
     def flip(image, boxes, labels):
-        flipped = tf.random.uniform([], seed=None) < 0.5
+        flipped = tf.random.uniform([], seed=seed) < 0.5
         mirrored = tf.stack([image_size - boxes[:, 2], boxes[:, 1],
                              image_size - boxes[:, 0], boxes[:, 3]], axis=-1)
         return (tf.where(flipped, tf.reverse(image, [1]), image),

@@ -207,6 +207,19 @@ class BiTDetector(keras_hub.models.RetinaNetObjectDetector):
         config.update(class_names=list(self.class_names), image_size=self.image_size)
         return config
 
+    def get_compile_config(self):
+        # keras-hub's ObjectDetector.compile takes its own arguments (box and class losses),
+        # which Keras's default compile config cannot replay: a saved detector keeps its
+        # optimizer, and reloads compiled with it and keras-hub's losses.
+        if not self.compiled:
+            return None
+        return {"optimizer": keras.optimizers.serialize(self.optimizer)}
+
+    def compile_from_config(self, config):
+        self.compile(optimizer=keras.optimizers.deserialize(config["optimizer"]))
+        if self.built:  # its variables, for the saved state to load into (as Keras does)
+            self.optimizer.build(self.trainable_variables)
+
     def batches(self, data, batch_size, training=False):
         """`data` (anything `open_detection_data` takes) as `fit`/`evaluate` batches."""
         data = detection_data.open_detection_data(data)

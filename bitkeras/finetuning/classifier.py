@@ -419,8 +419,8 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         `"multi_scale"`, of the whole image, aspect kept, at shorter sides 224,
         256, 384, 480 and 640 scaled by the classifier's `image_size` / 224
         (ResNet's fully-convolutional multi-scale testing, stated for 224-pixel
-        crops; one image a batch; `image_size=` does not apply). Unreadable files are skipped with a warning, or raise with
-        `on_bad_image="raise"`. `batch_size` (default 32 images), `verbose`,
+        crops; one image a batch; `image_size=` does not apply). Unreadable
+        files are skipped with a warning, or raise with `on_bad_image="raise"`. `batch_size` (default 32 images), `verbose`,
         `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
         if kwargs.pop("_use_cached_eval_dataset", False):

@@ -9,7 +9,7 @@ writes, together at its end:
 - report.json: the rule, the AP curves of both, their final COCO figures and
   the gains;
 - report.png: the AP curves, and the pretrained detector's boxes on test images;
-- detector.keras: the pretrained-backbone detector, uncompiled (`keras.saving.load_model`);
+- detector.keras: the pretrained-backbone detector, with its optimizer (`keras.saving.load_model`);
 - serving/: that detector as a SavedModel serving encoded image bytes
   (`BiTDetector.export_serving`).
 
@@ -123,11 +123,7 @@ def _run(args, out):
                  for name in ("AP", "AP50")},
         "command": args.command_line}
     pretrained = detectors["pretrained"]
-    # Saved uncompiled: keras-hub's detectors cannot restore their own compile() on load
-    # (it warns, then drops the optimizer state), and the file is for use, not resuming.
-    saved = BiTDetector.from_config(pretrained.get_config())
-    saved.set_weights(pretrained.get_weights())
-    saved.save(out / "detector.keras")
+    pretrained.save(out / "detector.keras")
     pretrained.export_serving(out / "serving")
     examples = test.take(4).numpy()
     draw_report(report, [image for image, _, _ in examples],

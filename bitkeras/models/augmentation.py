@@ -71,6 +71,9 @@ class PCALighting(keras.layers.Layer):
         return cls(np.maximum(values[order], 0.0), vectors[:, order], **kwargs)
 
     def call(self, images, training=None):
+        if "float" not in str(images.dtype):
+            raise ValueError(f"PCALighting takes float images; got {images.dtype}: cast them "
+                             f"to float32 first (with value_range=(0, 255) for 0..255 pixels)")
         if not training:
             return images
         single = len(images.shape) == 3
