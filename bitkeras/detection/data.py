@@ -57,9 +57,7 @@ class DetectionData:
         boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
         labels = [np.asarray(lab, np.int32).reshape(-1) for lab in labels]
         for index, image in enumerate(images):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                raise ValueError(f"images[{index}] must be uint8 (height, width, 3); got "
-                                 f"{image.dtype} {image.shape}")
+            check_image(image, f"images[{index}]")
             if len(boxes[index]) != len(labels[index]):
                 raise ValueError(f"image {index} has {len(boxes[index])} boxes and "
                                  f"{len(labels[index])} labels: give one label per box")
@@ -81,6 +79,13 @@ class DetectionData:
         return dataclasses.replace(
             self, records=self.records.skip(skip).take(count), num_images=count,
             description=f"{self.description} [{skip}:{skip + count}]")
+
+
+def check_image(image, name):
+    """Raises ValueError naming `name` unless `image` is a uint8 (height, width, 3) array."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name} must be uint8 (height, width, 3); got {image.dtype} "
+                         f"{image.shape}")
 
 
 SIGNATURE = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),

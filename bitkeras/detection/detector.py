@@ -21,6 +21,10 @@ from keras_hub.layers import NonMaxSuppression
 
 import bitkeras.detection.data as detection_data
 from bitkeras.finetuning.schedules import WarmupStaircase
+from bitkeras.io import export, presets
+from bitkeras.io.pretrained import BiTBackbone
+from bitkeras.models.architecture import unit_name
+from bitkeras.models.layers import group_normalization
 
 BOX_FORMAT = "xyxy"
 SCORE_THRESHOLD = 0.05
@@ -88,9 +92,6 @@ class PreActivationPyramid(keras_hub.models.FeaturePyramidBackbone):
     """
 
     def __init__(self, encoder, levels=(3, 4, 5), **kwargs):
-        from bitkeras.models.architecture import unit_name
-        from bitkeras.models.layers import group_normalization
-
         outputs = {}
         for level in levels:
             x = encoder.pyramid_outputs[f"P{level}"]
@@ -185,9 +186,6 @@ class BiTDetector(keras_hub.models.RetinaNetObjectDetector):
         (keras-hub's `from_preset`). Otherwise `class_names` is required and
         the heads start fresh; `weights` is as in `BiTBackbone.from_preset`.
         """
-        from bitkeras.io import presets
-        from bitkeras.io.pretrained import BiTBackbone
-
         if not isinstance(preset, keras.Model) and presets.is_keras_hub_preset(preset):
             return super().from_preset(str(preset), **kwargs)
         if class_names is None:
@@ -241,24 +239,38 @@ class BiTDetector(keras_hub.models.RetinaNetObjectDetector):
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("detect takes a list or batch of images; wrap a single image "
                              "in a list")
+        if self._detect_function is None:
+            self._detect_function = tf.function(self.detections_in_image_pixels, input_signature=[
+                tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8),
+                tf.TensorSpec([None], tf.float32), tf.TensorSpec([None, 2], tf.float32)])
         results = []
         for start in range(0, len(images), batch_size):
             chunk = [np.asarray(image) for image in images[start:start + batch_size]]
+            for index, image in enumerate(chunk):
+                detection_data.check_image(image, f"images[{start + index}]")
             boxed, scales = zip(*(detection_data.letterbox(image, self.image_size)
-                                  for image in _checked(chunk, start)))
-            if self._detect_function is None:
-                self._detect_function = tf.function(self.detections, input_signature=[
-                    tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)])
-            found = [t.numpy() for t in self._detect_function(tf.stack(boxed))]
-            for index, (image, scale) in enumerate(zip(chunk, scales)):
-                boxes, scores, labels, count = (part[index] for part in found)
-                height, width = image.shape[:2]
-                boxes = np.clip(boxes[:count] / float(scale), 0, [width, height, width, height])
+                                  for image in chunk))
+            shapes = np.array([image.shape[:2] for image in chunk], np.float32)
+            found = [t.numpy() for t in self._detect_function(
+                tf.stack(boxed), tf.stack(scales), shapes)]
+            for boxes, scores, labels, count in zip(*found):
                 results.append({
-                    "boxes": boxes.astype(np.float32), "scores": scores[:count],
+                    "boxes": boxes[:count], "scores": scores[:count],
                     "labels": labels[:count].astype(np.int64),
                     "class_names": [self.class_names[label] for label in labels[:count]]})
         return results
+
+    def detections_in_image_pixels(self, images, scales, shapes):
+        """`detections` of letterboxed `images`, boxes mapped back to the original images.
+
+        `scales` (batch,): each image's letterbox scale; `shapes` (batch, 2): its
+        original (height, width). Boxes are divided by the scale and clipped to
+        the original image.
+        """
+        boxes, scores, labels, counts = self.detections(images)
+        limits = tf.stack([shapes[:, 1], shapes[:, 0], shapes[:, 1], shapes[:, 0]], axis=-1)
+        boxes = tf.clip_by_value(boxes / scales[:, None, None], 0.0, limits[:, None, :])
+        return boxes, scores, labels, counts
 
     def detections(self, images):
         """Letterboxed uint8 images (batch, image_size, image_size, 3) -> their detections.
@@ -293,19 +305,9 @@ class BiTDetector(keras_hub.models.RetinaNetObjectDetector):
         pixels, "scores" (batch, 100), "class_names" string (batch, 100) ("" in
         unused slots), "num_detections" int32 (batch,)}. Returns the path.
         """
-        from bitkeras.io import export
-
         return export.write_saved_model(
             path, lambda assets: _DetectorModule(self),
             lambda module: {"serving_default": module.serving_default})
-
-
-def _checked(images, start):
-    for index, image in enumerate(images):
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"images[{start + index}] must be uint8 (height, width, 3); got "
-                             f"{image.dtype} {image.shape}")
-    return images
 
 
 def _retinanet_initialisation(detector):
@@ -337,13 +339,11 @@ class _DetectorModule(tf.Module):
             tf.TensorSpec([None], tf.string, name="images")])
 
     def _detect_bytes(self, images):
-        from bitkeras.io.export import apply_orientation, exif_orientation
-
         size = self.detector.image_size
 
         def decode(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            image = apply_orientation(image, exif_orientation(data))
+            image = export.apply_orientation(image, export.exif_orientation(data))
             boxed, scale = detection_data.letterbox(image, size)
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
             return boxed, scale, shape
@@ -351,9 +351,8 @@ class _DetectorModule(tf.Module):
         boxed, scales, shapes = tf.map_fn(decode, images, fn_output_signature=(
             tf.TensorSpec([size, size, 3], tf.uint8), tf.TensorSpec([], tf.float32),
             tf.TensorSpec([2], tf.float32)))
-        boxes, scores, labels, counts = self.detector.detections(boxed)
-        limits = tf.stack([shapes[:, 1], shapes[:, 0], shapes[:, 1], shapes[:, 0]], axis=-1)
-        boxes = tf.clip_by_value(boxes / scales[:, None, None], 0.0, limits[:, None, :])
+        boxes, scores, labels, counts = self.detector.detections_in_image_pixels(
+            boxed, scales, shapes)
         return {"boxes": boxes, "scores": scores,
                 "class_names": tf.gather(self.class_names, tf.maximum(labels, -1) + 1),
                 "num_detections": counts}
@@ -370,37 +369,49 @@ def coco_evaluation(detector, data, batch_size=8):
 
     data = detection_data.open_detection_data(data)
     detector._check_classes(data)
-    examples = data.numpy()
     truth = {"images": [], "annotations": [],
              "categories": [{"id": i, "name": n} for i, n in enumerate(data.class_names)]}
     results = []
-    for image_id, (image, boxes, labels) in enumerate(examples):
-        truth["images"].append({"id": image_id, "height": image.shape[0],
-                                "width": image.shape[1]})
-        for box, label in zip(_xywh(boxes), labels):
-            truth["annotations"].append({
-                "id": len(truth["annotations"]) + 1, "image_id": image_id,
-                "category_id": int(label), "bbox": box.tolist(), "iscrowd": 0,
-                "area": float(box[2] * box[3])})
-    found = detector.detect([image for image, _, _ in examples], batch_size=batch_size)
-    for image_id, detections in enumerate(found):
-        for box, score, label in zip(_xywh(detections["boxes"]), detections["scores"],
-                                     detections["labels"]):
-            results.append({"image_id": image_id, "category_id": int(label),
-                            "bbox": box.tolist(), "score": float(score)})
+    # A batch of images at a time: the data is never all in memory at once.
+    for chunk in _chunks(data.records.as_numpy_iterator(), batch_size):
+        found = detector.detect([image for image, _, _ in chunk], batch_size=batch_size)
+        for (image, boxes, labels), detections in zip(chunk, found):
+            image_id = len(truth["images"])
+            truth["images"].append({"id": image_id, "height": image.shape[0],
+                                    "width": image.shape[1]})
+            for box, label in zip(_xywh(boxes), labels):
+                truth["annotations"].append({
+                    "id": len(truth["annotations"]) + 1, "image_id": image_id,
+                    "category_id": int(label), "bbox": box.tolist(), "iscrowd": 0,
+                    "area": float(box[2] * box[3])})
+            for box, score, label in zip(_xywh(detections["boxes"]), detections["scores"],
+                                         detections["labels"]):
+                results.append({"image_id": image_id, "category_id": int(label),
+                                "bbox": box.tolist(), "score": float(score)})
     if not truth["annotations"]:
         raise ValueError(f"{data.description} has no boxes to evaluate against")
+    if not results:
+        return dict.fromkeys(METRICS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground = COCO()
         ground.dataset = truth
         ground.createIndex()
-        evaluation = COCOeval(ground, ground.loadRes(results) if results else COCO(), "bbox")
-        if not results:
-            return dict.fromkeys(METRICS, 0.0)
+        evaluation = COCOeval(ground, ground.loadRes(results), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
     return {name: float(evaluation.stats[index]) for name, index in METRICS.items()}
+
+
+def _chunks(iterable, size):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5,

@@ -472,22 +472,20 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
                    one_hot_classes=None):
         """(the model to run, batches of (images, labels)) for `source`, preprocessed."""
         check_test_time_augmentation(test_time_augmentation)
+        if test_time_augmentation == "multi_scale" and image_size is not None:
+            raise ValueError("image_size does not apply to test_time_augmentation="
+                             "'multi_scale', which sees each image whole at several "
+                             "scales; leave image_size out")
+        rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
+        crop_size = image_size or self.image_size or rule.crop_size
         if test_time_augmentation == "multi_scale":
-            if image_size is not None:
-                raise ValueError("image_size does not apply to test_time_augmentation="
-                                 "'multi_scale', which sees each image whole at several "
-                                 "scales; leave image_size out")
             # ResNet's sides are for 224-pixel training crops: scaled to this classifier's.
-            crop_size = self.image_size or HyperRule.for_dataset(
-                source.num_examples, source.image_size).crop_size
             sides = [max(1, round(side * crop_size / 224)) for side in MULTI_SCALE_SIDES]
             # Each image's views at every scale; sizes differ, so one image a batch.
             dataset = pipeline.eval_dataset(
                 source, 1, lambda image: pipeline.multi_scale_views(image, sides),
                 one_hot_classes=one_hot_classes)
             return MultiScaleAverage(self), dataset
-        rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
-        crop_size = image_size or self.image_size or rule.crop_size
         ten_crop = test_time_augmentation == "ten_crop"
         views = 10 if ten_crop else 1
         if ten_crop:
