@@ -21,6 +21,8 @@ setup(
         # FeaturePyramidBackbones (presets, detection tasks); checked on 0.32.
         "keras-hub>=0.32,<0.33",
         "numpy>=1.26",
+        # keras.applications' weight files (legacy .h5 and .weights.h5) for the ResNet family.
+        "h5py>=3.10",
         # Reads image headers cheaply, and decodes what tf.io cannot or does not show as a
         # viewer would (palette BMP, TIFF, 16-bit grey, JPEGs turned by their EXIF tag).
         "pillow>=10",

@@ -4,6 +4,7 @@ from bitkeras.detection import BiTDetector, DetectionRule
 from bitkeras.finetuning.classifier import BiTClassifier, load_model
 from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.finetuning.pretraining import pretrain
+from bitkeras.finetuning.resnet_classifier import ResNetClassifier
 from bitkeras.finetuning.run_state import NonFiniteLossError
 from bitkeras.finetuning.schedules import WarmupStaircase
 from bitkeras.finetuning.sources import BadImageError, DataUnavailableError
@@ -12,6 +13,7 @@ from bitkeras.io.checkpoint import CheckpointMismatchError, load_npz, save_npz
 from bitkeras.io.hub import HubUnavailableError
 from bitkeras.io.presets import list_presets
 from bitkeras.io.pretrained import BiTBackbone
+from bitkeras.io.resnet_weights import ResNetBackbone
 from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError
 from bitkeras.models.architecture import ARCHITECTURES, Architecture
 from bitkeras.models.backbone import ResNetV2Backbone
@@ -41,6 +43,8 @@ __all__ = [
     "NonFiniteLossError",
     "PreActBottleneck",
     "Predictions",
+    "ResNetBackbone",
+    "ResNetClassifier",
     "ResNetV2Backbone",
     "StandardizedConv2D",
     "UpstreamRecipe",

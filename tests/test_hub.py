@@ -90,7 +90,7 @@ def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
     np.testing.assert_allclose(reloaded(images).numpy(), classifier(images).numpy(), atol=1e-5)
     assert reloaded.class_names == ("cat", "dog")
 
-    with pytest.raises(ValueError, match="freezes by BiT block"):
+    with pytest.raises(ValueError, match="freezes by block"):
         classifier.fit(data, steps=1, batch_size=8, trainable="block3", verbose=0)
 
 

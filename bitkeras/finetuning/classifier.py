@@ -27,50 +27,20 @@ from bitkeras.models.inference import (
     check_test_time_augmentation,
 )
 from bitkeras.models.preprocessing import ten_crop_views
+from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 
 EVAL_BATCH_SIZE = 32
 """Images per batch in `evaluate` and `predict` (views, with ten-crop)."""
 
 
-@keras.saving.register_keras_serializable(package="bitkeras")
-class BiTClassifier(PretrainedClassifier, HeadClassifier):
-    """A BiT backbone and a dense head returning logits, shape (batch, num_classes).
+class FineTuningClassifier(HeadClassifier):
+    """A classifier that fine-tunes with the BiT-HyperRule, keeping Keras's calls.
 
-    A keras-hub `ImageClassifier` task for `BiTBackbone`: `save_to_preset(dir)`
-    writes a keras-hub preset folder (with a model card) that
-    `BiTClassifier.from_preset(dir)` and `keras_hub.models.ImageClassifier.from_preset(dir)`
-    both load.
-
-    `HeadClassifier` (the network: a zero-initialised float32 head, the
-    preprocessor) with BiT's weights (`from_preset`, `from_hub`, `export`,
-    see `bitkeras.io.pretrained`). Without `num_classes` the classifier has
-    no head until `fit` reads the number of classes (and their names) from
-    the data. `hyperrule`: the rule it was fine-tuned with (set by `fit`,
-    saved with the model).
-
-    A Keras model whose calls keep Keras's meaning: `fit(x, y, ...)`
-    fine-tunes with the BiT-HyperRule filling in what the call leaves open,
-    on arrays, a folder of class sub-folders, a TFDS name or a tf.data
-    dataset; `predict(x)` returns logits as an array; `evaluate(x, y)` the
-    compiled loss and metrics; `classify(x)` adds class ids, probabilities
-    and names. Images follow `bitkeras.models.images`: float in [0, 1] or uint8.
-
-    Example:
-
-    >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
-    >>> classifier = BiTClassifier(backbone)
-    >>> images = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
-    >>> labels = np.arange(16) % 2
-    >>> history = classifier.fit(images, labels, epochs=2, batch_size=8, crop_size=32,
-    ...                          resize_size=36, verbose=0)
-    >>> len(history.epoch), classifier.hyperrule.steps, classifier.num_classes
-    (2, 4, 2)
-    >>> classifier.predict(images[:3], verbose=0).shape
-    (3, 2)
-    >>> classifier.fit("flowers/train")  # doctest: +SKIP
+    The fine-tuning shared by `BiTClassifier` and `bitkeras.ResNetClassifier`:
+    `compile`, `fit` (HyperRule-sized and scheduled), `evaluate` and
+    `predict` (with ten-crop and multi-scale testing), `classify`. See
+    `BiTClassifier` for the whole contract.
     """
-
-    backbone_cls = BiTBackbone
 
     def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None,
                  preprocessor=None, **kwargs):
@@ -237,10 +207,10 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
             sources.data_form(validation_data, "validation_data")  # fail before any work
         strategy = distribute.training_strategy(self, strategy)
         if distribute.needs_replica(self, strategy, precision) and not isinstance(
-                self.backbone, ResNetV2Backbone):
+                self.backbone, (ResNetV2Backbone, ResNetFamilyBackbone)):
             raise ValueError(
                 f"fit(strategy=..., precision={precision!r}) rebuilds the model for the "
-                f"strategy or precision, which needs a native BiT backbone; this one is a "
+                f"strategy or precision, which needs a native backbone; this one is a "
                 f"{type(self.backbone).__name__}: convert it (from_hub(..., convert=True))"
             )
         source = sources.open_source(data, split=split, class_names=class_names,
@@ -420,7 +390,8 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         256, 384, 480 and 640 scaled by the classifier's `image_size` / 224
         (ResNet's fully-convolutional multi-scale testing, stated for 224-pixel
         crops; one image a batch; `image_size=` does not apply). Unreadable
-        files are skipped with a warning, or raise with `on_bad_image="raise"`. `batch_size` (default 32 images), `verbose`,
+        files are skipped with a warning, or raise with `on_bad_image="raise"`.
+        `batch_size` (default 32 images), `verbose`,
         `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
         if kwargs.pop("_use_cached_eval_dataset", False):
@@ -510,6 +481,47 @@ class BiTClassifier(PretrainedClassifier, HeadClassifier):
         config = super().get_config()
         config["hyperrule"] = None if self.hyperrule is None else self.hyperrule.get_config()
         return config
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class BiTClassifier(PretrainedClassifier, FineTuningClassifier):
+    """A BiT backbone and a dense head returning logits, shape (batch, num_classes).
+
+    A keras-hub `ImageClassifier` task for `BiTBackbone`: `save_to_preset(dir)`
+    writes a keras-hub preset folder (with a model card) that
+    `BiTClassifier.from_preset(dir)` and `keras_hub.models.ImageClassifier.from_preset(dir)`
+    both load.
+
+    `HeadClassifier` (the network: a zero-initialised float32 head, the
+    preprocessor) with BiT's weights (`from_preset`, `from_hub`, `export`,
+    see `bitkeras.io.pretrained`). Without `num_classes` the classifier has
+    no head until `fit` reads the number of classes (and their names) from
+    the data. `hyperrule`: the rule it was fine-tuned with (set by `fit`,
+    saved with the model).
+
+    A Keras model whose calls keep Keras's meaning: `fit(x, y, ...)`
+    fine-tunes with the BiT-HyperRule filling in what the call leaves open,
+    on arrays, a folder of class sub-folders, a TFDS name or a tf.data
+    dataset; `predict(x)` returns logits as an array; `evaluate(x, y)` the
+    compiled loss and metrics; `classify(x)` adds class ids, probabilities
+    and names. Images follow `bitkeras.models.images`: float in [0, 1] or uint8.
+
+    Example:
+
+    >>> backbone = BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5)
+    >>> classifier = BiTClassifier(backbone)
+    >>> images = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    >>> labels = np.arange(16) % 2
+    >>> history = classifier.fit(images, labels, epochs=2, batch_size=8, crop_size=32,
+    ...                          resize_size=36, verbose=0)
+    >>> len(history.epoch), classifier.hyperrule.steps, classifier.num_classes
+    (2, 4, 2)
+    >>> classifier.predict(images[:3], verbose=0).shape
+    (3, 2)
+    >>> classifier.fit("flowers/train")  # doctest: +SKIP
+    """
+
+    backbone_cls = BiTBackbone
 
 
 def load_model(path, safe_mode=True):

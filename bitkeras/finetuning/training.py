@@ -267,12 +267,14 @@ def check_trainable(trainable, backbone=None):
     if trainable not in TRAINABLE_CHOICES:
         raise ValueError(f"trainable must be one of {list(TRAINABLE_CHOICES)}; got {trainable!r}")
     if trainable.startswith("block") and backbone is not None and not hasattr(
-            backbone, "architecture"):
+            backbone, "layers_before"):
         raise ValueError(
-            f"trainable={trainable!r} freezes by BiT block, which a TF-Hub module layer does "
+            f"trainable={trainable!r} freezes by block, which a TF-Hub module layer does "
             f"not expose: use 'all' or 'head', or convert the module "
             f"(from_hub(..., convert=True))"
         )
+    if trainable.startswith("block") and backbone is not None:
+        backbone.layers_before(int(trainable.removeprefix("block")))  # names the valid blocks
 
 
 @contextlib.contextmanager
@@ -291,7 +293,7 @@ def trainable_from(classifier, trainable):
             backbone.trainable = False
         elif trainable.startswith("block"):
             first_block = int(trainable.removeprefix("block"))
-            for name in backbone.architecture.layers_before(first_block):
+            for name in backbone.layers_before(first_block):
                 backbone.get_layer(name).trainable = False
         yield
     finally:

@@ -110,7 +110,24 @@ class BiTBackbone(ResNetV2Backbone):
         return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
 
 
-class PretrainedClassifier:
+class ExportableClassifier:
+    """TF-Hub style export for a `HeadClassifier` class."""
+
+    def export(self, filepath, format="saved_model", output="logits", **kwargs):
+        """Writes a TF-Hub style SavedModel: the released BiT modules' interface.
+
+        `format`: "saved_model" or "tf_hub" (the same reusable TF2 SavedModel);
+        `output`: "logits" (a classification module, with a serving signature
+        for encoded image bytes and the class names as an asset) or "features"
+        (a feature-vector module). See `bitkeras.io.export`. Keras's own formats
+        ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
+        """
+        if format in export.FORMATS:
+            kwargs["output"] = output
+        return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
+
+
+class PretrainedClassifier(ExportableClassifier):
     """Loading and export for a `HeadClassifier` class: presets, TF-Hub modules, SavedModels."""
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
@@ -227,19 +244,6 @@ class PretrainedClassifier:
             checkpoint.load_arrays(classifier, arrays, handle)
             return classifier
         return cls(backbone, num_classes, class_names, **kwargs)
-
-    def export(self, filepath, format="saved_model", output="logits", **kwargs):
-        """Writes a TF-Hub style SavedModel: the released BiT modules' interface.
-
-        `format`: "saved_model" or "tf_hub" (the same reusable TF2 SavedModel);
-        `output`: "logits" (a classification module, with a serving signature
-        for encoded image bytes and the class names as an asset) or "features"
-        (a feature-vector module). See `bitkeras.io.export`. Keras's own formats
-        ("tf_saved_model", "onnx", ...) go to `keras.Model.export`.
-        """
-        if format in export.FORMATS:
-            kwargs["output"] = output
-        return export.export_or_delegate(self, filepath, format, super().export, **kwargs)
 
 
 def _local(name):

@@ -77,6 +77,10 @@ class ResNetV2Backbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         """Size of the pooled features: 2048 * width_factor."""
         return self.architecture.feature_channels
 
+    def layers_before(self, block):
+        """Names of the layers with weights before `block` (1..4): the root and earlier units."""
+        return self.architecture.layers_before(block)
+
     def get_config(self):
         config = super().get_config()  # keras-hub's: name, trainable, dtype
         config.update(block_units=list(self.block_units), width_factor=self.width_factor)
