@@ -39,3 +39,15 @@ def test_every_class_draws_something_visible():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="image_size >= 8"):
         glyphs.make_glyphs(4, image_size=4)
+
+
+def test_a_class_subset_renders_those_classes_in_turn_with_dense_labels():
+    images, labels = glyphs.make_glyphs(30, seed=2, classes=glyphs.FORM_CLASSES, start=20)
+    assert len(glyphs.FORM_CLASSES) == 24 and labels.tolist() == [
+        k % 24 for k in range(20, 50)]
+    # Example k of the subset is rendering k // 24 of class FORM_CLASSES[k % 24].
+    index = 25 // 24 * glyphs.NUM_CLASSES + glyphs.FORM_CLASSES[25 % 24]
+    np.testing.assert_array_equal(images[5], glyphs.render(index, seed=2))
+    assert glyphs.CLASS_NAMES[glyphs.FORM_CLASSES[0]] == glyphs.SHAPES[0]
+    with pytest.raises(ValueError, match="class ids"):
+        glyphs.make_glyphs(2, classes=[500])

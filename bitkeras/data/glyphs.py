@@ -50,6 +50,9 @@ CLASS_NAMES = tuple(f"char_{c}" for c in DIGITS + LETTERS + GREEK + SYMBOLS) + S
 
 NUM_CLASSES = len(CLASS_NAMES)
 
+FORM_CLASSES = tuple(range(NUM_CLASSES - len(SHAPES) - len(TEXTURES), NUM_CLASSES))
+"""The class ids of the shapes and textures: the 24 classes a small network learns fastest."""
+
 FONT_FILES = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
     "DejaVuSans-BoldOblique.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
@@ -81,18 +84,29 @@ def _font(file_name, size):
     return ImageFont.truetype(str(font_folder() / file_name), size)
 
 
-def make_glyphs(num_examples, seed=0, image_size=32, start=0, workers=None):
+def make_glyphs(num_examples, seed=0, image_size=32, start=0, workers=None, classes=None):
     """Renders examples `start .. start + num_examples - 1` of the set keyed by `seed`.
 
     Returns (images uint8 (N, image_size, image_size, 3), labels int64 (N,)).
-    Rendering runs on a thread pool (`workers`, default: one per CPU).
+    `classes`: render only these class ids (e.g. `FORM_CLASSES`), in turn; the
+    labels are then positions in `classes` (0 .. len(classes) - 1). Rendering
+    runs on a thread pool (`workers`, default: one per CPU).
     """
     if num_examples < 0 or image_size < 8:
         raise ValueError(
             f"make_glyphs needs num_examples >= 0 and image_size >= 8; got "
             f"num_examples={num_examples}, image_size={image_size}"
         )
-    indices = range(start, start + num_examples)
+    positions = range(start, start + num_examples)
+    if classes is None:
+        indices = list(positions)
+    else:
+        classes = list(classes)
+        if not classes or any(c not in range(NUM_CLASSES) for c in classes):
+            raise ValueError(f"classes must be class ids in 0..{NUM_CLASSES - 1}; got {classes}")
+        # Example k of the subset is the (k // len)-th rendering of its class.
+        indices = [k // len(classes) * NUM_CLASSES + classes[k % len(classes)]
+                   for k in positions]
     images = np.zeros((num_examples, image_size, image_size, 3), np.uint8)
     with futures.ThreadPoolExecutor(workers) as pool:
         for position, image in enumerate(
@@ -100,6 +114,8 @@ def make_glyphs(num_examples, seed=0, image_size=32, start=0, workers=None):
         ):
             images[position] = image
     labels = np.array([index % NUM_CLASSES for index in indices], np.int64)
+    if classes is not None:
+        labels = np.array([classes.index(label) for label in labels], np.int64)
     return images, labels
 
 

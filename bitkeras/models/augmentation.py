@@ -80,12 +80,15 @@ class PCALighting(keras.layers.Layer):
         batch = 1 if single else ops.shape(images)[0]
         alpha = keras.random.normal((batch, 3), stddev=self.std, seed=self.seed_generator,
                                     dtype=self.compute_dtype)
-        values = ops.convert_to_tensor(self.eigenvalues, self.compute_dtype)
-        vectors = ops.convert_to_tensor(self.eigenvectors, self.compute_dtype)
-        low, high = self.value_range
-        shift = ops.matmul(alpha * values, ops.transpose(vectors)) * (high - low)
-        shift = ops.cast(shift, images.dtype)
+        shift = ops.cast(self.shift(alpha), images.dtype)
         return images + (shift[0] if single else shift[:, None, None, :])
+
+    def shift(self, alpha):
+        """The RGB shifts (batch, 3) for draws `alpha` (batch, 3) of N(0, std)."""
+        values = ops.convert_to_tensor(self.eigenvalues, alpha.dtype)
+        vectors = ops.convert_to_tensor(self.eigenvectors, alpha.dtype)
+        low, high = self.value_range
+        return ops.matmul(alpha * values, ops.transpose(vectors)) * (high - low)
 
     def compute_output_shape(self, input_shape):
         return input_shape
