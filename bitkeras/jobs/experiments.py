@@ -254,9 +254,7 @@ def _plot_curves(report, path):
         axis.set(title="plain" if plain else "ResNet", xlabel="step", ylabel="training error")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    figure.tight_layout()
-    files.save_figure(figure, path, dpi=100)
-    pyplot.close(figure)
+    _save(pyplot, figure, path)
 
 
 def plot_layer_responses(responses_by_model, path):
@@ -271,9 +269,7 @@ def plot_layer_responses(responses_by_model, path):
     ordered.set(xlabel="layer index (original order)", ylabel="std of response")
     ranked.set(xlabel="layer index (sorted by magnitude)", ylabel="std of response")
     ordered.legend(fontsize="small")
-    figure.tight_layout()
-    files.save_figure(figure, path, dpi=100)
-    pyplot.close(figure)
+    _save(pyplot, figure, path)
 
 
 def _plot_ablation(report, path):
@@ -287,6 +283,10 @@ def _plot_ablation(report, path):
     downstream.bar(names, [report["variants"][n]["transfer_accuracy"] for n in names],
                    color="tab:green")
     downstream.set(title="digits accuracy after transfer", ylim=(0, 1))
+    _save(pyplot, figure, path)
+
+
+def _save(pyplot, figure, path):
     figure.tight_layout()
     files.save_figure(figure, path, dpi=100)
     pyplot.close(figure)

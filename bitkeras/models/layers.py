@@ -86,6 +86,16 @@ def group_normalization(name=None, **kwargs):
     return GroupNormalization(groups=GROUPS, epsilon=GROUP_NORM_EPSILON, name=name, **kwargs)
 
 
+def strided_shape(input_shape, strides, channels):
+    """The NHWC shape a unit of stride `strides` and `channels` outputs (sizes may be None)."""
+    batch, height, width = input_shape[:3]
+
+    def strided(size):
+        return None if size is None else (size - 1) // strides + 1
+
+    return (batch, strided(height), strided(width), channels)
+
+
 def pad_symmetric(inputs, amount):
     """Zero-pads height and width by `amount` on every side (NHWC).
 
@@ -163,12 +173,7 @@ class PreActBottleneck(keras.layers.Layer):
         return hidden + shortcut
 
     def compute_output_shape(self, input_shape):
-        batch, height, width = input_shape[:3]
-
-        def strided(size):
-            return None if size is None else (size - 1) // self.strides + 1
-
-        return (batch, strided(height), strided(width), self.out_channels)
+        return strided_shape(input_shape, self.strides, self.out_channels)
 
     def get_config(self):
         config = super().get_config()

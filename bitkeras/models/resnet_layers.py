@@ -7,6 +7,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from bitkeras.models.layers import strided_shape
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """ImageNet's RGB channel means on [0, 1] pixels."""
 
@@ -133,12 +135,7 @@ class ZeroPadShortcut(keras.layers.Layer):
         return ops.pad(inputs, [[0, 0], [0, 0], [0, 0], [0, extra]])
 
     def compute_output_shape(self, input_shape):
-        batch, height, width = input_shape[:3]
-
-        def strided(size):
-            return None if size is None else (size - 1) // self.strides + 1
-
-        return (batch, strided(height), strided(width), self.out_channels)
+        return strided_shape(input_shape, self.strides, self.out_channels)
 
     def get_config(self):
         config = super().get_config()
