@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bitkeras import BiTBackbone, ResNetBackbone, ResNetClassifier
+from bitkeras import BiTBackbone, ResNetBackbone, ResNetClassifier, WeightsUnavailableError
 from bitkeras.io.resnet_weights import from_bit_backbone
 from bitkeras.models import resnet_family
 from bitkeras.models.resnet_family import PRESETS, ResNetConfig
@@ -255,3 +255,16 @@ def test_pixel_mean_is_subtracted_at_its_size_and_its_channel_average_elsewhere(
     np.testing.assert_allclose(traced(other), expected_other, atol=1e-6)
     with pytest.raises(ValueError, match="only a 'pixel_mean' scaling"):
         InputScaling("tf").adapt(images)
+
+
+def test_imagenet_weights_offline_say_what_to_download_and_where(tmp_path, monkeypatch):
+    import socket
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror("no network in this test")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(WeightsUnavailableError, match="resnet50|ResNet50.*keras") as caught:
+        ResNetBackbone.from_preset("ResNet50", weights="imagenet")
+    assert str(tmp_path / "keras" / "models") in str(caught.value)

@@ -77,7 +77,7 @@ def from_bit_backbone(bit_backbone):
     backbone = ResNetBackbone(**bit_config(architecture.block_units,
                                            architecture.width_factor).get_config(),
                               name=f"{bit_backbone.name}_family")
-    pairs = [("root_conv", bit_backbone.get_layer("root_conv")),
+    pairs = [("conv1_conv", bit_backbone.get_layer("root_conv")),
              ("post_gn", bit_backbone.get_layer("final_norm"))]
     for block, unit, *_, projection in architecture.units():
         layer = bit_backbone.get_layer(unit_name(block, unit))
@@ -87,10 +87,10 @@ def from_bit_backbone(bit_backbone):
                   (f"{prefix}_2_gn", layer.norm_c), (f"{prefix}_3_conv", layer.conv_c)]
         if projection:
             pairs.append((f"{prefix}_0_conv", layer.proj))
-    pairs[0] = ("conv1_conv", pairs[0][1])
     with_weights = {layer.name for layer in backbone.layers if layer.weights}
-    if with_weights != {name for name, _ in pairs}:
-        raise AssertionError(f"BiT layers map onto {sorted({n for n, _ in pairs} ^ with_weights)}")
+    if with_weights != {name for name, _ in pairs}:  # the two layouts drifted apart
+        raise RuntimeError(f"BiT's layers and bit_config's differ at "
+                           f"{sorted({n for n, _ in pairs} ^ with_weights)}")
     for name, source in pairs:
         backbone.get_layer(name).set_weights(source.get_weights())
     return backbone
