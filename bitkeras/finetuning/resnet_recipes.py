@@ -167,7 +167,6 @@ class RecipeLearningRate(keras.callbacks.Callback):
         super().__init__()
         self.recipe = recipe
         self.warmed = recipe.warmup_learning_rate is None
-        self.warmed_at = None
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -177,7 +176,6 @@ class RecipeLearningRate(keras.callbacks.Callback):
         if not self.warmed and logs and "accuracy" in logs:
             if 1.0 - float(logs["accuracy"]) < self.recipe.warmup_error:
                 self.warmed = True
-                self.warmed_at = int(self.model.optimizer.iterations.numpy())
 
 
 CIFAR_RECIPE = ResNetRecipe(

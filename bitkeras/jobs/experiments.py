@@ -185,30 +185,20 @@ def _classifier(backbone, num_classes):
     return keras.Model(images, logits, name=f"{backbone.name}_classifier")
 
 
-class _ErrorCurve(keras.callbacks.Callback):
-    """Training error over windows of steps (Keras's running accuracy, reset each epoch)."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps, self.errors = [], []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.steps.append(int(self.model.optimizer.iterations.numpy()))
-        self.errors.append(1.0 - float(logs["accuracy"]))
-
-
 def _train(model, recipe, train, test, seed, verbose, name):
     """Trains `model` with `recipe`; returns its curve, final training and test errors."""
     recipe.compile(model)
     window = max(1, recipe.steps // CURVE_POINTS)
-    curve = _ErrorCurve()
-    callbacks = recipe.callbacks() + [curve]
-    model.fit(recipe.dataset(*train, seed=seed), epochs=recipe.steps // window,
-              steps_per_epoch=window, callbacks=callbacks, shuffle=False, verbose=0)
+    # Each Keras epoch is one window of the curve: its running accuracy, reset per epoch.
+    history = model.fit(recipe.dataset(*train, seed=seed), epochs=recipe.steps // window,
+                        steps_per_epoch=window, callbacks=recipe.callbacks(), shuffle=False,
+                        verbose=0)
+    errors = [1.0 - accuracy for accuracy in history.history["accuracy"]]
     test_images = test[0].astype("float32") / 255.0
     _, test_accuracy = model.evaluate(test_images, test[1], batch_size=256, verbose=0)
-    result = {"curve": {"steps": curve.steps, "train_error": curve.errors},
-              "final_train_error": curve.errors[-1], "test_error": 1.0 - float(test_accuracy)}
+    result = {"curve": {"steps": [window * (epoch + 1) for epoch in history.epoch],
+                        "train_error": errors},
+              "final_train_error": errors[-1], "test_error": 1.0 - float(test_accuracy)}
     if verbose:
         print(f"{name}: training error {result['final_train_error']:.3f}, test error "
               f"{result['test_error']:.3f}")
@@ -293,14 +283,14 @@ def _save(pyplot, figure, path):
 
 
 def run(args):
-    """`bitkeras experiment NAME --out DIR ...` (see cli.py)."""
+    """`bitkeras experiment NAME --out DIR ...` (see cli.py); options left out keep the defaults."""
+    given = {name: value for name, value in (
+        ("steps", args.steps), ("batch_size", args.batch_size), ("examples", args.examples),
+        ("width_factor", args.width_factor)) if value is not None}
+    common = dict(classes=args.classes, seed=args.seed)
     if args.experiment == "degradation":
-        return degradation(args.out, steps=args.steps or 400, batch_size=args.batch_size or 64,
-                           examples=args.examples or 2560, depths=tuple(args.depths),
-                           width_factor=args.width_factor or 0.5, classes=args.classes,
-                           seed=args.seed)
-    return normalization_ablation(
-        args.out, upstream_steps=args.steps or 300, batch_size=args.batch_size or 32,
-        device_batch_size=args.device_batch_size, examples=args.examples or 2560,
-        transfer_steps=args.transfer_steps, width_factor=args.width_factor or 2,
-        classes=args.classes, seed=args.seed)
+        return degradation(args.out, depths=tuple(args.depths), **given, **common)
+    if "steps" in given:
+        given["upstream_steps"] = given.pop("steps")
+    return normalization_ablation(args.out, device_batch_size=args.device_batch_size,
+                                  transfer_steps=args.transfer_steps, **given, **common)

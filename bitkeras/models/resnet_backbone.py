@@ -81,13 +81,12 @@ class _Builder:
         self.config = config
         self.dtype = dtype
         self.pyramid = {}
-        self.stage_layers = {0: []}  # stage -> names of its layers with weights (0: the stem)
+        self.stage_layers = {}  # stage -> names of its layers with weights (0: the stem)
         self.stage = 0
         self.stride = 1
 
     def layer(self, layer, *inputs):
-        if layer.name and self.stage in self.stage_layers:
-            self.stage_layers[self.stage].append(layer.name)
+        self.stage_layers.setdefault(self.stage, []).append(layer.name)
         return layer(*inputs)
 
     def network(self, images):
@@ -97,7 +96,6 @@ class _Builder:
         x = self.stem(x)
         for unit in config.units():
             self.stage = unit.stage
-            self.stage_layers.setdefault(unit.stage, [])
             x = self.unit(x, unit)
             self.stride *= unit.stride
             self.pyramid[f"P{self.stride.bit_length() - 1}"] = x
