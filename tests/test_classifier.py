@@ -316,3 +316,66 @@ def test_batch_split_given_to_compile_is_kept_saved_and_used_by_fit(tmp_path):
     assert keras.saving.load_model(tmp_path / "split.keras").batch_split == 4
     with pytest.raises(ValueError, match="batch_split must be a positive integer"):
         classifier.compile(batch_split=0)
+
+
+def _conv_copies(classifier):
+    """The standardized copies kept for the classifier's convolutions: (copy, current) pairs."""
+    from bitkeras.models import kernels
+    from bitkeras.models.layers import StandardizedConv2D
+
+    return [kernels._ONCE.get(layer) for layer in classifier._flatten_layers()
+            if isinstance(layer, StandardizedConv2D)]
+
+
+class _CorruptCopies(keras.callbacks.Callback):
+    """Sets every standardized copy to zeros when predict begins."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def on_predict_begin(self, logs=None):
+        for copy, _ in _conv_copies(self.classifier):
+            copy.assign(tf.zeros_like(copy))
+
+
+def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
+    images, labels = _bright_and_dark(32)
+    keras.utils.set_random_seed(0)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    weight_count = len(classifier.weights)
+
+    def direct():  # the classifier called outside predict: kernels standardized in its graph
+        return keras.ops.convert_to_numpy(classifier(images))
+
+    def close(computed, expected):
+        np.testing.assert_allclose(computed, expected, atol=1e-5 * np.abs(expected).max())
+
+    close(classifier.predict(images, verbose=0), direct())
+    copies = _conv_copies(classifier)
+    assert len(copies) == 1 + 4 * 4 and all(pair is not None for pair in copies)  # root, units
+    assert not any(bool(current.numpy()) for _, current in copies)  # current only in predict
+    assert len(classifier.weights) == weight_count  # the copies are not weights
+
+    # Within predict the graph reads the copies: zeroed, every image gets the same logits.
+    assert np.ptp(direct(), axis=0).max() > 1e-3
+    corrupted = classifier.predict(images, verbose=0, callbacks=[_CorruptCopies(classifier)])
+    assert np.ptp(corrupted, axis=0).max() < 1e-6
+
+    def loss(logits):
+        return float(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True)))
+
+    before = direct()
+    close(classifier.evaluate(images, labels, verbose=0, return_dict=True)["loss"],
+          loss(before))
+    # After the weights change, neither predict, predict_on_batch (which runs the
+    # same traced function outside predict) nor evaluate gives the old weights' outputs.
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    after = direct()
+    assert np.abs(after - before).max() > 1e-3
+    close(classifier.predict_on_batch(images), after)
+    close(classifier.predict(images, verbose=0), after)
+    close(classifier.evaluate(images, labels, verbose=0, return_dict=True)["loss"],
+          loss(after))

@@ -60,13 +60,54 @@ def test_group_normalization_inference_matches_float64_on_both_paths():
         portable = keras.ops.convert_to_numpy(layer(x, training=False))
         plain_ops = keras.ops.convert_to_numpy(kernels.group_norm(x, gamma, beta, 32, 1e-5))
     trained = keras.ops.convert_to_numpy(layer(x, training=True))
-    for computed in (fused, portable, plain_ops, trained):
+    keras_layer = keras.layers.GroupNormalization.from_config(layer.get_config())
+    keras_layer.build(x.shape)
+    keras_layer.set_weights(layer.get_weights())
+    keras_own = keras.ops.convert_to_numpy(keras_layer(x))
+    for computed in (fused, portable, plain_ops, trained, keras_own):
         np.testing.assert_allclose(computed, expected, atol=1e-5 * scale)
-    # Training runs Keras's own layer, bit for bit.
-    plain = keras.layers.GroupNormalization.from_config(layer.get_config())
-    plain.build(x.shape)
-    plain.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(trained, keras.ops.convert_to_numpy(plain(x)))
+    # Ours (statistics summed per channel first) is no less exact than Keras's layer.
+    assert np.abs(fused - expected).max() <= np.abs(keras_own - expected).max() * 1.5
+
+
+def float64_gradients(function, inputs, upstream):
+    """Gradients of sum(function(*inputs) * upstream) in float64, by TensorFlow's autodiff."""
+    inputs = [tf.constant(value, tf.float64) for value in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = tf.reduce_sum(function(*inputs) * upstream)
+    return [gradient.numpy() for gradient in tape.gradient(loss, inputs)]
+
+
+def test_closed_form_gradients_match_float64_autodiff():
+    """Training takes the closed-form gradients; each entry is checked, relative to its scale."""
+    rng = np.random.default_rng(6)
+    layer, gamma, beta = random_group_norm(rng)
+    x = rng.normal(2.0, 3.0, (3, 5, 4, 64))
+    upstream = rng.normal(size=x.shape)
+    with tf.GradientTape() as tape:
+        inputs = tf.constant(x, tf.float32)
+        tape.watch(inputs)
+        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
+    computed = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    expected = float64_gradients(
+        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
+        [x, gamma, beta], upstream)
+    for got, want in zip(computed, expected):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+
+    kernel = rng.normal(0.3, 0.7, (3, 3, 16, 8))
+    upstream = rng.normal(size=kernel.shape)
+    with tf.GradientTape() as tape:
+        weights = tf.constant(kernel, tf.float32)
+        tape.watch(weights)
+        with kernels.calling(training=True):
+            assert kernels.closed_form()
+            loss = tf.reduce_sum(kernels.standardize(weights, 1e-10) * upstream)
+    computed = tape.gradient(loss, weights).numpy()
+    (expected,) = float64_gradients(
+        lambda value: kernels._standardize(keras.ops, value, 1e-10), [kernel], upstream)
+    np.testing.assert_allclose(computed, expected, atol=1e-5 * np.abs(expected).max())
 
 
 def test_group_normalization_gradient_matches_float64():

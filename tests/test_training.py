@@ -187,3 +187,40 @@ def test_fit_takes_an_upstream_recipe_with_its_weight_decay(tmp_path):
     plain = _tiny_classifier(num_classes=2)
     plain.fit(images, np.arange(16) % 2, steps=1, batch_size=8, verbose=0)
     assert plain.optimizer.weight_decay is None  # the HyperRule fine-tunes without decay
+
+
+def _meta_optimizer_disabled():
+    """Whether this thread's TensorFlow function calls skip Grappler."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    config = config_pb2.ConfigProto()
+    config.ParseFromString(context.context().function_call_options.config_proto_serialized)
+    return config.graph_options.rewrite_options.disable_meta_optimizer
+
+
+def test_fit_runs_without_graph_rewrites_on_cpus_in_its_own_thread_only():
+    import threading
+
+    seen = {}
+
+    class Look(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen["fit"] = _meta_optimizer_disabled()
+            other = threading.Thread(target=lambda: seen.update(thread=_meta_optimizer_disabled()))
+            other.start()
+            other.join()
+
+    assert not _meta_optimizer_disabled()
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(size=(16, 16, 16, 3)).astype(np.float32), np.arange(16) % 2
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.fit(images, labels, steps=2, batch_size=8, crop_size=16, resize_size=16,
+                   verbose=0, callbacks=[Look()])
+    assert seen == {"fit": True, "thread": False}
+    assert not _meta_optimizer_disabled()  # restored when fit returns
+    with pytest.raises(ZeroDivisionError):  # and when the block ends in an error
+        with training.without_graph_rewrites(classifier.distribute_strategy):
+            assert _meta_optimizer_disabled()
+            1 / 0
+    assert not _meta_optimizer_disabled()

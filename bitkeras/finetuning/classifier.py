@@ -7,6 +7,7 @@ HyperRule and trains it through the one loop of `bitkeras.finetuning.training`;
 `evaluate` and `predict` run the classifier's preprocessor on it.
 """
 
+import contextlib
 import os
 import types
 import zipfile
@@ -20,12 +21,14 @@ from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
 from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.classifier import HeadClassifier
+from bitkeras.models import kernels
 from bitkeras.models.inference import (
     MULTI_SCALE_SIDES,
     MultiScaleAverage,
     ViewAverage,
     check_test_time_augmentation,
 )
+from bitkeras.models.layers import StandardizedConv2D
 from bitkeras.models.preprocessing import ten_crop_views
 from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 
@@ -417,8 +420,9 @@ class FineTuningClassifier(HeadClassifier):
                                          batch_size, None if sparse_labels else self.num_classes)
         if model is not self:
             model.compile(**training.loss_and_metrics(self))
-        return keras.Model.evaluate(model, dataset, verbose=verbose, steps=steps,
-                                    callbacks=callbacks, return_dict=return_dict)
+        with self._standardized_once(model):
+            return keras.Model.evaluate(model, dataset, verbose=verbose, steps=steps,
+                                        callbacks=callbacks, return_dict=return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
                 image_size=None, test_time_augmentation=None):
@@ -436,8 +440,28 @@ class FineTuningClassifier(HeadClassifier):
         self.require_head()
         model, dataset = self._inference(sources.open_images(x), test_time_augmentation,
                                          image_size, batch_size)
-        return keras.Model.predict(model, dataset.map(lambda images, labels: images),
-                                   verbose=verbose, steps=steps, callbacks=callbacks)
+        with self._standardized_once(model):
+            return keras.Model.predict(model, dataset.map(lambda images, labels: images),
+                                       verbose=verbose, steps=steps, callbacks=callbacks)
+
+    @contextlib.contextmanager
+    def _standardized_once(self, model):
+        """Within the block, `model`'s inference standardizes each kernel once, not per batch.
+
+        See `kernels.standardized_once`: the weights must not change within
+        the block. Not under a distribution strategy (the copies would be
+        one device's variables).
+        """
+        if not distribute.is_default(self.distribute_strategy):
+            yield
+            return
+        # Private Keras API (_flatten_layers: nested layers), checked on Keras 3.15.
+        convolutions = [layer for layer in self._flatten_layers()
+                        if isinstance(layer, StandardizedConv2D)]
+        with kernels.standardized_once(convolutions) as new:
+            if new:  # functions traced before the copies existed do not read them
+                model.predict_function = model.test_function = None
+            yield
 
     def _inference(self, source, test_time_augmentation, image_size, batch_size,
                    one_hot_classes=None):

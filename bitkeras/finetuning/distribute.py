@@ -120,6 +120,11 @@ def jit_compile_for(jit_compile, strategy):
     """
     if jit_compile != "auto":
         return bool(jit_compile)
+    return on_accelerator(strategy)
+
+
+def on_accelerator(strategy):
+    """Whether `strategy` (the default one: this machine) runs on GPUs or TPUs."""
     if is_default(strategy):
         devices = [device.name for device in tf.config.list_logical_devices()]
     else:

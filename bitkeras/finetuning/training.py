@@ -236,16 +236,54 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
             epochs, steps_per_epoch = schedule.keras_epochs(remaining)
             before = model.get_weights()
             try:
-                history = keras.Model.fit(
-                    model, batches(start_step), validation_data=validation_data,
-                    epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-                    shuffle=False,
-                    callbacks=[*run_callbacks, StopAfterSteps(remaining), *(callbacks or [])],
-                    **keras_arguments)
+                with without_graph_rewrites(model.distribute_strategy):
+                    history = keras.Model.fit(
+                        model, batches(start_step), validation_data=validation_data,
+                        epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                        shuffle=False,
+                        callbacks=[*run_callbacks, StopAfterSteps(remaining),
+                                   *(callbacks or [])],
+                        **keras_arguments)
             except run_state.NonFiniteLossError as error:
                 restored = run_state.restore_last_good(model, checkpoint_dir, before)
                 raise run_state.NonFiniteLossError(f"{error} {restored}") from None
     return history, start_step
+
+
+@contextlib.contextmanager
+def without_graph_rewrites(strategy):
+    """Within the block, this thread's TensorFlow functions run unrewritten by Grappler, on CPUs.
+
+    Grappler, TensorFlow's graph optimizer, rewrites a function's graph the
+    first time it is called. For the R50x1 train step (128x128, batch 16, on
+    a 2-core Xeon) that took 1.0-1.4 s of the 6.6 s from calling `fit` to the
+    end of its first step, for no measurable gain in the steps after it
+    (benchmarks/first_step.py). Under GPUs and TPUs the rewrites stay on:
+    their layout optimizer matters there. TensorFlow keeps function-call
+    options per thread, so nothing outside this thread and this block is
+    affected; a function first called in the block and called again after it
+    is rewritten then, as usual.
+    """
+    if distribute.on_accelerator(strategy):
+        yield
+        return
+    # Private TensorFlow API (the thread's function-call options, which
+    # tf.experimental.function_executor_type sets the same way), checked on TF 2.21.
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    before = eager.function_call_options
+    config = config_pb2.ConfigProto()
+    if before.config_proto_serialized:
+        config.ParseFromString(before.config_proto_serialized)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    eager.function_call_options = context.FunctionCallOptions(
+        executor_type=before.executor_type, config_proto=config)
+    try:
+        yield
+    finally:
+        eager.function_call_options = before
 
 
 class StopAfterSteps(keras.callbacks.Callback):

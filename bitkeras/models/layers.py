@@ -39,15 +39,15 @@ class StandardizedConv2D(keras.layers.Conv2D):
         self.standardization_epsilon = standardization_epsilon
 
     def call(self, inputs, training=None):
-        # The XLA-fused standardization (bitkeras.models.kernels) for inference
-        # only: in training steps it saved nothing and delayed the first step.
-        with kernels.fusing(not training):
+        # Inference standardizes as an XLA cluster (or reads a copy standardized
+        # once per predict), training with a closed-form gradient: bitkeras.models.kernels.
+        with kernels.calling(training):
             return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
         # Standardized in float32 whatever the compute dtype: the statistics of
         # small kernels lose too much in half precision.
-        kernel = kernels.standardize(kernel, self.standardization_epsilon)
+        kernel = kernels.standardized_kernel(self, kernel, self.standardization_epsilon)
         return super().convolution_op(inputs, ops.cast(kernel, self.compute_dtype))
 
     def get_config(self):
@@ -58,27 +58,25 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="bitkeras")
 class GroupNormalization(keras.layers.GroupNormalization):
-    """Keras's GroupNormalization, with a fused inference path.
+    """Keras's GroupNormalization, computed faster.
 
     The same layer, weights and config as `keras.layers.GroupNormalization`.
-    Under the TensorFlow backend, called with `training` false or unset on
-    4-D channels-last inputs with scale and centre, it computes the same
-    function as one XLA cluster (`bitkeras.models.kernels.group_norm`);
-    training steps, other backends and exports (`kernels.portable()`) run
-    Keras's own layer.
+    On 4-D channels-last inputs with scale and centre (BiT's case) it
+    computes the same function as `bitkeras.models.kernels.group_norm`
+    does, with statistics summed per channel first (faster on CPUs, no less
+    exact) and in float32; under the TensorFlow backend, at inference
+    (`training` false or unset), as one XLA cluster. Other inputs and
+    settings run Keras's own layer.
     """
 
     def call(self, inputs, training=None):
-        if training or not self._fusable(inputs):
+        if not (len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
+                and self.center):
             return super().call(inputs)
-        outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups, self.epsilon)
+        with kernels.calling(training):
+            outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups,
+                                         self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
-
-    def _fusable(self, inputs):
-        return (
-            kernels.fused() and len(inputs.shape) == 4 and self.axis in (-1, 3)
-            and self.scale and self.center
-        )
 
 
 def group_normalization(name=None, **kwargs):
