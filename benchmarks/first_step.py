@@ -2,7 +2,7 @@
 
 R50x1 (1000 classes) at 128x128, batch 16, float32: what every `fit` waits for
 before it trains (tracing the train step, Grappler, instantiating the graph,
-the first step itself). Each line runs in a fresh Python process, and the
+the first step itself), and the median of its 4th to 6th steps (the speed after). Each line runs in a fresh Python process, and the
 lines take turns for `--rounds` rounds, so a slow spell of the machine falls on
 all of them alike:
 
@@ -37,21 +37,25 @@ from bitkeras.finetuning import training
 if sys.argv[2] == "rewrites" and hasattr(training, "without_graph_rewrites"):
     training.without_graph_rewrites = lambda strategy: contextlib.nullcontext()
 
-class FirstStep(keras.callbacks.Callback):
+class Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
     def on_train_batch_end(self, batch, logs=None):
-        if batch == 0:
-            self.end = time.perf_counter()
+        self.ends.append(time.perf_counter())
 
 rng = np.random.default_rng(0)
-images = rng.integers(0, 256, (32, 128, 128, 3)).astype(np.uint8)
-labels = rng.integers(0, 1000, 32)
+images = rng.integers(0, 256, (96, 128, 128, 3)).astype(np.uint8)
+labels = rng.integers(0, 1000, 96)
 keras.utils.set_random_seed(0)
 classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes=1000)
-first = FirstStep()
+steps = Steps()
 start = time.perf_counter()
-classifier.fit(images, labels, steps=2, batch_size=16, crop_size=128, resize_size=128,
-               mixup_alpha=0.0, flip=False, verbose=0, callbacks=[first])
-print(json.dumps({"seconds": first.end - start, "package": bitkeras.__file__}))
+classifier.fit(images, labels, steps=6, batch_size=16, crop_size=128, resize_size=128,
+               mixup_alpha=0.0, flip=False, verbose=0, callbacks=[steps])
+print(json.dumps({"seconds": steps.ends[0] - start,
+                  "later": float(np.median(np.diff(steps.ends)[2:]))}))
 """
 
 TORCH_FIRST_STEP = """
@@ -70,7 +74,7 @@ start = time.perf_counter()
 optimizer.zero_grad()
 F.cross_entropy(model(images), labels).backward()
 optimizer.step()
-print(json.dumps({"seconds": time.perf_counter() - start}))
+print(json.dumps({"seconds": time.perf_counter() - start, "later": None}))
 """
 
 
@@ -113,9 +117,12 @@ def main():
         lines["PyTorch eager (fresh model)"] = lambda: fresh_process(
             TORCH_FIRST_STEP, HERE, path=[ROOT])
     seconds = {name: [] for name in lines}
+    later = {name: [] for name in lines}
     for _ in range(args.rounds):
         for name, run in lines.items():
-            seconds[name].append(run()["seconds"])
+            measured = run()
+            seconds[name].append(measured["seconds"])
+            later[name].append(measured["later"])
 
     sys.path.insert(0, str(ROOT))
     from bitkeras.finetuning.xla import cpu_name
@@ -127,7 +134,10 @@ def main():
     for name, values in seconds.items():
         median = float(np.median(values))
         runs = ", ".join(f"{value:.2f}" for value in values)
-        print(f"  {name:<44} {median:6.2f} s (x{median / reference:.2f} of bitkeras; {runs})")
+        steps = ("" if later[name][0] is None else
+                 f"; later steps {float(np.median(later[name])):.3f} s")
+        print(f"  {name:<32} {median:6.2f} s (x{median / reference:.2f} of bitkeras; "
+              f"{runs}){steps}")
 
 
 if __name__ == "__main__":

@@ -189,38 +189,88 @@ def test_fit_takes_an_upstream_recipe_with_its_weight_decay(tmp_path):
     assert plain.optimizer.weight_decay is None  # the HyperRule fine-tunes without decay
 
 
-def _meta_optimizer_disabled():
-    """Whether this thread's TensorFlow function calls skip Grappler."""
-    from tensorflow.core.protobuf import config_pb2
+def _rewrites_off():
+    """Grappler's passes this thread's TensorFlow function calls skip."""
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
 
     config = config_pb2.ConfigProto()
     config.ParseFromString(context.context().function_call_options.config_proto_serialized)
-    return config.graph_options.rewrite_options.disable_meta_optimizer
+    options = config.graph_options.rewrite_options
+    return {name for name in ("constant_folding", "layout_optimizer", "remapping",
+                              "arithmetic_optimization", "function_optimization")
+            if getattr(options, name) == rewriter_config_pb2.RewriterConfig.OFF}
 
 
-def test_fit_runs_without_graph_rewrites_on_cpus_in_its_own_thread_only():
+def test_fit_skips_graph_rewrites_on_cpus_in_its_own_thread_only():
     import threading
 
+    skipped = set(training.GRAPH_REWRITES_OFF)
     seen = {}
 
     class Look(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            seen["fit"] = _meta_optimizer_disabled()
-            other = threading.Thread(target=lambda: seen.update(thread=_meta_optimizer_disabled()))
+            seen["fit"] = _rewrites_off()
+            other = threading.Thread(target=lambda: seen.update(thread=_rewrites_off()))
             other.start()
             other.join()
 
-    assert not _meta_optimizer_disabled()
+    assert not _rewrites_off()
     rng = np.random.default_rng(0)
     images, labels = rng.uniform(size=(16, 16, 16, 3)).astype(np.float32), np.arange(16) % 2
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.fit(images, labels, steps=2, batch_size=8, crop_size=16, resize_size=16,
                    verbose=0, callbacks=[Look()])
-    assert seen == {"fit": True, "thread": False}
-    assert not _meta_optimizer_disabled()  # restored when fit returns
+    assert seen == {"fit": skipped, "thread": set()}
+    assert not _rewrites_off()  # restored when fit returns
     with pytest.raises(ZeroDivisionError):  # and when the block ends in an error
         with training.without_graph_rewrites(classifier.distribute_strategy):
-            assert _meta_optimizer_disabled()
+            assert _rewrites_off() == skipped
             1 / 0
-    assert not _meta_optimizer_disabled()
+    assert not _rewrites_off()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_takes_keras_steps_in_one_fused_op_per_variable(nesterov):
+    import tensorflow as tf
+
+    from bitkeras.finetuning.optimizers import SGD
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 3, 4, 8)), rng.normal(size=(8,))]
+    gradients = [[rng.normal(size=value.shape) for value in start] for _ in range(3)]
+
+    def steps(optimizer):
+        variables = [keras.Variable(value, dtype="float32") for value in start]
+        optimizer.build(variables)
+        apply = tf.function(lambda grads: optimizer.apply(grads, variables))
+        for grads in gradients:
+            apply([tf.constant(grad, tf.float32) for grad in grads])
+        ops = {op.type for op in apply.get_concrete_function(
+            [tf.TensorSpec(value.shape, tf.float32) for value in start]).graph.get_operations()}
+        return [variable.numpy() for variable in variables], ops
+
+    settings = dict(learning_rate=0.1, momentum=0.9, nesterov=nesterov)
+    ours, our_ops = steps(SGD(**settings))
+    theirs, their_ops = steps(keras.optimizers.SGD(**settings))
+    assert "ResourceApplyKerasMomentum" in our_ops
+    assert "ResourceApplyKerasMomentum" not in their_ops
+    for mine, keras_own in zip(ours, theirs):
+        np.testing.assert_allclose(mine, keras_own, rtol=1e-6, atol=1e-6 * np.abs(keras_own).max())
+    ours, theirs = (SGD(**settings, name="sgd").get_config(),
+                    keras.optimizers.SGD(**settings, name="sgd").get_config())
+    assert ours == theirs
+
+
+def test_fit_compiles_bitkeras_sgd_and_saved_models_reload_it(tmp_path):
+    from bitkeras.finetuning.optimizers import SGD
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(size=(16, 16, 16, 3)).astype(np.float32), np.arange(16) % 2
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.fit(images, labels, steps=2, batch_size=8, crop_size=16, resize_size=16, verbose=0)
+    assert isinstance(classifier.optimizer, SGD)
+    classifier.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(reloaded.optimizer, SGD)
+    assert int(reloaded.optimizer.iterations) == 2

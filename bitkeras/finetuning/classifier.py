@@ -17,6 +17,7 @@ import keras
 from bitkeras.checks import check_positive_integer, check_seed
 from bitkeras.finetuning import distribute, pipeline, sources, training, xla
 from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
+from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
 from bitkeras.models.backbone import ResNetV2Backbone
@@ -85,7 +86,7 @@ class FineTuningClassifier(HeadClassifier):
     def _compile_defaults(self, optimizer="auto", loss="auto", metrics="auto",
                           jit_compile="auto", batch_split=1, **kwargs):
         if optimizer == "auto":
-            optimizer = keras.optimizers.SGD(learning_rate=BASE_LEARNING_RATE, momentum=0.9)
+            optimizer = SGD(learning_rate=BASE_LEARNING_RATE, momentum=0.9)
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics == "auto":

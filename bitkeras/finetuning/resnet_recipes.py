@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bitkeras.finetuning.optimizers import SGD
 from bitkeras.models.augmentation import PCALighting
 
 
@@ -102,8 +103,8 @@ class ResNetRecipe:
     def compile(self, model, metrics=("accuracy",)):
         """Compiles `model` (logits, integer labels) with the recipe's SGD and cross-entropy."""
         model.compile(
-            optimizer=keras.optimizers.SGD(self.learning_rate, momentum=self.momentum,
-                                           weight_decay=self.weight_decay),
+            optimizer=SGD(self.learning_rate, momentum=self.momentum,
+                          weight_decay=self.weight_decay),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=list(metrics))
 

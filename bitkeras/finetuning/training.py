@@ -16,6 +16,7 @@ import keras
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning import distribute, run_state
 from bitkeras.finetuning.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
+from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.schedules import WarmupStaircase
 from bitkeras.finetuning.upstream import UpstreamRecipe
 
@@ -87,8 +88,8 @@ def make_optimizer(rule):
     A HyperRule has no weight decay (BiT fine-tunes without it).
     """
     weight_decay = rule.weight_decay if isinstance(rule, UpstreamRecipe) else None
-    optimizer = keras.optimizers.SGD(learning_rate=WarmupStaircase.from_hyperrule(rule),
-                                     momentum=0.9, weight_decay=weight_decay or None)
+    optimizer = SGD(learning_rate=WarmupStaircase.from_hyperrule(rule), momentum=0.9,
+                    weight_decay=weight_decay or None)
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     return optimizer
@@ -250,26 +251,32 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
     return history, start_step
 
 
+GRAPH_REWRITES_OFF = ("constant_folding", "layout_optimizer", "remapping")
+"""Grappler's passes `fit` skips on CPUs: the slowest on a train step, and no faster after."""
+
+
 @contextlib.contextmanager
 def without_graph_rewrites(strategy):
-    """Within the block, this thread's TensorFlow functions run unrewritten by Grappler, on CPUs.
+    """Within the block, this thread's TensorFlow functions skip three Grappler passes, on CPUs.
 
     Grappler, TensorFlow's graph optimizer, rewrites a function's graph the
     first time it is called. For the R50x1 train step (128x128, batch 16, on
-    a 2-core Xeon) that took 1.0-1.4 s of the 6.6 s from calling `fit` to the
-    end of its first step, for no measurable gain in the steps after it
-    (benchmarks/first_step.py). Under GPUs and TPUs the rewrites stay on:
-    their layout optimizer matters there. TensorFlow keeps function-call
-    options per thread, so nothing outside this thread and this block is
-    affected; a function first called in the block and called again after it
-    is rewritten then, as usual.
+    a 2-core Xeon) its constant folding, layout optimizer (which serves GPUs)
+    and remapper (op fusions; BiT's convolutions have no bias to fuse) took
+    0.7-0.8 s of the 6.2-6.6 s from calling `fit` to the end of its first
+    step, and the steps after it ran no slower without them (0.77-0.82 s both
+    ways, 2 runs each). Turning all of Grappler off saved 0.2 s more but made
+    each later step about 3% slower. Under GPUs and TPUs nothing changes.
+    TensorFlow keeps function-call options per thread, so nothing outside
+    this thread and this block is affected; a function first called in the
+    block and called again after it is rewritten then, as usual.
     """
     if distribute.on_accelerator(strategy):
         yield
         return
     # Private TensorFlow API (the thread's function-call options, which
     # tf.experimental.function_executor_type sets the same way), checked on TF 2.21.
-    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
 
     eager = context.context()
@@ -277,7 +284,8 @@ def without_graph_rewrites(strategy):
     config = config_pb2.ConfigProto()
     if before.config_proto_serialized:
         config.ParseFromString(before.config_proto_serialized)
-    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    for name in GRAPH_REWRITES_OFF:
+        setattr(config.graph_options.rewrite_options, name, rewriter_config_pb2.RewriterConfig.OFF)
     eager.function_call_options = context.FunctionCallOptions(
         executor_type=before.executor_type, config_proto=config)
     try:
