@@ -20,9 +20,9 @@ from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
 from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
+from bitkeras.models import kernels
 from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.classifier import HeadClassifier
-from bitkeras.models import kernels
 from bitkeras.models.inference import (
     MULTI_SCALE_SIDES,
     MultiScaleAverage,

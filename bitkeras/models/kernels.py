@@ -124,8 +124,7 @@ def standardized_once(layers):
 
     Yields whether a layer got its copy only now: graphs traced before lack
     it, so a caller retraces them to benefit. Only under the TensorFlow
-    backend (JAX compiles the whole graph, where XLA hoists this itself);
-    elsewhere the block does nothing and yields False.
+    backend; elsewhere the block does nothing and yields False.
     """
     if keras.backend.backend() != "tensorflow":
         yield False
@@ -164,8 +163,14 @@ def standardized_kernel(layer, kernel, epsilon):
 
 
 def _standardize(ops, kernel, epsilon):
+    return _standardized(ops, kernel, epsilon)[0]
+
+
+def _standardized(ops, kernel, epsilon):
+    """(the standardized kernel, 1 / std per output channel)."""
     mean, variance = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
-    return (kernel - mean) * ops.rsqrt(variance + epsilon)
+    inverse_std = ops.rsqrt(variance + epsilon)
+    return (kernel - mean) * inverse_std, inverse_std
 
 
 def _standardize_closed_form(ops, kernel, epsilon):
@@ -177,9 +182,7 @@ def _standardize_closed_form(ops, kernel, epsilon):
 
     @ops.custom_gradient
     def standardize(kernel):
-        mean, variance = ops.moments(kernel, axes=[0, 1, 2], keepdims=True)
-        inverse_std = ops.rsqrt(variance + epsilon)
-        standardized = (kernel - mean) * inverse_std
+        standardized, inverse_std = _standardized(ops, kernel, epsilon)
 
         def gradient(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
