@@ -345,6 +345,8 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
     weight_count = len(classifier.weights)
+    classifier.predict(images, verbose=0)  # one batch: standardized in its graph, no copies
+    assert not any(_conv_copies(classifier))
 
     def direct():  # the classifier called outside predict: kernels standardized in its graph
         return keras.ops.convert_to_numpy(classifier(images))
@@ -352,7 +354,7 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     def close(computed, expected):
         np.testing.assert_allclose(computed, expected, atol=1e-5 * np.abs(expected).max())
 
-    close(classifier.predict(images, verbose=0), direct())
+    close(classifier.predict(images, batch_size=8, verbose=0), direct())
     copies = _conv_copies(classifier)
     assert len(copies) == 1 + 4 * 4 and all(pair is not None for pair in copies)  # root, units
     assert not any(bool(current.numpy()) for _, current in copies)  # current only in predict
@@ -360,7 +362,8 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
 
     # Within predict the graph reads the copies: zeroed, every image gets the same logits.
     assert np.ptp(direct(), axis=0).max() > 1e-3
-    corrupted = classifier.predict(images, verbose=0, callbacks=[_CorruptCopies(classifier)])
+    corrupted = classifier.predict(images, batch_size=8, verbose=0,
+                                   callbacks=[_CorruptCopies(classifier)])
     assert np.ptp(corrupted, axis=0).max() < 1e-6
 
     def loss(logits):
@@ -368,7 +371,7 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
             labels, logits, from_logits=True)))
 
     before = direct()
-    close(classifier.evaluate(images, labels, verbose=0, return_dict=True)["loss"],
+    close(classifier.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["loss"],
           loss(before))
     # After the weights change, neither predict, predict_on_batch (which runs the
     # same traced function outside predict) nor evaluate gives the old weights' outputs.
@@ -376,6 +379,6 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     after = direct()
     assert np.abs(after - before).max() > 1e-3
     close(classifier.predict_on_batch(images), after)
-    close(classifier.predict(images, verbose=0), after)
-    close(classifier.evaluate(images, labels, verbose=0, return_dict=True)["loss"],
+    close(classifier.predict(images, batch_size=8, verbose=0), after)
+    close(classifier.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["loss"],
           loss(after))

@@ -79,17 +79,22 @@ def float64_gradients(function, inputs, upstream):
     return [gradient.numpy() for gradient in tape.gradient(loss, inputs)]
 
 
+def training_gradients(layer, x, upstream):
+    """Gradients of sum(layer(x, training=True) * upstream) for x, gamma and beta (float32)."""
+    with tf.GradientTape() as tape:
+        inputs = tf.constant(x, tf.float32)
+        tape.watch(inputs)
+        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
+    return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+
+
 def test_closed_form_gradients_match_float64_autodiff():
     """Training takes the closed-form gradients; each entry is checked, relative to its scale."""
     rng = np.random.default_rng(6)
     layer, gamma, beta = random_group_norm(rng)
     x = rng.normal(2.0, 3.0, (3, 5, 4, 64))
     upstream = rng.normal(size=x.shape)
-    with tf.GradientTape() as tape:
-        inputs = tf.constant(x, tf.float32)
-        tape.watch(inputs)
-        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
-    computed = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    computed = training_gradients(layer, x, upstream)
     expected = float64_gradients(
         lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
         [x, gamma, beta], upstream)
@@ -115,11 +120,7 @@ def test_group_normalization_gradient_matches_float64():
     layer, gamma, beta = random_group_norm(rng)
     x = rng.normal(1.0, 2.0, (2, 4, 3, 64))
     upstream = rng.normal(size=x.shape)
-    with tf.GradientTape() as tape:
-        inputs = tf.constant(x, tf.float32)
-        tape.watch(inputs)
-        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
-    computed = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    computed = training_gradients(layer, x, upstream)
     # Central differences of the float64 reference, one coordinate each.
     def objective(values, index, delta):
         shifted = [value.copy() for value in values]

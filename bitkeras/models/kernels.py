@@ -114,9 +114,9 @@ def standardized_once(layers):
     `standardization_epsilon`). The weights do not change within one
     `predict` or `evaluate`, yet their graph standardizes every kernel in
     every batch: about a tenth of R50x1's inference time at 128x128 on a
-    2-core Xeon. Here each kernel is standardized by the same function as in
-    the graph and kept in a variable beside the layer (not among its
-    weights), with a flag that is set only within the block. An inference
+    2-core Xeon. Here each kernel is standardized (by TensorFlow's own ops, so
+    XLA compiles nothing for it) and kept in a variable beside the layer (not
+    among its weights), with a flag that is set only within the block. An inference
     graph traced while a layer has such a copy (`standardized_kernel`) reads
     the copy when the flag is set and standardizes in the graph otherwise, so
     a graph run outside the block (`predict_on_batch`, Keras's own loops)
@@ -133,7 +133,9 @@ def standardized_once(layers):
 
     new = False
     for layer in layers:
-        standardized = standardize(layer.kernel, layer.standardization_epsilon)
+        # TensorFlow's own ops, not the cluster: nothing for XLA to compile per shape.
+        standardized = _standardize(
+            ops, ops.cast(layer.kernel, "float32"), layer.standardization_epsilon)
         if layer in _ONCE:
             copy, current = _ONCE[layer]
             copy.assign(standardized)
