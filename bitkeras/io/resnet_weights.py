@@ -17,8 +17,8 @@ import keras
 
 from bitkeras.io import presets
 from bitkeras.io.weights import WeightsUnavailableError
-from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 from bitkeras.models.architecture import unit_name
+from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 from bitkeras.models.resnet_family import PRESETS, bit_config, get_family_preset
 
 KERAS_ARGUMENTS = {"name", "trainable", "dtype"}

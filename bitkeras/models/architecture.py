@@ -90,9 +90,9 @@ class Architecture:
         input by `padding` on every side and convolves VALID.
         """
         yield image_size, 3, self.root_channels, 7, 2, 3
-        size = _conv_size(_conv_size(image_size + 6, 7, 2) + 2, 3, 2)  # root conv, max-pool
+        size = conv_size(conv_size(image_size, 7, 2, 3), 3, 2, 1)  # root conv, max-pool
         for _, _, cin, mid, out, stride, projection in self.units():
-            out_size = _conv_size(size + 2, 3, stride)
+            out_size = conv_size(size, 3, stride, 1)
             yield size, cin, mid, 1, 1, 0
             if projection:
                 yield size, cin, out, 1, stride, 0
@@ -106,11 +106,7 @@ class Architecture:
         Counts the convolutions and the head (the work a FLOP count is made of);
         normalisation, activations and pooling are left out, as is customary.
         """
-        total = 0
-        for size, cin, cout, kernel, stride, padding in self.convolutions(image_size):
-            out_size = _conv_size(size + 2 * padding, kernel, stride)
-            total += out_size * out_size * kernel * kernel * cin * cout
-        return total + self.feature_channels * num_classes
+        return multiply_adds(self.convolutions(image_size), self.feature_channels, num_classes)
 
 
 ROOT_LAYER_NAME = "root_conv"
@@ -122,9 +118,23 @@ def unit_name(block, unit):
     return f"block{block}_unit{unit:02d}"
 
 
-def _conv_size(padded_size, kernel, stride):
-    """Output size of a VALID convolution."""
-    return math.floor((padded_size - kernel) / stride) + 1
+def conv_size(size, kernel, stride, padding=0):
+    """Output side of a convolution or pooling whose input is padded by `padding` on every side."""
+    return math.floor((size + 2 * padding - kernel) / stride) + 1
+
+
+def multiply_adds(convolutions, feature_channels, num_classes):
+    """Multiply-accumulates of `convolutions` and a dense head.
+
+    `convolutions`: (input size, in channels, out channels, kernel, stride,
+    padding) tuples, as `Architecture.convolutions` yields them; the head
+    maps `feature_channels` to `num_classes`.
+    """
+    total = 0
+    for size, cin, cout, kernel, stride, padding in convolutions:
+        out_size = conv_size(size, kernel, stride, padding)
+        total += out_size * out_size * kernel * kernel * cin * cout
+    return total + feature_channels * num_classes
 
 
 ARCHITECTURES = {

@@ -13,7 +13,8 @@ is built from the same `units()`.
 """
 
 import dataclasses
-import math
+
+from bitkeras.models.architecture import GROUPS, conv_size, multiply_adds
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("imagenet", "cifar")
@@ -23,9 +24,6 @@ STRIDE_POSITIONS = ("first_1x1", "3x3")
 DOWNSAMPLE_UNITS = ("first", "last")
 CONV_BIASES = ("none", "all", "outputs")
 INPUT_SCALINGS = ("tf", "caffe", "torch", "pixel_mean")
-
-GROUPS = 32
-"""GroupNorm groups (fewer where a layer has fewer channels than this)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,11 +205,7 @@ class ResNetConfig:
 
         Normalization, activations and pooling are left out, as the papers count.
         """
-        total = 0
-        for size, cin, cout, kernel, stride, padding in self.convolutions(image_size):
-            out = conv_size(size, kernel, stride, padding)
-            total += out * out * kernel * kernel * cin * cout
-        return total + self.feature_channels * num_classes
+        return multiply_adds(self.convolutions(image_size), self.feature_channels, num_classes)
 
     def parameter_count(self, num_classes=1000, statistics=True):
         """Weights of the model with a `num_classes` head (0: the backbone alone).
@@ -286,11 +280,6 @@ class ResNetConfig:
 def groups_for(channels):
     """GroupNorm groups for a layer: 32, or the channel count where it has fewer."""
     return min(GROUPS, channels)
-
-
-def conv_size(size, kernel, stride, padding):
-    """Output side of a convolution or pooling padded by `padding` on every side."""
-    return math.floor((size + 2 * padding - kernel) / stride) + 1
 
 
 IMAGENET_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
