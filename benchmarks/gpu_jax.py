@@ -56,7 +56,9 @@ def keras_runs(size, batch, bfloat16, steps=8):
     "Keras fit / predict": Keras's own loops over `steps` batches of host
     arrays, images already at the size (keras-hub's preprocessing step needs
     TensorFlow or Grain, so Keras's `Model.fit`/`predict` run the network
-    alone; batches copied to the GPU as they go). "jitted step": the model's
+    alone; batches copied to the GPU as they go), float32 images in [0, 1] and,
+    in the "uint8" line, the same pixels as uint8 (a quarter of the bytes to
+    copy; the model divides by 255 on the GPU). "jitted step": the model's
     `stateless_call` and the optimizer's `stateless_apply` in one `jax.jit`
     function on arrays already on the GPU, as PyTorch's lines run
     (`*_on_batch` is not used: Keras syncs every variable back after each
@@ -76,15 +78,18 @@ def keras_runs(size, batch, bfloat16, steps=8):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=True)
     rng = np.random.default_rng(0)
-    host_images = rng.uniform(0, 1, (batch * steps, size, size, 3)).astype(np.float32)
+    host_pixels = rng.integers(0, 256, (batch * steps, size, size, 3), dtype=np.uint8)
+    host_images = host_pixels.astype(np.float32) / 255
     host_labels = rng.integers(0, NUM_CLASSES, batch * steps)
 
-    def fit():
-        keras.Model.fit(model, host_images, host_labels, batch_size=batch, epochs=1,
-                        shuffle=False, verbose=0)
+    def host_loops(images):
+        def fit():
+            keras.Model.fit(model, images, host_labels, batch_size=batch, epochs=1,
+                            shuffle=False, verbose=0)
 
-    def predict():
-        keras.Model.predict(model, host_images, batch_size=batch, verbose=0)
+        def predict():
+            keras.Model.predict(model, images, batch_size=batch, verbose=0)
+        return fit, predict
 
     model.predict_on_batch(host_images[:batch])  # builds the model
     optimizer.build(model.trainable_variables)
@@ -119,7 +124,9 @@ def keras_runs(size, batch, bfloat16, steps=8):
     def infer_step():
         forward(state[0], state[1], images).block_until_ready()
 
-    lines = {"Keras fit / predict": (fit, predict), "Keras, jitted step": (train_step, infer_step)}
+    lines = {"Keras fit / predict": host_loops(host_images),
+             "Keras fit / predict, uint8": host_loops(host_pixels),
+             "Keras, jitted step": (train_step, infer_step)}
     return lines, steps
 
 
@@ -149,16 +156,16 @@ def main():
         compiled = time.perf_counter() - started
         runs = {**keras_lines, **step_runs(ARCHITECTURES["R50x1"], NUM_CLASSES, args.batch,
                                              args.size, bfloat16, device=args.device)}
-        batches = {name: steps if name == "Keras fit / predict" else 1 for name in runs}
+        batches = {name: steps if name.startswith("Keras fit") else 1 for name in runs}
         seconds = {kind: interleaved_median_seconds(
             {name: pair[index] for name, pair in runs.items()}, args.rounds, args.warmup)
             for index, kind in enumerate(("train", "infer"))}
         rates = {kind: {name: args.batch * batches[name] / value
                         for name, value in seconds[kind].items()} for kind in seconds}
         print(f"\n{precision} (Keras: build and compile {compiled:.0f} s)")
-        print(f"  {'':<24} {'train img/s':>12} {'inference img/s':>16}")
+        print(f"  {'':<27} {'train img/s':>12} {'inference img/s':>16}")
         for name in runs:
-            print(f"  {name:<24} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
+            print(f"  {name:<27} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
         torch_names = [name for name in runs if name.startswith("PyTorch")]
         fastest = max(rates["infer"][name] for name in torch_names)
         for name in keras_lines:
