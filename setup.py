@@ -10,7 +10,9 @@ setup(
     # the package bitkeras.saved_models, so a wheel carries them.
     packages=find_packages(include=["bitkeras", "bitkeras.*"]) + ["bitkeras.saved_models"],
     package_dir={"bitkeras.saved_models": "saved_models"},
-    package_data={"bitkeras.saved_models": ["*/model.npz", "*/MODEL_CARD.md", "*/upstream.json"]},
+    # group_norm_op.cc is built on first use, against the TensorFlow installed then.
+    package_data={"bitkeras.saved_models": ["*/model.npz", "*/MODEL_CARD.md", "*/upstream.json"],
+                  "bitkeras.models": ["*.cc"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.21,<2.22",

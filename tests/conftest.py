@@ -2,13 +2,39 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import warnings
+
 import numpy as np
 import pytest
 
+from bitkeras.models import native
 from tests import reference
 
 TINY = dict(block_units=(1, 1, 1, 1), width_factor=0.5)
 """The smallest BiT: 1 unit per block, 32 root channels."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_group_norm():
+    """Builds or loads the GroupNorm op once per test process, before the tests.
+
+    Where it cannot be built (no compiler), its one warning is not any test's
+    business: the tests run on TensorFlow's ops (`tests/test_native.py` checks
+    the warning itself).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        native.library()
+
+
+@pytest.fixture(params=["op", "tensorflow"])
+def group_norm_engine(request, monkeypatch):
+    """A GroupNorm test twice: on bitkeras's C++ op, and on TensorFlow's own ops."""
+    if request.param == "op" and native.library() is None:
+        pytest.skip("no C++ compiler here to build the GroupNorm op")
+    if request.param == "tensorflow":
+        monkeypatch.setenv(native.ENABLE_ENV, "0")
+    return request.param
 
 
 @pytest.fixture

@@ -64,22 +64,28 @@ def test_saved_model_and_hub_load_compute_the_keras_model(exported, colour_class
     assert list(module.regularization_losses) == []
 
 
-def test_exports_hold_no_function_that_only_xla_runs(exported, colour_classifier, tmp_path):
+def test_exports_hold_nothing_only_xla_or_bitkeras_runs(exported, colour_classifier, tmp_path):
     from tensorflow.core.protobuf import saved_model_pb2
 
-    def must_compile(folder):
+    def only_here(graph):
+        """Functions that only XLA runs, and ops that only bitkeras's op library defines."""
+        functions = graph.library.function
+        nodes = [*graph.node, *(node for function in functions for node in function.node_def)]
+        return ([f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+                + [node.op for node in nodes if node.op.startswith("Bitkeras")])
+
+    def saved_graph(folder):
         saved = saved_model_pb2.SavedModel()
         saved.ParseFromString((folder / "saved_model.pb").read_bytes())
-        library = saved.meta_graphs[0].graph_def.library.function
-        return [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+        return saved.meta_graphs[0].graph_def
 
     colour_classifier.export(tmp_path / "keras", format="tf_saved_model")
     for folder in (exported / "logits", exported / "features", tmp_path / "keras"):
-        assert must_compile(folder) == [], folder
+        assert only_here(saved_graph(folder)) == [], folder
     # The same model traced outside `portable()` holds them.
     graph = tf.function(lambda x: colour_classifier(x, training=False)).get_concrete_function(
         tf.TensorSpec((None, 8, 8, 3), tf.float32)).graph.as_graph_def()
-    assert [f for f in graph.library.function if f.attr["_XlaMustCompile"].b]
+    assert only_here(graph)
 
 
 def test_bytes_signature_decodes_uploads_and_names_the_class(exported):

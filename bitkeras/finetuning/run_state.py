@@ -234,13 +234,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.save()
 
     def save(self):
-        for variable in self.model.trainable_variables:
-            if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
-                raise NonFiniteLossError(
-                    f"weight {variable.path!r} is NaN or Inf after step "
-                    f"{optimizer_step(self.model)}. Lower the learning rate (or train in "
-                    f"float32)."
-                )
+        raise_on_non_finite_weights(self.model)
         if distribute.is_chief():
             self.model.save_weights(self.folder / CHECKPOINT_FILE)
         self.saved_step = optimizer_step(self.model)
@@ -268,6 +262,23 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             f"the training loss became {float(loss)} at step {optimizer_step(self.model)}. "
             f"Lower the learning rate, check the data for NaN/Inf values, or train in float32."
         )
+
+    def on_train_end(self, logs=None):
+        # The loss can stay finite while weights do not: a max pool passes a NaN
+        # image on as the lowest float, whose GroupNorm is finite, yet the
+        # gradient of the convolution before it is NaN. One check per fit.
+        raise_on_non_finite_weights(self.model)
+
+
+def raise_on_non_finite_weights(model):
+    """Raises `NonFiniteLossError` naming the first trainable weight that holds NaN or Inf."""
+    for variable in model.trainable_variables:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            raise NonFiniteLossError(
+                f"weight {variable.path!r} is NaN or Inf after step {optimizer_step(model)}. "
+                f"Lower the learning rate, check the data for NaN/Inf values, or train in "
+                f"float32."
+            )
 
 
 def optimizer_step(model):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from bitkeras import files
 from bitkeras.finetuning import distribute
 from bitkeras.io.weights import cache_dir
+from bitkeras.models import native
 
 CALIBRATE_MIN_STEPS = 500
 """Fits of at least this many steps (the HyperRule's shortest schedule) calibrate."""
@@ -66,8 +67,10 @@ def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0
 def calibration_key(model, image_size, batch_size, precision):
     """What a calibration holds for: this CPU and TensorFlow, the architecture, the step's shape."""
     architecture = model.backbone.architecture
+    # Without XLA, GroupNorm runs on bitkeras's C++ op where it could be built.
+    group_norm = "op" if native.enabled() and native.library() is not None else "tf"
     return "|".join(str(part) for part in (
-        cpu_name(), os.cpu_count(), tf.__version__, architecture.block_units,
+        cpu_name(), os.cpu_count(), tf.__version__, group_norm, architecture.block_units,
         architecture.width_factor,
         image_size, batch_size, precision, model.num_classes))
 

@@ -1,0 +1,176 @@
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bitkeras.models import kernels, native
+from tests import reference
+from tests.test_layers import float64_gradients, random_group_norm, training_gradients
+
+
+@pytest.fixture
+def operations():
+    """The built op library; the tests skip where no C++ compiler is installed."""
+    library = native.library()
+    if library is None:
+        if _has_compiler():
+            pytest.fail("a C++ compiler is installed, yet the op was not built")
+        pytest.skip("no C++ compiler here: bitkeras trains GroupNorm on TensorFlow's ops")
+    return library
+
+
+def _has_compiler():
+    try:
+        native._compiler()
+    except native.NativeBuildError:
+        return False
+    return True
+
+
+def op_types(function, *specs):
+    graph = tf.function(function).get_concrete_function(*specs).graph
+    return {operation.type for operation in graph.get_operations()}
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 64), (2, 4, 4, 96), (1, 2, 1, 64)])
+def test_forward_and_gradient_match_float64(operations, shape):
+    """Offset activations (mean 3, std 2); each result within 1e-5 of its scale."""
+    rng = np.random.default_rng(0)
+    channels = shape[-1]
+    x = rng.normal(3.0, 2.0, shape)
+    gamma, beta = rng.normal(1.0, 0.5, channels), rng.normal(0.0, 0.5, channels)
+    upstream = rng.normal(size=shape)
+    with tf.GradientTape() as tape:
+        inputs = [tf.constant(value, tf.float32) for value in (x, gamma, beta)]
+        tape.watch(inputs)
+        outputs = native.group_norm(*inputs, groups=32, epsilon=1e-5)
+        loss = tf.reduce_sum(outputs * upstream)
+    computed = [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(loss, inputs))]
+    expected = [reference.group_norm(x, gamma, beta), *float64_gradients(
+        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
+        [x, gamma, beta], upstream)]
+    for got, want in zip(computed, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5 * max(np.abs(want).max(initial=0), 1e-3))
+
+
+def test_op_is_no_less_exact_than_tensorflows_closed_form(operations, monkeypatch):
+    """Large offsets (mean 100, std 1) make cancellation show."""
+    rng = np.random.default_rng(1)
+    layer, gamma, beta = random_group_norm(rng)
+    x = rng.normal(100.0, 1.0, (2, 6, 6, 64))
+    upstream = rng.normal(size=x.shape)
+    expected = float64_gradients(
+        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5), [x, gamma, beta],
+        upstream)
+    errors = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv(native.ENABLE_ENV, setting)
+        computed = training_gradients(layer, x, upstream)
+        errors[setting] = [np.abs(got.numpy() - want).max() / np.abs(want).max()
+                           for got, want in zip(computed, expected)]
+    assert all(error < 1e-5 for error in errors["1"]), errors
+    assert all(ours <= theirs * 1.5 + 1e-7 for ours, theirs in zip(errors["1"], errors["0"]))
+
+
+def test_layers_call_the_op_in_training_and_inference_graphs(operations, monkeypatch):
+    layer, _, _ = random_group_norm(np.random.default_rng(2))
+    spec = tf.TensorSpec((None, 6, 6, 64), tf.float32)
+    assert "BitkerasGroupNorm" in op_types(lambda x: layer(x, training=False), spec)
+
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(loss, x)
+    assert {"BitkerasGroupNorm", "BitkerasGroupNormGrad"} <= op_types(gradient, spec)
+    # Not in exports, not inside XLA, not when turned off.
+    with kernels.portable():
+        assert "BitkerasGroupNorm" not in op_types(lambda x: layer(x, training=False), spec)
+    compiled = tf.function(lambda x: layer(x, training=True), jit_compile=True)
+    x = np.random.default_rng(3).normal(size=(2, 6, 6, 64)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), layer(x, training=True), atol=1e-5)
+    assert "BitkerasGroupNorm" not in {
+        operation.type for operation in compiled.get_concrete_function(x).graph.get_operations()}
+    monkeypatch.setenv(native.ENABLE_ENV, "0")
+    assert not native.usable()
+    assert "BitkerasGroupNorm" not in op_types(gradient, spec)
+
+
+def test_op_refuses_mismatched_inputs_with_a_clear_error(operations):
+    x = tf.zeros((2, 3, 3, 48))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="48 channels do not split into 32"):
+        operations.bitkeras_group_norm(x, tf.ones(48), tf.zeros(48), groups=32, epsilon=1e-5)
+    x = tf.zeros((2, 3, 3, 64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"one value per channel \(64\)"):
+        operations.bitkeras_group_norm(x, tf.ones(32), tf.zeros(32), groups=32, epsilon=1e-5)
+    outputs, mean, inverse_std = operations.bitkeras_group_norm(
+        x, tf.ones(64), tf.zeros(64), groups=32, epsilon=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="upstream shape"):
+        operations.bitkeras_group_norm_grad(tf.zeros((2, 3, 64)), x, tf.ones(64), mean,
+                                            inverse_std, groups=32)
+
+
+def test_empty_batch_gives_empty_outputs_and_zero_parameter_gradients(operations):
+    x = tf.zeros((0, 3, 3, 64))
+    gamma, beta = tf.ones(64), tf.zeros(64)
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        outputs = native.group_norm(x, gamma, beta, groups=32, epsilon=1e-5)
+    d_x, d_gamma, d_beta = tape.gradient(outputs, [x, gamma, beta])
+    assert outputs.shape == (0, 3, 3, 64) and d_x.shape == (0, 3, 3, 64)
+    assert not np.any(d_gamma.numpy()) and not np.any(d_beta.numpy())
+
+
+def test_build_is_kept_and_reused(operations, tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_compiler_version", lambda compiler: "a compiler")
+    built = native.build(cache=tmp_path)
+    assert built.parent == tmp_path / "native" and built.suffix == ".so"
+    assert built.stat().st_size > 0
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again")
+    monkeypatch.setattr(native.subprocess, "run", no_compiling)
+    assert native.build(cache=tmp_path) == built
+    # Another TensorFlow build (here: other flags) is another file.
+    monkeypatch.setattr(tf.sysconfig, "get_compile_flags", lambda: ["-DOTHER"])
+    with pytest.raises(AssertionError, match="compiled again"):
+        native.build(cache=tmp_path)
+
+
+def test_without_a_compiler_training_warns_once_and_uses_tensorflows_ops(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ or c++ on it
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*install g\\+\\+"):
+            assert native.library() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process
+            assert native.library() is None
+            assert not native.usable()
+        rng = np.random.default_rng(4)
+        layer, gamma, beta = random_group_norm(rng)
+        x = rng.normal(1.0, 2.0, (2, 4, 4, 64))
+        upstream = rng.normal(size=x.shape)
+        computed = training_gradients(layer, x, upstream)
+        expected = float64_gradients(
+            lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
+            [x, gamma, beta], upstream)
+        for got, want in zip(computed, expected):
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+    finally:
+        native.library.cache_clear()
+
+
+def test_a_failing_compiler_is_reported_with_its_message(monkeypatch, tmp_path):
+    compiler = tmp_path / "g++"
+    compiler.write_text("#!/bin/sh\necho 'fatal error: out of disk' >&2\nexit 3\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(native.NativeBuildError, match=r"(?s)failed .*exit 3.*out of disk"):
+        native.build(cache=tmp_path)
+    assert not list((tmp_path / "native").glob("*.so"))
