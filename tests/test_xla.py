@@ -76,3 +76,14 @@ def test_an_unreadable_calibration_file_is_ignored(classifier, cache):
     assert xla.read_cache() == {}
     strategy = distribute.strategy_for("default")
     assert xla.resolve("auto", strategy, classifier, _rule(10), 4, "float32") is False
+
+
+def test_calibrations_are_kept_per_group_norm_engine(classifier, monkeypatch):
+    """With GroupNorm's C++ op off, the step without XLA is another step: another key."""
+    from bitkeras.models import native
+
+    with_engine = xla.calibration_key(classifier, 16, 4, "float32")
+    monkeypatch.setenv(native.ENABLE_ENV, "0")
+    without = xla.calibration_key(classifier, 16, 4, "float32")
+    assert without != with_engine or native.library() is None
+    assert "|tf|" in without

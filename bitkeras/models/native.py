@@ -145,7 +145,8 @@ def _load():
 def _compiler():
     for name in (os.environ.get("CXX"), "g++", "c++"):
         if name and shutil.which(name):
-            return shutil.which(name)
+            # One name for one compiler, whichever PATH found it (/bin or /usr/bin).
+            return os.path.realpath(shutil.which(name))
     raise NativeBuildError("no C++ compiler found ($CXX, g++ or c++ on PATH); install g++")
 
 
