@@ -88,18 +88,26 @@ def training_gradients(layer, x, upstream):
     return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
 
 
+def float64_group_norm_gradients(x, gamma, beta, upstream):
+    """Float64 autodiff of the plain GroupNorm (32 groups): gradients for x, gamma, beta."""
+    return float64_gradients(lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
+                             [x, gamma, beta], upstream)
+
+
+def assert_training_gradients_match_float64(rng, shape, mean, std):
+    """A random GroupNorm layer's training gradients, entry by entry within 1e-5 of the scale."""
+    layer, gamma, beta = random_group_norm(rng)
+    x = rng.normal(mean, std, shape)
+    upstream = rng.normal(size=x.shape)
+    computed = training_gradients(layer, x, upstream)
+    for got, want in zip(computed, float64_group_norm_gradients(x, gamma, beta, upstream)):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+
+
 def test_closed_form_gradients_match_float64_autodiff(group_norm_engine):
     """Training takes the closed-form gradients; each entry is checked, relative to its scale."""
     rng = np.random.default_rng(6)
-    layer, gamma, beta = random_group_norm(rng)
-    x = rng.normal(2.0, 3.0, (3, 5, 4, 64))
-    upstream = rng.normal(size=x.shape)
-    computed = training_gradients(layer, x, upstream)
-    expected = float64_gradients(
-        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
-        [x, gamma, beta], upstream)
-    for got, want in zip(computed, expected):
-        np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+    assert_training_gradients_match_float64(rng, (3, 5, 4, 64), mean=2.0, std=3.0)
 
     kernel = rng.normal(0.3, 0.7, (3, 3, 16, 8))
     upstream = rng.normal(size=kernel.shape)

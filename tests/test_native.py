@@ -1,13 +1,14 @@
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from bitkeras.models import kernels, native
 from tests import reference
-from tests.test_layers import float64_gradients, random_group_norm, training_gradients
+from tests.test_layers import (assert_training_gradients_match_float64,
+                               float64_group_norm_gradients, random_group_norm,
+                               training_gradients)
 
 
 @pytest.fixture
@@ -48,9 +49,8 @@ def test_forward_and_gradient_match_float64(operations, shape):
         outputs = native.group_norm(*inputs, groups=32, epsilon=1e-5)
         loss = tf.reduce_sum(outputs * upstream)
     computed = [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(loss, inputs))]
-    expected = [reference.group_norm(x, gamma, beta), *float64_gradients(
-        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
-        [x, gamma, beta], upstream)]
+    expected = [reference.group_norm(x, gamma, beta),
+                *float64_group_norm_gradients(x, gamma, beta, upstream)]
     for got, want in zip(computed, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5 * max(np.abs(want).max(initial=0), 1e-3))
@@ -62,9 +62,7 @@ def test_op_is_no_less_exact_than_tensorflows_closed_form(operations, monkeypatc
     layer, gamma, beta = random_group_norm(rng)
     x = rng.normal(100.0, 1.0, (2, 6, 6, 64))
     upstream = rng.normal(size=x.shape)
-    expected = float64_gradients(
-        lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5), [x, gamma, beta],
-        upstream)
+    expected = float64_group_norm_gradients(x, gamma, beta, upstream)
     errors = {}
     for setting in ("1", "0"):
         monkeypatch.setenv(native.ENABLE_ENV, setting)
@@ -152,16 +150,8 @@ def test_without_a_compiler_training_warns_once_and_uses_tensorflows_ops(monkeyp
             warnings.simplefilter("error")  # once per process
             assert native.library() is None
             assert not native.usable()
-        rng = np.random.default_rng(4)
-        layer, gamma, beta = random_group_norm(rng)
-        x = rng.normal(1.0, 2.0, (2, 4, 4, 64))
-        upstream = rng.normal(size=x.shape)
-        computed = training_gradients(layer, x, upstream)
-        expected = float64_gradients(
-            lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
-            [x, gamma, beta], upstream)
-        for got, want in zip(computed, expected):
-            np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+        assert_training_gradients_match_float64(
+            np.random.default_rng(4), (2, 4, 4, 64), mean=1.0, std=2.0)
     finally:
         native.library.cache_clear()
 
