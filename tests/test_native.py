@@ -164,3 +164,10 @@ def test_a_failing_compiler_is_reported_with_its_message(monkeypatch, tmp_path):
     with pytest.raises(native.NativeBuildError, match=r"(?s)failed .*exit 3.*out of disk"):
         native.build(cache=tmp_path)
     assert not list((tmp_path / "native").glob("*.so"))
+
+
+def test_a_cache_folder_that_cannot_be_written_is_reported(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.raises(native.NativeBuildError, match="cannot build into .*BITKERAS_CACHE_DIR"):
+        native.build(cache=blocked)

@@ -111,24 +111,33 @@ def build(cache=None):
     target = folder / f"group_norm_op-{_build_key(compiler, flags, tf.__version__)}.so"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / "build.lock"):
-        if target.exists():  # another process built it while this one waited
-            return target
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            built = pathlib.Path(scratch) / target.name
-            try:
-                result = subprocess.run([compiler, str(SOURCE), "-o", str(built), *flags],
-                                        capture_output=True, text=True,
-                                        timeout=BUILD_TIMEOUT_SECONDS)
-            except (OSError, subprocess.TimeoutExpired) as error:
-                raise NativeBuildError(f"{compiler} could not build {SOURCE.name}: {error}")
-            if result.returncode != 0:
-                last_lines = "\n".join(result.stderr.strip().splitlines()[-5:])
-                raise NativeBuildError(
-                    f"{compiler} failed on {SOURCE.name} (exit {result.returncode}):\n"
-                    f"{last_lines}")
-            os.replace(built, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / "build.lock"):
+            return _compile(compiler, flags, folder, target)
+    except OSError as error:  # a cache folder that cannot be written
+        raise NativeBuildError(
+            f"cannot build into {folder} ({error}); set {CACHE_ENV} to a writable folder")
+
+
+def _compile(compiler, flags, folder, target):
+    """Compiles the op into `target` (the caller holds the folder's lock)."""
+    if target.exists():  # another process built it while this one waited
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = pathlib.Path(scratch) / target.name
+        try:
+            result = subprocess.run([compiler, str(SOURCE), "-o", str(built), *flags],
+                                    capture_output=True, text=True,
+                                    timeout=BUILD_TIMEOUT_SECONDS)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NativeBuildError(f"{compiler} could not build {SOURCE.name}: {error}")
+        if result.returncode != 0:
+            last_lines = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise NativeBuildError(
+                f"{compiler} failed on {SOURCE.name} (exit {result.returncode}):\n"
+                f"{last_lines}")
+        os.replace(built, target)
     return target
 
 
