@@ -153,20 +153,30 @@ def test_without_a_compiler_training_warns_once_and_uses_tensorflows_ops(monkeyp
         assert_training_gradients_match_float64(
             np.random.default_rng(4), (2, 4, 4, 64), mean=1.0, std=2.0)
     finally:
+        monkeypatch.undo()
         native.library.cache_clear()
+        with warnings.catch_warnings():  # as the conftest left it for the tests after this one
+            warnings.simplefilter("ignore", RuntimeWarning)
+            native.library()
 
 
-def test_a_failing_compiler_is_reported_with_its_message(monkeypatch, tmp_path):
+@pytest.fixture
+def failing_compiler(monkeypatch, tmp_path):
+    """`$CXX`: a compiler that fails every build, saying so on stderr."""
     compiler = tmp_path / "g++"
     compiler.write_text("#!/bin/sh\necho 'fatal error: out of disk' >&2\nexit 3\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
+    return compiler
+
+
+def test_a_failing_compiler_is_reported_with_its_message(failing_compiler, tmp_path):
     with pytest.raises(native.NativeBuildError, match=r"(?s)failed .*exit 3.*out of disk"):
         native.build(cache=tmp_path)
     assert not list((tmp_path / "native").glob("*.so"))
 
 
-def test_a_cache_folder_that_cannot_be_written_is_reported(tmp_path):
+def test_a_cache_folder_that_cannot_be_written_is_reported(failing_compiler, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache folder should be")
     with pytest.raises(native.NativeBuildError, match="cannot build into .*BITKERAS_CACHE_DIR"):
