@@ -16,6 +16,15 @@ import stat
 PARTIAL_MARK = ".partial-"
 """In the name of a file being written; such files are never the finished product."""
 
+CACHE_ENV = "BITKERAS_CACHE_DIR"
+
+
+def cache_dir():
+    """bitkeras's cache folder: `$BITKERAS_CACHE_DIR`, else `~/.cache/bitkeras`."""
+    return pathlib.Path(
+        os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "bitkeras"
+    ).expanduser()
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):

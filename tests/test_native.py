@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bitkeras import files
 from bitkeras.models import kernels, native
 from tests import reference
 from tests.test_layers import (assert_training_gradients_match_float64,
@@ -141,7 +142,7 @@ def test_build_is_kept_and_reused(operations, tmp_path, monkeypatch):
 def test_without_a_compiler_training_warns_once_and_uses_tensorflows_ops(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "")
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++ or c++ on it
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
     native.library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*install g\\+\\+"):

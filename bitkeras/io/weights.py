@@ -6,7 +6,6 @@ preset's file keeps its bucket path there (e.g. `distill/R50x1_224.npz`).
 
 import hashlib
 import http.client
-import os
 import pathlib
 import urllib.error
 import urllib.request
@@ -15,8 +14,8 @@ import zipfile
 import keras
 
 from bitkeras import files
+from bitkeras.files import CACHE_ENV, cache_dir  # the folder that holds downloaded weights
 
-CACHE_ENV = "BITKERAS_CACHE_DIR"
 DOWNLOAD_TIMEOUT_SECONDS = 30
 _CHUNK_BYTES = 1 << 20
 
@@ -27,13 +26,6 @@ class WeightsUnavailableError(OSError):
 
 class CorruptWeightsError(ValueError):
     """A weights file that is truncated, damaged or not a BiT `.npz`."""
-
-
-def cache_dir():
-    """The folder that holds downloaded weights."""
-    return pathlib.Path(
-        os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "bitkeras"
-    ).expanduser()
 
 
 def resolve_weights(preset, weights):

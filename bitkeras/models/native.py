@@ -29,12 +29,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
+
+from bitkeras import files
 
 SOURCE = pathlib.Path(__file__).with_name("group_norm_op.cc")
 ENABLE_ENV = "BITKERAS_NATIVE"
-CACHE_ENV = "BITKERAS_CACHE_DIR"  # the cache folder of bitkeras.io.weights
 BUILD_TIMEOUT_SECONDS = 300
 
 
@@ -106,8 +106,7 @@ def build(cache=None):
              # AVX512-FP16; this op has no float16 arithmetic.
              "-U__AVX512FP16__",
              *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
-    folder = pathlib.Path(cache or os.environ.get(CACHE_ENV)
-                          or pathlib.Path.home() / ".cache" / "bitkeras").expanduser() / "native"
+    folder = (pathlib.Path(cache).expanduser() if cache else files.cache_dir()) / "native"
     target = folder / f"group_norm_op-{_build_key(compiler, flags, tf.__version__)}.so"
     if target.exists():
         return target
@@ -117,15 +116,14 @@ def build(cache=None):
             return _compile(compiler, flags, folder, target)
     except OSError as error:  # a cache folder that cannot be written
         raise NativeBuildError(
-            f"cannot build into {folder} ({error}); set {CACHE_ENV} to a writable folder")
+            f"cannot build into {folder} ({error}); set {files.CACHE_ENV} to a writable folder")
 
 
 def _compile(compiler, flags, folder, target):
     """Compiles the op into `target` (the caller holds the folder's lock)."""
     if target.exists():  # another process built it while this one waited
         return target
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        built = pathlib.Path(scratch) / target.name
+    with files.atomic_path(target) as built:
         try:
             result = subprocess.run([compiler, str(SOURCE), "-o", str(built), *flags],
                                     capture_output=True, text=True,
@@ -137,7 +135,6 @@ def _compile(compiler, flags, folder, target):
             raise NativeBuildError(
                 f"{compiler} failed on {SOURCE.name} (exit {result.returncode}):\n"
                 f"{last_lines}")
-        os.replace(built, target)
     return target
 
 
@@ -191,7 +188,7 @@ def _locked(path):
     """One build at a time per cache folder (parallel test workers, several jobs)."""
     try:
         import fcntl
-    except ImportError:  # Windows: the build still lands atomically (os.replace)
+    except ImportError:  # Windows: the build still lands atomically (files.atomic_path)
         yield
         return
     with open(path, "w") as handle:
