@@ -15,8 +15,8 @@ TINY = dict(block_units=(1, 1, 1, 1), width_factor=0.5)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def native_group_norm():
-    """Builds or loads the GroupNorm op once per test process, before the tests.
+def native_ops():
+    """Builds or loads bitkeras's C++ ops once per test process, before the tests.
 
     Where it cannot be built (no compiler), its one warning is not any test's
     business: the tests run on TensorFlow's ops (`tests/test_native.py` checks
@@ -28,10 +28,11 @@ def native_group_norm():
 
 
 @pytest.fixture(params=["op", "tensorflow"])
-def group_norm_engine(request, monkeypatch):
-    """A GroupNorm test twice: on bitkeras's C++ op, and on TensorFlow's own ops."""
+def native_engine(request, monkeypatch):
+    """A layer test twice: on bitkeras's C++ ops (GroupNorm, weight standardization), and
+    on TensorFlow's own ops."""
     if request.param == "op" and native.library() is None:
-        pytest.skip("no C++ compiler here to build the GroupNorm op")
+        pytest.skip("no C++ compiler here to build bitkeras's ops")
     if request.param == "tensorflow":
         monkeypatch.setenv(native.ENABLE_ENV, "0")
     return request.param

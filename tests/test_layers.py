@@ -48,7 +48,7 @@ def random_group_norm(rng, channels=64, dtype=None):
     return layer, keras.ops.convert_to_numpy(layer.gamma), keras.ops.convert_to_numpy(layer.beta)
 
 
-def test_group_normalization_inference_matches_float64_on_both_paths(group_norm_engine):
+def test_group_normalization_inference_matches_float64_on_both_paths(native_engine):
     rng = np.random.default_rng(1)
     layer, gamma, beta = random_group_norm(rng)
     # Offset activations (mean 3, std 2), as after a ReLU and a convolution.
@@ -79,12 +79,12 @@ def float64_gradients(function, inputs, upstream):
     return [gradient.numpy() for gradient in tape.gradient(loss, inputs)]
 
 
-def training_gradients(layer, x, upstream):
+def training_gradients(layer, x, upstream, relu=False):
     """Gradients of sum(layer(x, training=True) * upstream) for x, gamma and beta (float32)."""
     with tf.GradientTape() as tape:
         inputs = tf.constant(x, tf.float32)
         tape.watch(inputs)
-        loss = tf.reduce_sum(layer(inputs, training=True) * upstream)
+        loss = tf.reduce_sum(layer(inputs, training=True, relu=relu) * upstream)
     return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
 
 
@@ -104,7 +104,7 @@ def assert_training_gradients_match_float64(rng, shape, mean, std):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
 
 
-def test_closed_form_gradients_match_float64_autodiff(group_norm_engine):
+def test_closed_form_gradients_match_float64_autodiff(native_engine):
     """Training takes the closed-form gradients; each entry is checked, relative to its scale."""
     rng = np.random.default_rng(6)
     assert_training_gradients_match_float64(rng, (3, 5, 4, 64), mean=2.0, std=3.0)
@@ -123,7 +123,7 @@ def test_closed_form_gradients_match_float64_autodiff(group_norm_engine):
     np.testing.assert_allclose(computed, expected, atol=1e-5 * np.abs(expected).max())
 
 
-def test_group_normalization_gradient_matches_float64(group_norm_engine):
+def test_group_normalization_gradient_matches_float64(native_engine):
     rng = np.random.default_rng(2)
     layer, gamma, beta = random_group_norm(rng)
     x = rng.normal(1.0, 2.0, (2, 4, 3, 64))
@@ -139,6 +139,29 @@ def test_group_normalization_gradient_matches_float64(group_norm_engine):
         numeric = (objective(values, index, 1e-6) - objective(values, index, -1e-6)) / 2e-6
         analytic = gradient.numpy().flat[0]
         assert abs(analytic - numeric) <= 1e-3 * max(1.0, abs(numeric)), (index, analytic, numeric)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_group_normalization_with_relu_is_relu_of_its_output(native_engine, dtype):
+    """`layer(x, relu=True)`: the same values as `relu(layer(x))`, and its gradients."""
+    rng = np.random.default_rng(8)
+    layer, gamma, beta = random_group_norm(rng, dtype=dtype)
+    x = rng.normal(1.0, 2.0, (2, 4, 5, 64)).astype(np.float32)
+    for training in (False, True):
+        fused = keras.ops.convert_to_numpy(layer(x, training=training, relu=True))
+        plain = keras.ops.convert_to_numpy(keras.ops.relu(layer(x, training=training)))
+        np.testing.assert_array_equal(fused, plain)
+    if dtype == "float32":
+        upstream = rng.normal(size=x.shape)
+        normalized = reference.group_norm(x.astype(np.float64), gamma, beta)
+        expected = float64_group_norm_gradients(x, gamma, beta, upstream * (normalized > 0))
+        for got, want in zip(training_gradients(layer, x, upstream, relu=True), expected):
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
+    # Inputs Keras's own layer computes (here 3-D) take the keyword too.
+    flat, layer = x.reshape(2, 20, 64), group_normalization(dtype=dtype)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(flat, relu=True)),
+        keras.ops.convert_to_numpy(keras.ops.relu(layer(flat))))
 
 
 def test_mixed_precision_group_normalization_keeps_float32_statistics():

@@ -1,5 +1,6 @@
 import warnings
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,9 +8,10 @@ import tensorflow as tf
 from bitkeras import files
 from bitkeras.models import kernels, native
 from tests import reference
+from bitkeras.models.layers import StandardizedConv2D
 from tests.test_layers import (assert_training_gradients_match_float64,
-                               float64_group_norm_gradients, random_group_norm,
-                               training_gradients)
+                               float64_group_norm_gradients, float64_gradients,
+                               random_group_norm, training_gradients)
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def operations():
     if library is None:
         if _has_compiler():
             pytest.fail("a C++ compiler is installed, yet the op was not built")
-        pytest.skip("no C++ compiler here: bitkeras trains GroupNorm on TensorFlow's ops")
+        pytest.skip("no C++ compiler here: bitkeras uses TensorFlow's ops")
     return library
 
 
@@ -36,8 +38,9 @@ def op_types(function, *specs):
     return {operation.type for operation in graph.get_operations()}
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 64), (2, 4, 4, 96), (1, 2, 1, 64)])
-def test_forward_and_gradient_match_float64(operations, shape):
+def test_forward_and_gradient_match_float64(operations, shape, relu):
     """Offset activations (mean 3, std 2); each result within 1e-5 of its scale."""
     rng = np.random.default_rng(0)
     channels = shape[-1]
@@ -47,11 +50,13 @@ def test_forward_and_gradient_match_float64(operations, shape):
     with tf.GradientTape() as tape:
         inputs = [tf.constant(value, tf.float32) for value in (x, gamma, beta)]
         tape.watch(inputs)
-        outputs = native.group_norm(*inputs, groups=32, epsilon=1e-5)
+        outputs = native.group_norm(*inputs, groups=32, epsilon=1e-5, relu=relu)
         loss = tf.reduce_sum(outputs * upstream)
     computed = [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(loss, inputs))]
-    expected = [reference.group_norm(x, gamma, beta),
-                *float64_group_norm_gradients(x, gamma, beta, upstream)]
+    normalized = reference.group_norm(x, gamma, beta)
+    if relu:  # the ReLU passes the gradient where its input was positive
+        normalized, upstream = reference.relu(normalized), upstream * (normalized > 0)
+    expected = [normalized, *float64_group_norm_gradients(x, gamma, beta, upstream)]
     for got, want in zip(computed, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5 * max(np.abs(want).max(initial=0), 1e-3))
@@ -74,28 +79,86 @@ def test_op_is_no_less_exact_than_tensorflows_closed_form(operations, monkeypatc
     assert all(ours <= theirs * 1.5 + 1e-7 for ours, theirs in zip(errors["1"], errors["0"]))
 
 
-def test_layers_call_the_op_in_training_and_inference_graphs(operations, monkeypatch):
+def standardization_results(kernel, upstream, standardize):
+    """(the standardized kernel, the kernel's gradient for `upstream`) by `standardize`."""
+    with tf.GradientTape() as tape:
+        weights = tf.constant(kernel, tf.float32)
+        tape.watch(weights)
+        standardized = standardize(weights)
+        loss = tf.reduce_sum(standardized * upstream)
+    return standardized.numpy(), tape.gradient(loss, weights).numpy()
+
+
+def float64_standardization(kernel, upstream):
+    """The same pair from float64 autodiff of the plain form."""
+    def standardize(value):
+        return kernels._standardize(keras.ops, value, 1e-10)
+    (gradient,) = float64_gradients(standardize, [kernel], upstream)
+    return standardize(tf.constant(kernel, tf.float64)).numpy(), gradient
+
+
+@pytest.mark.parametrize("shape, mean, std", [
+    ((3, 3, 16, 8), 0.3, 0.7),
+    ((1, 1, 64, 200), 0.0, 0.05),  # more output channels than one thread's share
+    ((7, 7, 3, 64), 100.0, 0.05),  # a mean 2000 times the spread: cancellation shows
+])
+def test_standardization_matches_float64_and_is_no_less_exact(operations, shape, mean, std):
+    rng = np.random.default_rng(7)
+    # The float64 reference sees the float32 values the ops see.
+    kernel = rng.normal(mean, std, shape).astype(np.float32).astype(np.float64)
+    upstream = rng.normal(size=shape)
+    expected = float64_standardization(kernel, upstream)
+    ours = standardization_results(kernel, upstream,
+                                   lambda weights: native.standardize(weights, 1e-10))
+    theirs = standardization_results(
+        kernel, upstream, lambda weights: kernels._standardize_closed_form(keras.ops, weights,
+                                                                         1e-10))
+    for got, other, want in zip(ours, theirs, expected):
+        scale = np.abs(want).max()
+        error = np.abs(got - want).max() / scale
+        assert error < 1e-6, error
+        assert error <= np.abs(other - want).max() / scale * 1.5 + 1e-7
+
+
+def test_standardization_of_empty_kernels(operations):
+    for shape in [(0, 3, 4, 5), (3, 3, 4, 0)]:
+        standardized, gradient = standardization_results(
+            np.zeros(shape), np.zeros(shape), lambda weights: native.standardize(weights, 1e-10))
+        assert standardized.shape == shape and gradient.shape == shape
+
+
+def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkeypatch):
     layer, _, _ = random_group_norm(np.random.default_rng(2))
+    conv = StandardizedConv2D(8, 3)
+    conv.build((None, None, None, 64))
     spec = tf.TensorSpec((None, 6, 6, 64), tf.float32)
-    assert "BitkerasGroupNorm" in op_types(lambda x: layer(x, training=False), spec)
+    forward = {"BitkerasGroupNorm", "BitkerasStandardize"}
+    gradients = forward | {"BitkerasGroupNormGrad", "BitkerasStandardizeGrad"}
+
+    def infer(x):
+        return conv(layer(x, training=False), training=False)
+
+    def train(x):
+        return conv(layer(x, training=True), training=True)
 
     def gradient(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(layer(x, training=True))
-        return tape.gradient(loss, x)
-    assert {"BitkerasGroupNorm", "BitkerasGroupNormGrad"} <= op_types(gradient, spec)
+            loss = tf.reduce_sum(train(x))
+        return tape.gradient(loss, [x, conv.kernel])
+    assert forward <= op_types(infer, spec)
+    assert gradients <= op_types(gradient, spec)
     # Not in exports, not inside XLA, not when turned off.
     with kernels.portable():
-        assert "BitkerasGroupNorm" not in op_types(lambda x: layer(x, training=False), spec)
-    compiled = tf.function(lambda x: layer(x, training=True), jit_compile=True)
+        assert not gradients & op_types(gradient, spec)
+    compiled = tf.function(train, jit_compile=True)
     x = np.random.default_rng(3).normal(size=(2, 6, 6, 64)).astype(np.float32)
-    np.testing.assert_allclose(compiled(x), layer(x, training=True), atol=1e-5)
-    assert "BitkerasGroupNorm" not in {
+    np.testing.assert_allclose(compiled(x), train(x), atol=1e-4)
+    assert not gradients & {
         operation.type for operation in compiled.get_concrete_function(x).graph.get_operations()}
     monkeypatch.setenv(native.ENABLE_ENV, "0")
     assert not native.usable()
-    assert "BitkerasGroupNorm" not in op_types(gradient, spec)
+    assert not gradients & op_types(gradient, spec)
 
 
 def test_op_refuses_mismatched_inputs_with_a_clear_error(operations):
@@ -108,8 +171,19 @@ def test_op_refuses_mismatched_inputs_with_a_clear_error(operations):
     outputs, mean, inverse_std = operations.bitkeras_group_norm(
         x, tf.ones(64), tf.zeros(64), groups=32, epsilon=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="upstream shape"):
-        operations.bitkeras_group_norm_grad(tf.zeros((2, 3, 64)), x, tf.ones(64), mean,
-                                            inverse_std, groups=32)
+        operations.bitkeras_group_norm_grad(tf.zeros((2, 3, 64)), x, tf.ones(64),
+                                            tf.zeros(64), mean, inverse_std, groups=32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="gamma and beta differ"):
+        operations.bitkeras_group_norm_grad(x, x, tf.ones(64), tf.zeros(32), mean, inverse_std,
+                                            groups=32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="output-channel axis"):
+        operations.bitkeras_standardize(tf.constant(1.0), epsilon=1e-10)
+    kernel = tf.ones((3, 3, 4, 8))
+    standardized, inverse_std = operations.bitkeras_standardize(kernel, epsilon=1e-10)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="upstream shape"):
+        operations.bitkeras_standardize_grad(tf.ones((3, 3, 8, 4)), standardized, inverse_std)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"inverse_std needs shape \[8\]"):
+        operations.bitkeras_standardize_grad(kernel, standardized, inverse_std[:4])
 
 
 def test_empty_batch_gives_empty_outputs_and_zero_parameter_gradients(operations):

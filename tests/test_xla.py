@@ -78,8 +78,8 @@ def test_an_unreadable_calibration_file_is_ignored(classifier, cache):
     assert xla.resolve("auto", strategy, classifier, _rule(10), 4, "float32") is False
 
 
-def test_calibrations_are_kept_per_group_norm_engine(classifier, monkeypatch):
-    """With GroupNorm's C++ op off, the step without XLA is another step: another key."""
+def test_calibrations_are_kept_per_native_engine(classifier, monkeypatch):
+    """With bitkeras's C++ ops off, the step without XLA is another step: another key."""
     from bitkeras.models import native
 
     with_engine = xla.calibration_key(classifier, 16, 4, "float32")

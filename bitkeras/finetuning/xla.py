@@ -67,10 +67,11 @@ def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0
 def calibration_key(model, image_size, batch_size, precision):
     """What a calibration holds for: this CPU and TensorFlow, the architecture, the step's shape."""
     architecture = model.backbone.architecture
-    # Without XLA, GroupNorm runs on bitkeras's C++ op where it could be built.
-    group_norm = "op" if native.enabled() and native.library() is not None else "tf"
+    # Without XLA, GroupNorm and weight standardization run on bitkeras's C++ ops where
+    # they could be built.
+    layer_ops = "op" if native.enabled() and native.library() is not None else "tf"
     return "|".join(str(part) for part in (
-        cpu_name(), os.cpu_count(), tf.__version__, group_norm, architecture.block_units,
+        cpu_name(), os.cpu_count(), tf.__version__, layer_ops, architecture.block_units,
         architecture.width_factor,
         image_size, batch_size, precision, model.num_classes))
 

@@ -2,7 +2,7 @@
 
 `standardize` (weight standardization) and `group_norm` are written in
 `keras.ops`, so they run under every Keras backend. Under the TensorFlow
-backend, layers take two faster forms of the same functions:
+backend, layers take faster forms of the same functions:
 
 - at inference (`calling(training=False)`), small XLA clusters
   (`tf.function(jit_compile=True)`) inside TensorFlow's graph, while the
@@ -15,8 +15,9 @@ backend, layers take two faster forms of the same functions:
   TensorFlow's own gradient of the composed ops, and a smaller graph to trace.
   XLA clusters did not pay in training: XLA's GroupNorm gradient was slower
   than TensorFlow's, and compiling them made the first step of `fit` seconds longer.
-  On CPUs, GroupNorm goes further: one C++ op for its forward and one for its
-  gradient (`bitkeras.models.native`), where a compiler is at hand.
+- on CPUs, where a compiler is at hand, both layers go further, in training and
+  at inference: one C++ op for each forward and one for each gradient
+  (`bitkeras.models.native`).
 
 GroupNorm sums its statistics over the pixels per channel first, then per
 group, on every path (see `_standardized_groups`).
@@ -81,6 +82,8 @@ def closed_form():
 def standardize(kernel, epsilon):
     """Weight standardization per output channel of an HWIO kernel, in float32."""
     kernel = ops.cast(kernel, "float32")
+    if (fused() or closed_form()) and native.usable():
+        return native.standardize(kernel, epsilon)
     if fused():
         return _tensorflow_kernels()["standardize"](kernel, epsilon)
     if closed_form():
@@ -88,24 +91,25 @@ def standardize(kernel, epsilon):
     return _standardize(ops, kernel, epsilon)
 
 
-def group_norm(inputs, gamma, beta, groups, epsilon):
+def group_norm(inputs, gamma, beta, groups, epsilon, relu=False):
     """GroupNorm of NHWC `inputs` over `groups` channel groups, statistics in float32.
 
     The result has the dtype of `inputs`. The same function as Keras's
-    GroupNormalization with `axis=-1`, written `(x - mean) * (gamma / std) + beta`.
+    GroupNormalization with `axis=-1`, written `(x - mean) * (gamma / std) + beta`;
+    with `relu`, followed by a ReLU (in the same pass where the C++ op runs).
     """
     dtype = inputs.dtype
     inputs = ops.cast(inputs, "float32")
     gamma, beta = ops.cast(gamma, "float32"), ops.cast(beta, "float32")
     if (fused() or closed_form()) and native.usable():
-        outputs = native.group_norm(inputs, gamma, beta, groups, epsilon)
-    elif fused():
+        return ops.cast(native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu), dtype)
+    if fused():
         outputs = _tensorflow_kernels()["group_norm"](inputs, gamma, beta, groups, epsilon)
     elif closed_form():
         outputs = _group_norm_closed_form(ops, inputs, gamma, beta, groups, epsilon)
     else:
         outputs = _group_norm(ops, inputs, gamma, beta, groups, epsilon)
-    return ops.cast(outputs, dtype)
+    return ops.cast(ops.relu(outputs) if relu else outputs, dtype)
 
 
 _ONCE = weakref.WeakKeyDictionary()

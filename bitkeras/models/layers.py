@@ -67,15 +67,20 @@ class GroupNormalization(keras.layers.GroupNormalization):
     exact) and in float32; under the TensorFlow backend, at inference
     (`training` false or unset), as one XLA cluster. Other inputs and
     settings run Keras's own layer.
+
+    `layer(x, relu=True)` returns `relu(layer(x))`, with the ReLU in the same
+    pass where bitkeras's C++ op runs (BiT follows every GroupNorm by a ReLU):
+    a keyword Keras's layer does not have, added.
     """
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, relu=False):
         if not (len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
                 and self.center):
-            return super().call(inputs)
+            outputs = super().call(inputs)
+            return ops.relu(outputs) if relu else outputs
         with kernels.calling(training):
             outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups,
-                                         self.epsilon)
+                                         self.epsilon, relu=relu)
         return ops.cast(outputs, self.compute_dtype)
 
 
@@ -162,12 +167,12 @@ class PreActBottleneck(keras.layers.Layer):
         self.conv_c.build(mid_shape)
 
     def call(self, inputs):
-        preactivated = ops.relu(self.norm_a(inputs))
+        preactivated = self.norm_a(inputs, relu=True)
         shortcut = inputs if self.proj is None else self.proj(preactivated)
         hidden = self.conv_a(preactivated)
-        hidden = ops.relu(self.norm_b(hidden))
+        hidden = self.norm_b(hidden, relu=True)
         hidden = self.conv_b(pad_symmetric(hidden, 1))
-        hidden = self.conv_c(ops.relu(self.norm_c(hidden)))
+        hidden = self.conv_c(self.norm_c(hidden, relu=True))
         return hidden + shortcut
 
     def compute_output_shape(self, input_shape):

@@ -1,0 +1,576 @@
+// BiT's two non-standard layers as TensorFlow CPU ops, each pass with its gradient:
+// GroupNorm of channels-last float32 activations, and weight standardization of
+// float32 HWIO convolution kernels.
+//
+// TensorFlow runs the composed forms (`kernels.py`) as a dozen ops each, every
+// op a pass over memory. Here GroupNorm's forward reads the activations three
+// times and writes once, its gradient reads twice and writes once, one batch
+// item at a time (an item's activations stay in the core's cache between the
+// passes); weight standardization reads a kernel twice and writes once, its
+// gradient reads twice and writes once. bitkeras builds this file on first use
+// with the machine's C++ compiler (`native.py`); the arithmetic is that of
+// `kernels._group_norm`, `kernels._group_norm_closed_form` and
+// `kernels._standardize_closed_form`, with every sum in double.
+//
+// GroupNorm's layout: x is (batch, ..., channels), read as (batch, pixels,
+// channels); channel c belongs to group c / (channels / groups). Statistics per
+// (item, group) over the group's pixels and channels: sums per channel first
+// (along the contiguous channel axis, so they vectorize), then per group.
+//
+// Weight standardization's layout: a kernel (height, width, in, out) is read as
+// (rows, out); statistics per output channel over the rows. Each block of
+// output channels is one thread's work, so every channel's sums run in row
+// order whatever the thread count: the same result on every machine's run.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace bitkeras {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+struct Layout {
+  int64_t items, pixels, channels, groups, per_group;
+};
+
+// The layout of x, checked against gamma's size and the group count.
+::absl::Status layout_of(const Tensor& x, int64_t parameters, int groups, Layout* layout) {
+  if (x.dims() < 2) {
+    return InvalidArgument("GroupNorm input needs a batch and a channel axis, got shape ",
+                           x.shape().DebugString());
+  }
+  layout->items = x.dim_size(0);
+  layout->channels = x.dim_size(x.dims() - 1);
+  if (groups <= 0 || layout->channels % groups != 0) {
+    return InvalidArgument("GroupNorm: ", layout->channels, " channels do not split into ",
+                           groups, " groups");
+  }
+  if (parameters != layout->channels) {
+    return InvalidArgument("GroupNorm: gamma and beta need one value per channel (",
+                           layout->channels, "), got ", parameters);
+  }
+  layout->pixels = layout->items * layout->channels == 0
+                       ? 0
+                       : x.NumElements() / (layout->items * layout->channels);
+  layout->groups = groups;
+  layout->per_group = layout->channels / groups;
+  return ::absl::OkStatus();
+}
+
+// Runs work(first_item, end_item) over the batch on TensorFlow's CPU threads.
+template <typename Work>
+void for_each_item(OpKernelContext* context, const Layout& layout, int passes, Work work) {
+  const int64_t cost = passes * layout.pixels * layout.channels;
+  context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+      layout.items, cost, work);
+}
+
+// sums[c] += sum over pixels of row[c] (rows of `channels` values).
+void add_channel_sums(const float* __restrict__ rows, const Layout& layout,
+                      double* __restrict__ sums) {
+  for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+    const float* __restrict__ row = rows + pixel * layout.channels;
+    for (int64_t c = 0; c < layout.channels; ++c) sums[c] += row[c];
+  }
+}
+
+// Sum over each group's channels of weights[c] * sums[c], one value per group.
+double group_sum(const double* sums, const float* weights, const Layout& layout, int64_t group) {
+  double total = 0;
+  for (int64_t c = group * layout.per_group; c < (group + 1) * layout.per_group; ++c) {
+    total += (weights ? weights[c] : 1.0f) * sums[c];
+  }
+  return total;
+}
+
+// With relu, the output is max(0, GroupNorm(x)): the ReLU that follows each of BiT's
+// GroupNorms, without a pass of its own.
+// GroupNorm's output before the ReLU. The gradient computes it again to know where
+// the ReLU passed: the same float operations on the same floats (the build turns
+// off contraction into fused multiply-adds), so the same value to the bit.
+inline float normalized(float x, float mean, float scale, float beta) {
+  return (x - mean) * scale + beta;
+}
+
+// `gradient` where `value` > 0, else 0 (a NaN or infinite gradient too, as
+// TensorFlow's ReluGrad has it); by a bit mask, which vectorizes.
+inline float passed_where_positive(float gradient, float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &gradient, sizeof bits);
+  bits &= 0u - static_cast<uint32_t>(value > 0.0f);
+  float passed;
+  std::memcpy(&passed, &bits, sizeof passed);
+  return passed;
+}
+
+// One item's gradient (see GroupNormGradOp): per channel, the sums of the upstream
+// gradient and of it times (x - mean) into `sums` and `products`, then dx. With
+// kRelu, the upstream gradient is zero wherever the output before the ReLU was not
+// positive.
+template <bool kRelu>
+void group_norm_item_gradient(const Layout& layout, const float* rows, const float* gradients,
+                              const float* gamma, const float* beta, const float* item_means,
+                              const float* item_inverse_stds, double* __restrict__ sums,
+                              double* __restrict__ products, float* outputs) {
+  const int64_t channels = layout.channels;
+  std::vector<float> mean(channels), scale(channels), a(channels), b(channels), c0(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const int64_t group = c / layout.per_group;
+    mean[c] = item_means[group];
+    scale[c] = item_inverse_stds[group] * gamma[c];  // as the forward computed it
+  }
+  const float* __restrict__ means = mean.data();
+  const float* __restrict__ scales = scale.data();
+  const float* __restrict__ betas = beta;
+  auto gated = [means, scales, betas](float up, float x, int64_t c) {
+    if constexpr (kRelu) {
+      return passed_where_positive(up, normalized(x, means[c], scales[c], betas[c]));
+    } else {
+      return up;
+    }
+  };
+  for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+    const float* __restrict__ row = rows + pixel * channels;
+    const float* __restrict__ up = gradients + pixel * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float g = gated(up[c], row[c], c);
+      sums[c] += g;
+      products[c] += g * (row[c] - means[c]);
+    }
+  }
+  // dx = up * (r * gamma) - (x - mean) * (r^3 * mean_group(g * (x - mean)))
+  //      - r * mean_group(g).
+  const double count = static_cast<double>(layout.pixels) * layout.per_group;
+  for (int64_t group = 0; group < layout.groups; ++group) {
+    const double r = item_inverse_stds[group];
+    const double mean_term = group_sum(sums, gamma, layout, group) / count;
+    const double centered_term = group_sum(products, gamma, layout, group) / count;
+    for (int64_t c = group * layout.per_group; c < (group + 1) * layout.per_group; ++c) {
+      a[c] = static_cast<float>(r * gamma[c]);
+      b[c] = static_cast<float>(r * r * r * centered_term);
+      c0[c] = static_cast<float>(r * mean_term);
+    }
+  }
+  const float* __restrict__ as = a.data();
+  const float* __restrict__ bs = b.data();
+  const float* __restrict__ c0s = c0.data();
+  for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+    const float* __restrict__ row = rows + pixel * channels;
+    const float* __restrict__ up = gradients + pixel * channels;
+    float* __restrict__ out = outputs + pixel * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      out[c] = gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c];
+    }
+  }
+}
+
+class GroupNormOp : public OpKernel {
+ public:
+  explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x_tensor = context->input(0);
+    const Tensor& gamma_tensor = context->input(1);
+    const Tensor& beta_tensor = context->input(2);
+    OP_REQUIRES(context, gamma_tensor.NumElements() == beta_tensor.NumElements(),
+                InvalidArgument("GroupNorm: gamma and beta differ in size"));
+    Layout layout;
+    OP_REQUIRES_OK(context,
+                   layout_of(x_tensor, gamma_tensor.NumElements(), groups_, &layout));
+    Tensor *y_tensor, *mean_tensor, *inverse_std_tensor;
+    const TensorShape statistics_shape({layout.items, layout.groups});
+    OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &y_tensor));
+    OP_REQUIRES_OK(context, context->allocate_output(1, statistics_shape, &mean_tensor));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(2, statistics_shape, &inverse_std_tensor));
+    const float* x = x_tensor.flat<float>().data();
+    const float* gamma = gamma_tensor.flat<float>().data();
+    const float* beta = beta_tensor.flat<float>().data();
+    float* y = y_tensor->flat<float>().data();
+    float* means = mean_tensor->flat<float>().data();
+    float* inverse_stds = inverse_std_tensor->flat<float>().data();
+    const double count = static_cast<double>(layout.pixels) * layout.per_group;
+    const float epsilon = epsilon_;
+    const bool relu = relu_;
+
+    for_each_item(context, layout, 4, [&](int64_t first, int64_t end) {
+      std::vector<double> sums(layout.channels);
+      std::vector<float> mean(layout.channels), scale(layout.channels);
+      for (int64_t item = first; item < end; ++item) {
+        const int64_t offset = item * layout.pixels * layout.channels;
+        const float* rows = x + offset;
+        std::fill(sums.begin(), sums.end(), 0.0);
+        add_channel_sums(rows, layout, sums.data());
+        for (int64_t group = 0; group < layout.groups; ++group) {
+          const float group_mean = group_sum(sums.data(), nullptr, layout, group) / count;
+          means[item * layout.groups + group] = group_mean;
+          std::fill_n(mean.begin() + group * layout.per_group, layout.per_group, group_mean);
+        }
+        // The variance from the centred values (two passes): no cancellation.
+        std::fill(sums.begin(), sums.end(), 0.0);
+        for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+          const float* __restrict__ row = rows + pixel * layout.channels;
+          for (int64_t c = 0; c < layout.channels; ++c) {
+            const float centered = row[c] - mean[c];
+            sums[c] += centered * centered;
+          }
+        }
+        for (int64_t group = 0; group < layout.groups; ++group) {
+          const float variance = group_sum(sums.data(), nullptr, layout, group) / count;
+          const float inverse_std = 1.0f / std::sqrt(variance + epsilon);
+          inverse_stds[item * layout.groups + group] = inverse_std;
+          for (int64_t c = group * layout.per_group; c < (group + 1) * layout.per_group; ++c) {
+            scale[c] = inverse_std * gamma[c];
+          }
+        }
+        float* outputs = y + offset;
+        for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+          const float* __restrict__ row = rows + pixel * layout.channels;
+          float* __restrict__ out = outputs + pixel * layout.channels;
+          if (relu) {
+            for (int64_t c = 0; c < layout.channels; ++c) {
+              out[c] = std::max(normalized(row[c], mean[c], scale[c], beta[c]), 0.0f);
+            }
+          } else {
+            for (int64_t c = 0; c < layout.channels; ++c) {
+              out[c] = normalized(row[c], mean[c], scale[c], beta[c]);
+            }
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  int groups_;
+  float epsilon_;
+  bool relu_;
+};
+
+// With xhat = (x - mean) * r per group and g = upstream * gamma:
+// dx = r * (g - mean_group(g) - xhat * mean_group(g * xhat)),
+// dgamma = sum over items and pixels of upstream * xhat, dbeta = that of upstream.
+// With relu, upstream is first zeroed where the forward's output was: its
+// pre-activation is computed again from x, to the bit (see `normalized`).
+class GroupNormGradOp : public OpKernel {
+ public:
+  explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& upstream_tensor = context->input(0);
+    const Tensor& x_tensor = context->input(1);
+    const Tensor& gamma_tensor = context->input(2);
+    const Tensor& beta_tensor = context->input(3);
+    Layout layout;
+    OP_REQUIRES_OK(context,
+                   layout_of(x_tensor, gamma_tensor.NumElements(), groups_, &layout));
+    OP_REQUIRES(context, gamma_tensor.NumElements() == beta_tensor.NumElements(),
+                InvalidArgument("GroupNorm gradient: gamma and beta differ in size"));
+    OP_REQUIRES(context, upstream_tensor.shape() == x_tensor.shape(),
+                InvalidArgument("GroupNorm gradient: upstream shape ",
+                                upstream_tensor.shape().DebugString(), " differs from x's ",
+                                x_tensor.shape().DebugString()));
+    const TensorShape statistics_shape({layout.items, layout.groups});
+    OP_REQUIRES(context,
+                context->input(4).shape() == statistics_shape &&
+                    context->input(5).shape() == statistics_shape,
+                InvalidArgument("GroupNorm gradient: mean and inverse_std need shape ",
+                                statistics_shape.DebugString()));
+    Tensor *dx_tensor, *dgamma_tensor, *dbeta_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &dx_tensor));
+    OP_REQUIRES_OK(context, context->allocate_output(1, gamma_tensor.shape(), &dgamma_tensor));
+    OP_REQUIRES_OK(context, context->allocate_output(2, gamma_tensor.shape(), &dbeta_tensor));
+    const float* upstream = upstream_tensor.flat<float>().data();
+    const float* x = x_tensor.flat<float>().data();
+    const float* gamma = gamma_tensor.flat<float>().data();
+    const float* beta = beta_tensor.flat<float>().data();
+    const float* means = context->input(4).flat<float>().data();
+    const float* inverse_stds = context->input(5).flat<float>().data();
+    float* dx = dx_tensor->flat<float>().data();
+    // Per item and channel: sum of upstream, and of upstream * (x - mean).
+    std::vector<double> upstream_sums(layout.items * layout.channels, 0.0);
+    std::vector<double> centered_sums(layout.items * layout.channels, 0.0);
+    const bool relu = relu_;
+
+    for_each_item(context, layout, 5, [&](int64_t first, int64_t end) {
+      for (int64_t item = first; item < end; ++item) {
+        const int64_t offset = item * layout.pixels * layout.channels;
+        const int64_t statistics = item * layout.groups;
+        double* sums = upstream_sums.data() + item * layout.channels;
+        double* products = centered_sums.data() + item * layout.channels;
+        if (relu) {
+          group_norm_item_gradient<true>(layout, x + offset, upstream + offset, gamma, beta,
+                                         means + statistics, inverse_stds + statistics, sums,
+                                         products, dx + offset);
+        } else {
+          group_norm_item_gradient<false>(layout, x + offset, upstream + offset, gamma, beta,
+                                          means + statistics, inverse_stds + statistics, sums,
+                                          products, dx + offset);
+        }
+      }
+    });
+
+    // Over the batch, in item order (the same sums on every run).
+    float* dgamma = dgamma_tensor->flat<float>().data();
+    float* dbeta = dbeta_tensor->flat<float>().data();
+    for (int64_t c = 0; c < layout.channels; ++c) {
+      double gamma_total = 0, beta_total = 0;
+      for (int64_t item = 0; item < layout.items; ++item) {
+        const double r = inverse_stds[item * layout.groups + c / layout.per_group];
+        gamma_total += centered_sums[item * layout.channels + c] * r;
+        beta_total += upstream_sums[item * layout.channels + c];
+      }
+      dgamma[c] = static_cast<float>(gamma_total);
+      dbeta[c] = static_cast<float>(beta_total);
+    }
+  }
+
+ private:
+  int groups_;
+  bool relu_;
+};
+
+
+// Weight standardization per output channel: w = (k - mean) * r, r = 1 / sqrt(var + epsilon).
+
+// The kernel read as (rows, channels): channels is the last axis.
+::absl::Status kernel_layout(const Tensor& kernel, int64_t* rows, int64_t* channels) {
+  if (kernel.dims() < 1) {
+    return InvalidArgument("weight standardization needs a kernel with an output-channel "
+                           "axis, got a scalar");
+  }
+  *channels = kernel.dim_size(kernel.dims() - 1);
+  *rows = *channels == 0 ? 0 : kernel.NumElements() / *channels;
+  return ::absl::OkStatus();
+}
+
+// Runs work(first_channel, end_channel) over ranges of output channels on TensorFlow's
+// CPU threads; each range is read row by row, contiguous values at a time.
+template <typename Work>
+void for_each_channel_range(OpKernelContext* context, int64_t rows, int64_t channels,
+                            int passes, Work work) {
+  context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+      channels, passes * rows, work);
+}
+
+class StandardizeOp : public OpKernel {
+ public:
+  explicit StandardizeOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& kernel_tensor = context->input(0);
+    int64_t rows, channels;
+    OP_REQUIRES_OK(context, kernel_layout(kernel_tensor, &rows, &channels));
+    Tensor *standardized_tensor, *inverse_std_tensor;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, kernel_tensor.shape(), &standardized_tensor));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(1, TensorShape({channels}), &inverse_std_tensor));
+    const float* kernel = kernel_tensor.flat<float>().data();
+    float* standardized = standardized_tensor->flat<float>().data();
+    float* inverse_stds = inverse_std_tensor->flat<float>().data();
+    const double epsilon = epsilon_;
+
+    for_each_channel_range(context, rows, channels, 3, [&](int64_t first, int64_t end) {
+      const int64_t width = end - first;
+      // Sums of (k - shift) and its square, shift being the channel's first value:
+      // one pass, and no cancellation when the mean is large against the spread.
+      std::vector<double> shift(width), sums(width), squares(width);
+      if (rows > 0) std::copy_n(kernel + first, width, shift.begin());
+      for (int64_t row = 0; row < rows; ++row) {
+        const float* __restrict__ values = kernel + row * channels + first;
+        const double* __restrict__ shifts = shift.data();
+        double* __restrict__ sum = sums.data();
+        double* __restrict__ square = squares.data();
+        for (int64_t c = 0; c < width; ++c) {
+          const double shifted = values[c] - shifts[c];
+          sum[c] += shifted;
+          square[c] += shifted * shifted;
+        }
+      }
+      // Centred in double too: a mean rounded to float would shift every value.
+      std::vector<double> mean(width), scale(width);
+      for (int64_t c = 0; c < width; ++c) {
+        const double shifted_mean = sums[c] / rows;
+        const double variance = std::max(squares[c] / rows - shifted_mean * shifted_mean, 0.0);
+        mean[c] = shift[c] + shifted_mean;
+        scale[c] = 1.0 / std::sqrt(variance + epsilon);
+        inverse_stds[first + c] = static_cast<float>(scale[c]);
+      }
+      for (int64_t row = 0; row < rows; ++row) {
+        const float* __restrict__ values = kernel + row * channels + first;
+        float* __restrict__ out = standardized + row * channels + first;
+        const double* __restrict__ means = mean.data();
+        const double* __restrict__ scales = scale.data();
+        for (int64_t c = 0; c < width; ++c) {
+          out[c] = static_cast<float>((values[c] - means[c]) * scales[c]);
+        }
+      }
+    });
+  }
+
+ private:
+  float epsilon_;
+};
+
+// With w = (k - mean) * r per output channel and u the upstream gradient:
+// dk = r * (u - mean(u) - w * mean(u * w)), means over the channel's rows.
+class StandardizeGradOp : public OpKernel {
+ public:
+  explicit StandardizeGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& upstream_tensor = context->input(0);
+    const Tensor& standardized_tensor = context->input(1);
+    const Tensor& inverse_std_tensor = context->input(2);
+    int64_t rows, channels;
+    OP_REQUIRES_OK(context, kernel_layout(standardized_tensor, &rows, &channels));
+    OP_REQUIRES(context, upstream_tensor.shape() == standardized_tensor.shape(),
+                InvalidArgument("weight standardization gradient: upstream shape ",
+                                upstream_tensor.shape().DebugString(),
+                                " differs from the standardized kernel's ",
+                                standardized_tensor.shape().DebugString()));
+    OP_REQUIRES(context, inverse_std_tensor.shape() == TensorShape({channels}),
+                InvalidArgument("weight standardization gradient: inverse_std needs shape [",
+                                channels, "], got ",
+                                inverse_std_tensor.shape().DebugString()));
+    Tensor* dkernel_tensor;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, standardized_tensor.shape(), &dkernel_tensor));
+    const float* upstream = upstream_tensor.flat<float>().data();
+    const float* standardized = standardized_tensor.flat<float>().data();
+    const float* inverse_stds = inverse_std_tensor.flat<float>().data();
+    float* dkernel = dkernel_tensor->flat<float>().data();
+
+    for_each_channel_range(context, rows, channels, 4, [&](int64_t first, int64_t end) {
+      const int64_t width = end - first;
+      std::vector<double> sums(width), products(width);
+      for (int64_t row = 0; row < rows; ++row) {
+        const float* __restrict__ up = upstream + row * channels + first;
+        const float* __restrict__ w = standardized + row * channels + first;
+        double* __restrict__ sum = sums.data();
+        double* __restrict__ product = products.data();
+        for (int64_t c = 0; c < width; ++c) {
+          sum[c] += up[c];
+          product[c] += static_cast<double>(up[c]) * w[c];
+        }
+      }
+      std::vector<float> mean_term(width), product_term(width), scale(width);
+      for (int64_t c = 0; c < width; ++c) {
+        mean_term[c] = static_cast<float>(sums[c] / rows);
+        product_term[c] = static_cast<float>(products[c] / rows);
+        scale[c] = inverse_stds[first + c];
+      }
+      for (int64_t row = 0; row < rows; ++row) {
+        const float* __restrict__ up = upstream + row * channels + first;
+        const float* __restrict__ w = standardized + row * channels + first;
+        float* __restrict__ out = dkernel + row * channels + first;
+        const float* __restrict__ scales = scale.data();
+        const float* __restrict__ means = mean_term.data();
+        const float* __restrict__ products = product_term.data();
+        for (int64_t c = 0; c < width; ++c) {
+          out[c] = scales[c] * (up[c] - means[c] - w[c] * products[c]);
+        }
+      }
+    });
+  }
+};
+
+}  // namespace
+}  // namespace bitkeras
+
+REGISTER_OP("BitkerasGroupNorm")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Attr("groups: int >= 1")
+    .Attr("epsilon: float")
+    .Attr("relu: bool = false")
+    .Output("y: float")
+    .Output("mean: float")
+    .Output("inverse_std: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      int groups;
+      TF_RETURN_IF_ERROR(context->GetAttr("groups", &groups));
+      context->set_output(0, context->input(0));
+      ::tensorflow::shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(context->WithRankAtLeast(context->input(0), 2, &x));
+      const auto statistics = context->MakeShape({context->Dim(x, 0), groups});
+      context->set_output(1, statistics);
+      context->set_output(2, statistics);
+      return ::absl::OkStatus();
+    });
+
+REGISTER_OP("BitkerasGroupNormGrad")
+    .Input("upstream: float")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("mean: float")
+    .Input("inverse_std: float")
+    .Attr("groups: int >= 1")
+    .Attr("relu: bool = false")
+    .Output("dx: float")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(1));
+      context->set_output(1, context->input(2));
+      context->set_output(2, context->input(2));
+      return ::absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("BitkerasGroupNorm").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::GroupNormOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasGroupNormGrad").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::GroupNormGradOp);
+
+REGISTER_OP("BitkerasStandardize")
+    .Input("kernel: float")
+    .Attr("epsilon: float")
+    .Output("standardized: float")
+    .Output("inverse_std: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      ::tensorflow::shape_inference::ShapeHandle kernel;
+      TF_RETURN_IF_ERROR(context->WithRankAtLeast(context->input(0), 1, &kernel));
+      context->set_output(0, kernel);
+      context->set_output(1, context->Vector(context->Dim(kernel, -1)));
+      return ::absl::OkStatus();
+    });
+
+REGISTER_OP("BitkerasStandardizeGrad")
+    .Input("upstream: float")
+    .Input("standardized: float")
+    .Input("inverse_std: float")
+    .Output("dkernel: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(1));
+      return ::absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("BitkerasStandardize").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::StandardizeOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasStandardizeGrad").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::StandardizeGradOp);
