@@ -143,9 +143,13 @@ def standardized_once(layers):
 
     new = False
     for layer in layers:
+        kernel, epsilon = ops.cast(layer.kernel, "float32"), layer.standardization_epsilon
+        # bitkeras's op where the graphs use it too (the same values either way), else
         # TensorFlow's own ops, not the cluster: nothing for XLA to compile per shape.
-        standardized = _standardize(
-            ops, ops.cast(layer.kernel, "float32"), layer.standardization_epsilon)
+        if native.usable():
+            standardized = native.standardize(kernel, epsilon)
+        else:
+            standardized = _standardize(ops, kernel, epsilon)
         if layer in _ONCE:
             copy, current = _ONCE[layer]
             copy.assign(standardized)

@@ -64,9 +64,10 @@ class GroupNormalization(keras.layers.GroupNormalization):
     On 4-D channels-last inputs with scale and centre (BiT's case) it
     computes the same function as `bitkeras.models.kernels.group_norm`
     does, with statistics summed per channel first (faster on CPUs, no less
-    exact) and in float32; under the TensorFlow backend, at inference
-    (`training` false or unset), as one XLA cluster. Other inputs and
-    settings run Keras's own layer.
+    exact) and in float32; under the TensorFlow backend on CPUs as bitkeras's
+    C++ op (`bitkeras.models.native`), elsewhere at inference (`training`
+    false or unset) as one XLA cluster. Other inputs and settings run Keras's
+    own layer.
 
     `layer(x, relu=True)` returns `relu(layer(x))`, with the ReLU in the same
     pass where bitkeras's C++ op runs (BiT follows every GroupNorm by a ReLU):

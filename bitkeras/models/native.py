@@ -126,7 +126,7 @@ def library():
     except NativeBuildError as error:
         warnings.warn(
             f"bitkeras runs GroupNorm and weight standardization on TensorFlow's own ops, "
-            f"about 20% slower to train on CPUs: "
+            f"a third slower to train on CPUs: "
             f"{error}. Set {ENABLE_ENV}=0 to use them without trying.",
             RuntimeWarning, stacklevel=2)
         return None
