@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -125,6 +128,44 @@ def test_standardization_of_empty_kernels(operations):
         standardized, gradient = standardization_results(
             np.zeros(shape), np.zeros(shape), lambda weights: native.standardize(weights, 1e-10))
         assert standardized.shape == shape and gradient.shape == shape
+
+
+THREADED = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+from bitkeras.models import native
+rng = np.random.default_rng(0)
+values = [tf.constant(rng.normal(mean, std, shape), tf.float32) for mean, std, shape in [
+    (1.0, 2.0, (4, 16, 16, 256)), (1.0, 0.5, (256,)), (0.0, 0.5, (256,)),
+    (0.1, 0.05, (3, 3, 256, 512))]]
+x, gamma, beta, kernel = values
+with tf.GradientTape() as tape:
+    tape.watch(values)
+    normalized = native.group_norm(x, gamma, beta, 32, 1e-5, relu=True)
+    standardized = native.standardize(kernel, 1e-10)
+    loss = (tf.reduce_sum(normalized * tf.sin(x)) + tf.reduce_sum(standardized * tf.cos(kernel)))
+gradients = tape.gradient(loss, values)
+np.savez(sys.argv[2], normalized=normalized, standardized=standardized,
+         **{f"gradient{index}": gradient for index, gradient in enumerate(gradients)})
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count(operations, tmp_path):
+    """Every sum runs in one order whatever the threads: the same bits on 1 and on 2."""
+    results = []
+    for threads in (1, 2):
+        path = tmp_path / f"{threads}.npz"
+        result = subprocess.run([sys.executable, "-c", THREADED, str(threads), str(path)],
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results.append(np.load(path))
+    one, two = results
+    assert sorted(one.files) == sorted(two.files) and len(one.files) == 6
+    for name in one.files:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
 def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkeypatch):
