@@ -46,8 +46,9 @@ struct Layout {
   int64_t items, pixels, channels, groups, per_group;
 };
 
-// The layout of x, checked against gamma's size and the group count.
-::absl::Status layout_of(const Tensor& x, int64_t parameters, int groups, Layout* layout) {
+// The layout of x, checked against the sizes of gamma and beta and the group count.
+::absl::Status layout_of(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                         Layout* layout) {
   if (x.dims() < 2) {
     return InvalidArgument("GroupNorm input needs a batch and a channel axis, got shape ",
                            x.shape().DebugString());
@@ -58,9 +59,10 @@ struct Layout {
     return InvalidArgument("GroupNorm: ", layout->channels, " channels do not split into ",
                            groups, " groups");
   }
-  if (parameters != layout->channels) {
+  if (gamma.NumElements() != layout->channels || beta.NumElements() != layout->channels) {
     return InvalidArgument("GroupNorm: gamma and beta need one value per channel (",
-                           layout->channels, "), got ", parameters);
+                           layout->channels, "), got ", gamma.NumElements(), " and ",
+                           beta.NumElements());
   }
   layout->pixels = layout->items * layout->channels == 0
                        ? 0
@@ -189,11 +191,8 @@ class GroupNormOp : public OpKernel {
     const Tensor& x_tensor = context->input(0);
     const Tensor& gamma_tensor = context->input(1);
     const Tensor& beta_tensor = context->input(2);
-    OP_REQUIRES(context, gamma_tensor.NumElements() == beta_tensor.NumElements(),
-                InvalidArgument("GroupNorm: gamma and beta differ in size"));
     Layout layout;
-    OP_REQUIRES_OK(context,
-                   layout_of(x_tensor, gamma_tensor.NumElements(), groups_, &layout));
+    OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
     Tensor *y_tensor, *mean_tensor, *inverse_std_tensor;
     const TensorShape statistics_shape({layout.items, layout.groups});
     OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &y_tensor));
@@ -282,10 +281,7 @@ class GroupNormGradOp : public OpKernel {
     const Tensor& gamma_tensor = context->input(2);
     const Tensor& beta_tensor = context->input(3);
     Layout layout;
-    OP_REQUIRES_OK(context,
-                   layout_of(x_tensor, gamma_tensor.NumElements(), groups_, &layout));
-    OP_REQUIRES(context, gamma_tensor.NumElements() == beta_tensor.NumElements(),
-                InvalidArgument("GroupNorm gradient: gamma and beta differ in size"));
+    OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
     OP_REQUIRES(context, upstream_tensor.shape() == x_tensor.shape(),
                 InvalidArgument("GroupNorm gradient: upstream shape ",
                                 upstream_tensor.shape().DebugString(), " differs from x's ",
