@@ -10,7 +10,8 @@ setup(
     # the package bitkeras.saved_models, so a wheel carries them.
     packages=find_packages(include=["bitkeras", "bitkeras.*"]) + ["bitkeras.saved_models"],
     package_dir={"bitkeras.saved_models": "saved_models"},
-    # native_ops.cc (bitkeras.models.native) is built on first use, against the TensorFlow installed then.
+    # native_ops.cc (bitkeras.models.native) is built on first use, against the TensorFlow
+    # installed then.
     package_data={"bitkeras.saved_models": ["*/model.npz", "*/MODEL_CARD.md", "*/upstream.json"],
                   "bitkeras.models": ["*.cc"]},
     python_requires=">=3.11",

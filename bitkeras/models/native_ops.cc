@@ -18,9 +18,10 @@
 // (along the contiguous channel axis, so they vectorize), then per group.
 //
 // Weight standardization's layout: a kernel (height, width, in, out) is read as
-// (rows, out); statistics per output channel over the rows. Each block of
+// (rows, out); statistics per output channel over the rows. Each range of
 // output channels is one thread's work, so every channel's sums run in row
-// order whatever the thread count: the same result on every machine's run.
+// order: the same result whatever the thread count (GroupNorm's sums run per
+// item, and over items in item order, alike).
 
 #include <algorithm>
 #include <cmath>
@@ -98,8 +99,6 @@ double group_sum(const double* sums, const float* weights, const Layout& layout,
   return total;
 }
 
-// With relu, the output is max(0, GroupNorm(x)): the ReLU that follows each of BiT's
-// GroupNorms, without a pass of its own.
 // GroupNorm's output before the ReLU. The gradient computes it again to know where
 // the ReLU passed: the same float operations on the same floats (the build turns
 // off contraction into fused multiply-adds), so the same value to the bit.
@@ -179,6 +178,8 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
   }
 }
 
+// With relu, the output is max(0, GroupNorm(x)): the ReLU that follows each of BiT's
+// GroupNorms, without a pass of its own.
 class GroupNormOp : public OpKernel {
  public:
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -345,7 +346,6 @@ class GroupNormGradOp : public OpKernel {
   int groups_;
   bool relu_;
 };
-
 
 // Weight standardization per output channel: w = (k - mean) * r, r = 1 / sqrt(var + epsilon).
 
