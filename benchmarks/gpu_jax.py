@@ -5,8 +5,9 @@ The same network as bitkeras (`bitkeras.models`: `ResNetV2Backbone` and
 momentum and sparse cross-entropy, two ways (see `keras_runs`): Keras's own
 `fit` and `predict` loops over host arrays, and one jitted training step and
 forward pass on arrays already on the GPU. Next to it, the PyTorch BiT of
-`benchmarks/torch_bit.py` in eager mode and in channels_last, in float32 and
-in bfloat16 (Keras's "mixed_bfloat16" policy against `torch.autocast`).
+`benchmarks/torch_bit.py` (and transformers' Bit where installed) in eager mode
+and in channels_last, in float32 and in bfloat16 (Keras's "mixed_bfloat16"
+policy against `torch.autocast`).
 Medians of interleaved rounds; float32 convolutions may use TF32 on both
 sides (each library's default).
 
@@ -41,7 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from timing import interleaved_median_seconds  # noqa: E402  (this script's folder)
-from torch_bit import step_runs  # noqa: E402
+from torch_bit import fastest, step_runs  # noqa: E402
 
 from bitkeras.models.architecture import ARCHITECTURES  # noqa: E402
 from bitkeras.models.backbone import ResNetV2Backbone  # noqa: E402
@@ -163,15 +164,15 @@ def main():
         rates = {kind: {name: args.batch * batches[name] / value
                         for name, value in seconds[kind].items()} for kind in seconds}
         print(f"\n{precision} (Keras: build and compile {compiled:.0f} s)")
-        print(f"  {'':<27} {'train img/s':>12} {'inference img/s':>16}")
+        print(f"  {'':<32} {'train img/s':>12} {'inference img/s':>16}")
         for name in runs:
-            print(f"  {name:<27} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
-        torch_names = [name for name in runs if name.startswith("PyTorch")]
-        fastest = max(rates["infer"][name] for name in torch_names)
+            print(f"  {name:<32} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
+        fastest_train = fastest(seconds["train"], compiled=False)
+        fastest_infer = fastest(seconds["infer"])
         for name in keras_lines:
-            print(f"  {name}: train x{rates['train'][name] / rates['train']['PyTorch eager']:.2f}"
-                  f" PyTorch eager, inference x{rates['infer'][name] / fastest:.2f} the fastest"
-                  f" PyTorch")
+            print(f"  {name}: train x{rates['train'][name] / rates['train'][fastest_train]:.2f}"
+                  f" ({fastest_train}), inference "
+                  f"x{rates['infer'][name] / rates['infer'][fastest_infer]:.2f} ({fastest_infer})")
 
 
 if __name__ == "__main__":

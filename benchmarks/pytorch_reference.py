@@ -4,10 +4,13 @@ For each setting (R50x1, a 1000-class head; by default 128x128 batch 16 and the
 HyperRule's 384x384 batch 4 in float32, and 128x128 batch 16 in bfloat16):
 
 - training: bitkeras's `fit` (the HyperRule pipeline feeding Keras's compiled
-  train step, SGD with momentum) against a PyTorch BiT training step (SGD with
-  momentum) in eager mode and in channels_last memory format;
-- inference: bitkeras's `predict` (its preprocessor included) against PyTorch
-  eager and channels_last under `torch.no_grad()`;
+  train step, SGD with momentum) against PyTorch BiT training steps (SGD with
+  momentum) in eager mode and in channels_last memory format, of two models:
+  `benchmarks/torch_bit.py` (the released code's formulation) and, where
+  transformers is installed, its `BitForImageClassification`; the ratio is
+  against the fastest of them;
+- inference: bitkeras's `predict` (its preprocessor included) against the same
+  PyTorch lines under `torch.no_grad()`, the ratio against the fastest;
 - with `--compile`, `torch.compile` as well (its first step takes minutes on a CPU);
 - the time from calling `fit` to the end of its first optimizer step, beside
   PyTorch's first eager step on a fresh model.
@@ -47,7 +50,7 @@ try:
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover - depends on the machine
     sys.exit("benchmarks/pytorch_reference.py needs PyTorch: pip install torch")
-from torch_bit import ResNetV2, step_runs  # noqa: E402  (this script's folder is on sys.path)
+from torch_bit import ResNetV2, fastest, step_runs  # noqa: E402  (this script's folder)
 
 NUM_CLASSES = 1000
 
@@ -186,16 +189,16 @@ def main():
     for setting in settings:
         size, batch, bfloat16 = setting
         train, infer, first_step = measure(setting, args.rounds, args.warmup, args.compile)
-        eager = "PyTorch eager"
-        fastest_infer = min((name for name in infer if name != "bitkeras"), key=infer.get)
+        fastest_train, fastest_infer = fastest(train, compiled=False), fastest(infer)
         print(f"\n{size}x{size}, batch {batch}, {'bfloat16' if bfloat16 else 'float32'}")
-        print(f"  {'':<24} {'train img/s':>12} {'inference img/s':>16}")
+        print(f"  {'':<32} {'train img/s':>12} {'inference img/s':>16}")
         for name in train:
             label = "bitkeras fit / predict" if name == "bitkeras" else name
-            print(f"  {label:<24} {batch / train[name]:12.1f} {batch / infer[name]:16.1f}")
-        print(f"  bitkeras / PyTorch eager: train x{train[eager] / train['bitkeras']:.2f}; "
-              f"inference x{infer[fastest_infer] / infer['bitkeras']:.2f} against the fastest "
-              f"PyTorch ({fastest_infer})")
+            print(f"  {label:<32} {batch / train[name]:12.1f} {batch / infer[name]:16.1f}")
+        print(f"  bitkeras: train x{train[fastest_train] / train['bitkeras']:.2f} against the "
+              f"fastest eager PyTorch BiT ({fastest_train}); inference "
+              f"x{infer[fastest_infer] / infer['bitkeras']:.2f} against the fastest PyTorch "
+              f"({fastest_infer})")
         print(f"  first step: bitkeras fit {first_step:.1f} s (from the call), PyTorch eager "
               f"{torch_first_step(architecture, batch, size):.1f} s (fresh model)")
 

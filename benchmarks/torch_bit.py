@@ -60,23 +60,59 @@ class ResNetV2(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", compiled=False):
-    """{label: (train, infer)}: PyTorch eager, channels_last (and torch.compile) steps.
+def transformers_bit(architecture, num_classes):
+    """transformers' `BitForImageClassification` of `architecture`, as a module returning
+    logits; None where transformers cannot be imported.
 
-    Each line has its own model (SGD with momentum, lr 0.003) and random
-    images on `device`; `bfloat16` runs them under `torch.autocast`. On CUDA
-    each call waits for the GPU to finish.
+    Its default configuration computes the released code's function (symmetric
+    padding, the root's constant pad before the max pool); it standardizes kernels
+    by `batch_norm` over the reshaped kernel, one fused kernel where the released
+    code takes several.
+    """
+    try:
+        from transformers import BitConfig, BitForImageClassification
+    except (ImportError, RuntimeError) as error:  # RuntimeError: a torchvision of another torch
+        print(f"(transformers' Bit left out: {type(error).__name__}: {error})")
+        return None
+    channels = [int(architecture.feature_channels * share) for share in (1 / 8, 1 / 4, 1 / 2, 1)]
+    config = BitConfig(embedding_size=architecture.root_channels, hidden_sizes=channels,
+                       depths=list(architecture.block_units), num_labels=num_classes)
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = BitForImageClassification(config)
+
+        def forward(self, x):
+            return self.model(x).logits
+
+    return Logits()
+
+
+def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", compiled=False):
+    """{label: (train, infer)}: PyTorch BiT steps in eager mode and channels_last.
+
+    Lines: this file's `ResNetV2` ("PyTorch ...") and, where transformers is
+    installed, its `BitForImageClassification` ("transformers Bit ..."), each in
+    eager mode and in channels_last; with `compiled`, `ResNetV2` under
+    torch.compile too. Each line has its own model (SGD with momentum, lr 0.003)
+    and random images on `device`; `bfloat16` runs them under `torch.autocast`.
+    On CUDA each call waits for the GPU to finish.
     """
     torch.manual_seed(0)
     images = torch.rand(batch, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
-    variants = {"eager": False, "channels_last": True}
+    models = {"PyTorch": lambda: ResNetV2(architecture, num_classes)}
+    if transformers_bit(architecture, num_classes) is not None:
+        models["transformers Bit"] = lambda: transformers_bit(architecture, num_classes)
+    variants = [(name, "eager", False) for name in models]
+    variants += [(name, "channels_last", True) for name in models]
     if compiled:
-        variants["torch.compile"] = "compile"
+        variants.append(("PyTorch", "torch.compile", "compile"))
     finish = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     runs = {}
-    for label, form in variants.items():
-        model = ResNetV2(architecture, num_classes).to(device)
+    for name, label, form in variants:
+        model = models[name]().to(device)
         inputs = images
         if form is True:
             model = model.to(memory_format=torch.channels_last)
@@ -97,5 +133,13 @@ def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", co
                 forward(inputs)
             finish()
 
-        runs[f"PyTorch {label}"] = (train, infer)
+        runs[f"{name} {label}"] = (train, infer)
     return runs
+
+
+def fastest(seconds, compiled=True):
+    """The label of the fastest PyTorch line in {label: seconds}, leaving out
+    torch.compile unless `compiled`."""
+    return min((label for label in seconds
+                if label.startswith(("PyTorch", "transformers"))
+                and (compiled or "compile" not in label)), key=seconds.get)
