@@ -80,7 +80,10 @@ def test_exports_hold_nothing_only_xla_or_bitkeras_runs(exported, colour_classif
         return saved.meta_graphs[0].graph_def
 
     colour_classifier.export(tmp_path / "keras", format="tf_saved_model")
-    for folder in (exported / "logits", exported / "features", tmp_path / "keras"):
+    # TensorFlow's own call, not bitkeras's export: the same plain graph.
+    tf.saved_model.save(colour_classifier, str(tmp_path / "direct"))
+    for folder in (exported / "logits", exported / "features", tmp_path / "keras",
+                   tmp_path / "direct"):
         assert only_here(saved_graph(folder)) == [], folder
     # The same model traced outside `portable()` holds them.
     graph = tf.function(lambda x: colour_classifier(x, training=False)).get_concrete_function(

@@ -24,8 +24,10 @@ group, on every path (see `_standardized_groups`).
 
 JAX compiles the whole step with XLA anyway and torch runs its own kernels, so
 both use the plain form. `portable()` turns the faster forms off while a graph
-is traced for export: a SavedModel stays free of XLA-only functions, which TF
-Serving and converters do not all run.
+is traced for export, and so does `tf.saved_model.save` called directly: a
+SavedModel stays free of XLA-only functions, which TF Serving and converters do
+not all run, and of bitkeras's C++ ops, which a TensorFlow without bitkeras
+cannot load.
 
 `standardized_once` lets inference (`predict`, `evaluate`) standardize each
 kernel once per call instead of in every batch's graph.
@@ -66,7 +68,17 @@ def portable():
 
 
 def _tensorflow():
-    return keras.backend.backend() == "tensorflow" and not _PORTABLE.get()
+    return (keras.backend.backend() == "tensorflow" and not _PORTABLE.get()
+            and not _saving_tensorflow_graph())
+
+
+def _saving_tensorflow_graph():
+    """Whether `tf.saved_model.save` is tracing now: a SavedModel written so, directly
+    and not through bitkeras's exports, gets the plain form too, which any TensorFlow
+    loads (TensorFlow's private `save_context`, checked on TF 2.21)."""
+    from tensorflow.python.saved_model import save_context
+
+    return save_context.in_save_context()
 
 
 def fused():
@@ -280,7 +292,7 @@ def _standardized_groups(ops, pixels, groups, epsilon):
 
 @functools.cache
 def _tensorflow_kernels():
-    """The two functions as XLA clusters, made once (TensorFlow imported only here).
+    """The two functions as XLA clusters, made once (TensorFlow imported when first needed).
 
     `reduce_retracing` keeps one trace with unknown sizes; XLA still compiles
     one program per concrete shape, as it must.
