@@ -18,10 +18,10 @@
 // (along the contiguous channel axis, so they vectorize), then per group.
 //
 // Weight standardization's layout: a kernel (height, width, in, out) is read as
-// (rows, out); statistics per output channel over the rows. Each range of
-// output channels is one thread's work, so every channel's sums run in row
-// order: the same result whatever the thread count (GroupNorm's sums run per
-// item, and over items in item order, alike).
+// (rows, out); statistics per output channel over the rows, summed per chunk of
+// rows (fixed by the shape) and then over the chunks in order: the same result
+// whatever the thread count (GroupNorm's sums run per item, and over items in item
+// order, alike).
 
 #include <algorithm>
 #include <cmath>
@@ -360,13 +360,31 @@ class GroupNormGradOp : public OpKernel {
   return ::absl::OkStatus();
 }
 
-// Runs work(first_channel, end_channel) over ranges of output channels on TensorFlow's
-// CPU threads; each range is read row by row, contiguous values at a time.
+constexpr int64_t kRowsPerChunk = 256;
+
+// Runs work(chunk, first_row, end_row) for each chunk of kRowsPerChunk rows on
+// TensorFlow's CPU threads: whole rows, so memory is read front to back. Chunks are
+// fixed by the shape alone, so per-chunk sums added in chunk order give the same
+// result whatever the thread count.
 template <typename Work>
-void for_each_channel_range(OpKernelContext* context, int64_t rows, int64_t channels,
-                            int passes, Work work) {
+void for_each_row_chunk(OpKernelContext* context, int64_t rows, int64_t channels, int passes,
+                        Work work) {
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
-      channels, passes * rows, work);
+      chunks, passes * kRowsPerChunk * channels, [&](int64_t first, int64_t end) {
+        for (int64_t chunk = first; chunk < end; ++chunk) {
+          work(chunk, chunk * kRowsPerChunk, std::min((chunk + 1) * kRowsPerChunk, rows));
+        }
+      });
+}
+
+// totals[c] = sum over chunks, in chunk order, of partials[chunk * channels + c].
+std::vector<double> chunk_totals(const std::vector<double>& partials, int64_t channels) {
+  std::vector<double> totals(channels, 0.0);
+  for (size_t offset = 0; offset < partials.size(); offset += channels) {
+    for (int64_t c = 0; c < channels; ++c) totals[c] += partials[offset + c];
+  }
+  return totals;
 }
 
 class StandardizeOp : public OpKernel {
@@ -387,40 +405,46 @@ class StandardizeOp : public OpKernel {
     const float* kernel = kernel_tensor.flat<float>().data();
     float* standardized = standardized_tensor->flat<float>().data();
     float* inverse_stds = inverse_std_tensor->flat<float>().data();
-    const double epsilon = epsilon_;
+    const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
 
-    for_each_channel_range(context, rows, channels, 3, [&](int64_t first, int64_t end) {
-      const int64_t width = end - first;
-      // Sums of (k - shift) and its square, shift being the channel's first value:
-      // one pass, and no cancellation when the mean is large against the spread.
-      std::vector<double> shift(width), sums(width), squares(width);
-      if (rows > 0) std::copy_n(kernel + first, width, shift.begin());
-      for (int64_t row = 0; row < rows; ++row) {
-        const float* __restrict__ values = kernel + row * channels + first;
-        const double* __restrict__ shifts = shift.data();
-        double* __restrict__ sum = sums.data();
-        double* __restrict__ square = squares.data();
-        for (int64_t c = 0; c < width; ++c) {
+    // Sums of (k - shift) and its square, shift being the channel's first value:
+    // one pass, and no cancellation when the mean is large against the spread.
+    std::vector<double> shift(channels, 0.0);
+    if (rows > 0) std::copy_n(kernel, channels, shift.begin());
+    std::vector<double> partial_sums(chunks * channels, 0.0);
+    std::vector<double> partial_squares(chunks * channels, 0.0);
+    for_each_row_chunk(context, rows, channels, 1, [&](int64_t chunk, int64_t first,
+                                                       int64_t end) {
+      double* __restrict__ sum = partial_sums.data() + chunk * channels;
+      double* __restrict__ square = partial_squares.data() + chunk * channels;
+      const double* __restrict__ shifts = shift.data();
+      for (int64_t row = first; row < end; ++row) {
+        const float* __restrict__ values = kernel + row * channels;
+        for (int64_t c = 0; c < channels; ++c) {
           const double shifted = values[c] - shifts[c];
           sum[c] += shifted;
           square[c] += shifted * shifted;
         }
       }
-      // Centred in double too: a mean rounded to float would shift every value.
-      std::vector<double> mean(width), scale(width);
-      for (int64_t c = 0; c < width; ++c) {
-        const double shifted_mean = sums[c] / rows;
-        const double variance = std::max(squares[c] / rows - shifted_mean * shifted_mean, 0.0);
-        mean[c] = shift[c] + shifted_mean;
-        scale[c] = 1.0 / std::sqrt(variance + epsilon);
-        inverse_stds[first + c] = static_cast<float>(scale[c]);
-      }
-      for (int64_t row = 0; row < rows; ++row) {
-        const float* __restrict__ values = kernel + row * channels + first;
-        float* __restrict__ out = standardized + row * channels + first;
-        const double* __restrict__ means = mean.data();
-        const double* __restrict__ scales = scale.data();
-        for (int64_t c = 0; c < width; ++c) {
+    });
+    const std::vector<double> sums = chunk_totals(partial_sums, channels);
+    const std::vector<double> squares = chunk_totals(partial_squares, channels);
+    // Centred in double too: a mean rounded to float would shift every value.
+    std::vector<double> mean(channels), scale(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double shifted_mean = sums[c] / rows;
+      const double variance = std::max(squares[c] / rows - shifted_mean * shifted_mean, 0.0);
+      mean[c] = shift[c] + shifted_mean;
+      scale[c] = 1.0 / std::sqrt(variance + epsilon_);
+      inverse_stds[c] = static_cast<float>(scale[c]);
+    }
+    for_each_row_chunk(context, rows, channels, 2, [&](int64_t, int64_t first, int64_t end) {
+      const double* __restrict__ means = mean.data();
+      const double* __restrict__ scales = scale.data();
+      for (int64_t row = first; row < end; ++row) {
+        const float* __restrict__ values = kernel + row * channels;
+        float* __restrict__ out = standardized + row * channels;
+        for (int64_t c = 0; c < channels; ++c) {
           out[c] = static_cast<float>((values[c] - means[c]) * scales[c]);
         }
       }
@@ -459,35 +483,39 @@ class StandardizeGradOp : public OpKernel {
     const float* standardized = standardized_tensor.flat<float>().data();
     const float* inverse_stds = inverse_std_tensor.flat<float>().data();
     float* dkernel = dkernel_tensor->flat<float>().data();
+    const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
 
-    for_each_channel_range(context, rows, channels, 4, [&](int64_t first, int64_t end) {
-      const int64_t width = end - first;
-      std::vector<double> sums(width), products(width);
-      for (int64_t row = 0; row < rows; ++row) {
-        const float* __restrict__ up = upstream + row * channels + first;
-        const float* __restrict__ w = standardized + row * channels + first;
-        double* __restrict__ sum = sums.data();
-        double* __restrict__ product = products.data();
-        for (int64_t c = 0; c < width; ++c) {
+    std::vector<double> partial_sums(chunks * channels, 0.0);
+    std::vector<double> partial_products(chunks * channels, 0.0);
+    for_each_row_chunk(context, rows, channels, 2, [&](int64_t chunk, int64_t first,
+                                                       int64_t end) {
+      double* __restrict__ sum = partial_sums.data() + chunk * channels;
+      double* __restrict__ product = partial_products.data() + chunk * channels;
+      for (int64_t row = first; row < end; ++row) {
+        const float* __restrict__ up = upstream + row * channels;
+        const float* __restrict__ w = standardized + row * channels;
+        for (int64_t c = 0; c < channels; ++c) {
           sum[c] += up[c];
           product[c] += static_cast<double>(up[c]) * w[c];
         }
       }
-      std::vector<float> mean_term(width), product_term(width), scale(width);
-      for (int64_t c = 0; c < width; ++c) {
-        mean_term[c] = static_cast<float>(sums[c] / rows);
-        product_term[c] = static_cast<float>(products[c] / rows);
-        scale[c] = inverse_stds[first + c];
-      }
-      for (int64_t row = 0; row < rows; ++row) {
-        const float* __restrict__ up = upstream + row * channels + first;
-        const float* __restrict__ w = standardized + row * channels + first;
-        float* __restrict__ out = dkernel + row * channels + first;
-        const float* __restrict__ scales = scale.data();
-        const float* __restrict__ means = mean_term.data();
-        const float* __restrict__ products = product_term.data();
-        for (int64_t c = 0; c < width; ++c) {
-          out[c] = scales[c] * (up[c] - means[c] - w[c] * products[c]);
+    });
+    const std::vector<double> sums = chunk_totals(partial_sums, channels);
+    const std::vector<double> products = chunk_totals(partial_products, channels);
+    std::vector<float> mean_term(channels), product_term(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      mean_term[c] = static_cast<float>(sums[c] / rows);
+      product_term[c] = static_cast<float>(products[c] / rows);
+    }
+    for_each_row_chunk(context, rows, channels, 3, [&](int64_t, int64_t first, int64_t end) {
+      const float* __restrict__ means = mean_term.data();
+      const float* __restrict__ product_means = product_term.data();
+      for (int64_t row = first; row < end; ++row) {
+        const float* __restrict__ up = upstream + row * channels;
+        const float* __restrict__ w = standardized + row * channels;
+        float* __restrict__ out = dkernel + row * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          out[c] = inverse_stds[c] * (up[c] - means[c] - w[c] * product_means[c]);
         }
       }
     });
