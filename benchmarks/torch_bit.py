@@ -61,8 +61,8 @@ class ResNetV2(nn.Module):
 
 
 def transformers_bit(architecture, num_classes):
-    """transformers' `BitForImageClassification` of `architecture`, as a module returning
-    logits; None where transformers cannot be imported.
+    """A function making transformers' `BitForImageClassification` of `architecture`, as
+    a module returning logits; None where transformers cannot be imported.
 
     Its default configuration computes the released code's function (symmetric
     padding, the root's constant pad before the max pool); it standardizes kernels
@@ -86,7 +86,7 @@ def transformers_bit(architecture, num_classes):
         def forward(self, x):
             return self.model(x).logits
 
-    return Logits()
+    return Logits
 
 
 def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", compiled=False):
@@ -103,8 +103,9 @@ def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", co
     images = torch.rand(batch, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
     models = {"PyTorch": lambda: ResNetV2(architecture, num_classes)}
-    if transformers_bit(architecture, num_classes) is not None:
-        models["transformers Bit"] = lambda: transformers_bit(architecture, num_classes)
+    transformers_model = transformers_bit(architecture, num_classes)
+    if transformers_model is not None:
+        models["transformers Bit"] = transformers_model
     variants = [(name, "eager", False) for name in models]
     variants += [(name, "channels_last", True) for name in models]
     if compiled:

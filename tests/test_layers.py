@@ -79,6 +79,24 @@ def float64_gradients(function, inputs, upstream):
     return [gradient.numpy() for gradient in tape.gradient(loss, inputs)]
 
 
+def standardization_results(kernel, upstream, standardize):
+    """(the standardized kernel, the kernel's gradient for `upstream`) by `standardize`."""
+    with tf.GradientTape() as tape:
+        weights = tf.constant(kernel, tf.float32)
+        tape.watch(weights)
+        standardized = standardize(weights)
+        loss = tf.reduce_sum(standardized * upstream)
+    return standardized.numpy(), tape.gradient(loss, weights).numpy()
+
+
+def float64_standardization(kernel, upstream):
+    """The same pair from float64 autodiff of the plain form."""
+    def standardize(value):
+        return kernels._standardize(keras.ops, value, 1e-10)
+    (gradient,) = float64_gradients(standardize, [kernel], upstream)
+    return standardize(tf.constant(kernel, tf.float64)).numpy(), gradient
+
+
 def training_gradients(layer, x, upstream, relu=False):
     """Gradients of sum(layer(x, training=True) * upstream) for x, gamma and beta (float32)."""
     with tf.GradientTape() as tape:
@@ -111,15 +129,13 @@ def test_closed_form_gradients_match_float64_autodiff(native_engine):
 
     kernel = rng.normal(0.3, 0.7, (3, 3, 16, 8))
     upstream = rng.normal(size=kernel.shape)
-    with tf.GradientTape() as tape:
-        weights = tf.constant(kernel, tf.float32)
-        tape.watch(weights)
+
+    def standardize(weights):
         with kernels.calling(training=True):
             assert kernels.closed_form()
-            loss = tf.reduce_sum(kernels.standardize(weights, 1e-10) * upstream)
-    computed = tape.gradient(loss, weights).numpy()
-    (expected,) = float64_gradients(
-        lambda value: kernels._standardize(keras.ops, value, 1e-10), [kernel], upstream)
+            return kernels.standardize(weights, 1e-10)
+    _, computed = standardization_results(kernel, upstream, standardize)
+    _, expected = float64_standardization(kernel, upstream)
     np.testing.assert_allclose(computed, expected, atol=1e-5 * np.abs(expected).max())
 
 

@@ -13,8 +13,9 @@ from bitkeras.models import kernels, native
 from tests import reference
 from bitkeras.models.layers import StandardizedConv2D
 from tests.test_layers import (assert_training_gradients_match_float64,
-                               float64_group_norm_gradients, float64_gradients,
-                               random_group_norm, training_gradients)
+                               float64_group_norm_gradients, float64_standardization,
+                               random_group_norm, standardization_results,
+                               training_gradients)
 
 
 @pytest.fixture
@@ -82,27 +83,10 @@ def test_op_is_no_less_exact_than_tensorflows_closed_form(operations, monkeypatc
     assert all(ours <= theirs * 1.5 + 1e-7 for ours, theirs in zip(errors["1"], errors["0"]))
 
 
-def standardization_results(kernel, upstream, standardize):
-    """(the standardized kernel, the kernel's gradient for `upstream`) by `standardize`."""
-    with tf.GradientTape() as tape:
-        weights = tf.constant(kernel, tf.float32)
-        tape.watch(weights)
-        standardized = standardize(weights)
-        loss = tf.reduce_sum(standardized * upstream)
-    return standardized.numpy(), tape.gradient(loss, weights).numpy()
-
-
-def float64_standardization(kernel, upstream):
-    """The same pair from float64 autodiff of the plain form."""
-    def standardize(value):
-        return kernels._standardize(keras.ops, value, 1e-10)
-    (gradient,) = float64_gradients(standardize, [kernel], upstream)
-    return standardize(tf.constant(kernel, tf.float64)).numpy(), gradient
-
-
 @pytest.mark.parametrize("shape, mean, std", [
     ((3, 3, 16, 8), 0.3, 0.7),
-    ((1, 1, 64, 200), 0.0, 0.05),  # more output channels than one thread's share
+    ((1, 1, 64, 200), 0.0, 0.05),  # more output channels than rows
+    ((1, 1, 300, 200), 0.0, 0.05),  # more rows than one chunk (256) holds
     ((7, 7, 3, 64), 100.0, 0.05),  # a mean 2000 times the spread: cancellation shows
 ])
 def test_standardization_matches_float64_and_is_no_less_exact(operations, shape, mean, std):

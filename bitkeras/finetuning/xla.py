@@ -24,7 +24,6 @@ import tensorflow as tf
 
 from bitkeras import files
 from bitkeras.finetuning import distribute
-from bitkeras.io.weights import cache_dir
 from bitkeras.models import native
 
 CALIBRATE_MIN_STEPS = 500
@@ -53,7 +52,7 @@ def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0
     result = calibrate(model, rule.crop_size, batch_size, precision)
     cache = read_cache()  # another process may have written it meanwhile
     cache[key] = result
-    path = cache_dir() / CACHE_FILE
+    path = files.cache_dir() / CACHE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
     if verbose:
@@ -118,7 +117,7 @@ def choice(seconds):
 
 def read_cache():
     """The calibrations kept on this machine ({} when none, or the file is unreadable)."""
-    path = cache_dir() / CACHE_FILE
+    path = files.cache_dir() / CACHE_FILE
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):

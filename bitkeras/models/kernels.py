@@ -81,6 +81,11 @@ def _saving_tensorflow_graph():
     return save_context.in_save_context()
 
 
+def _native():
+    """Whether layers run bitkeras's C++ ops now: either faster form, where the ops can run."""
+    return _tensorflow() and native.usable()
+
+
 def fused():
     """Whether layers use the XLA clusters now: TensorFlow backend, inference, not `portable()`."""
     return _tensorflow() and not _TRAINING.get()
@@ -94,7 +99,7 @@ def closed_form():
 def standardize(kernel, epsilon):
     """Weight standardization per output channel of an HWIO kernel, in float32."""
     kernel = ops.cast(kernel, "float32")
-    if (fused() or closed_form()) and native.usable():
+    if _native():
         return native.standardize(kernel, epsilon)
     if fused():
         return _tensorflow_kernels()["standardize"](kernel, epsilon)
@@ -113,7 +118,7 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False):
     dtype = inputs.dtype
     inputs = ops.cast(inputs, "float32")
     gamma, beta = ops.cast(gamma, "float32"), ops.cast(beta, "float32")
-    if (fused() or closed_form()) and native.usable():
+    if _native():
         return ops.cast(native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu), dtype)
     if fused():
         outputs = _tensorflow_kernels()["group_norm"](inputs, gamma, beta, groups, epsilon)
@@ -154,11 +159,12 @@ def standardized_once(layers):
     import tensorflow as tf
 
     new = False
+    # bitkeras's op where the graphs use it too (the same values either way), else
+    # TensorFlow's own ops, not the cluster: nothing for XLA to compile per shape.
+    use_op = native.usable()
     for layer in layers:
         kernel, epsilon = ops.cast(layer.kernel, "float32"), layer.standardization_epsilon
-        # bitkeras's op where the graphs use it too (the same values either way), else
-        # TensorFlow's own ops, not the cluster: nothing for XLA to compile per shape.
-        if native.usable():
+        if use_op:
             standardized = native.standardize(kernel, epsilon)
         else:
             standardized = _standardize(ops, kernel, epsilon)
