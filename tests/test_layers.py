@@ -193,26 +193,52 @@ def test_mixed_precision_group_normalization_keeps_float32_statistics():
                                expected, atol=2**-7 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("size", [1, 3])  # 1x1: TensorFlow runs a matrix product
 @pytest.mark.parametrize("training", [True, False])
-def test_standardized_conv_gradient_matches_float64(training):
+def test_standardized_conv_gradient_matches_float64(training, size):
     rng = np.random.default_rng(5)
-    conv = StandardizedConv2D(4, 3)
+    conv = StandardizedConv2D(4, size)
     conv.build((None, None, None, 3))
-    kernel = rng.normal(0.5, 1.0, (3, 3, 3, 4))
+    kernel = rng.normal(0.5, 1.0, (size, size, 3, 4))
     conv.kernel.assign(kernel)
     x = rng.normal(size=(2, 5, 5, 3))
-    upstream = rng.normal(size=(2, 3, 3, 4))
+    upstream = rng.normal(size=(2, 6 - size, 6 - size, 4))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(conv(tf.constant(x, tf.float32), training=training) * upstream)
     analytic = tape.gradient(loss, conv.kernel.value).numpy()
 
     def objective(kernel):
         return (reference.conv_valid(x, reference.standardize(kernel), 1) * upstream).sum()
-    for index in [(0, 0, 0, 0), (1, 2, 1, 3), (2, 1, 2, 1)]:
+    for index in [(0, 0, 0, 0), (size // 2, size - 1, 1, 3), (size - 1, size // 2, 2, 1)]:
         step = np.zeros_like(kernel)
         step[index] = 1e-6
         numeric = (objective(kernel + step) - objective(kernel - step)) / 2e-6
         assert abs(analytic[index] - numeric) <= 1e-3 * max(1.0, abs(numeric)), index
+
+
+def test_pointwise_convolutions_run_as_matrix_products_outside_portable_only():
+    """A 1x1 convolution at stride 1 is the pixels times the kernel's (in, out) matrix."""
+    rng = np.random.default_rng(6)
+    conv = StandardizedConv2D(16, 1)
+    conv.build((None, None, None, 8))
+    conv.kernel.assign(rng.normal(0.5, 1.0, (1, 1, 8, 16)))
+    x = tf.constant(rng.normal(size=(3, 5, 7, 8)), tf.float32)
+    spec = tf.TensorSpec((None, None, None, 8), tf.float32)  # shapes known at run time only
+    assert "MatMul" in op_types(conv, spec) and "Conv2D" not in op_types(conv, spec)
+    with kernels.portable():
+        assert "Conv2D" in op_types(conv, spec) and "MatMul" not in op_types(conv, spec)
+        convolved = conv(x)
+    product = tf.function(conv)(x)
+    assert product.shape == convolved.shape == (3, 5, 7, 16)
+    np.testing.assert_allclose(product, convolved, atol=1e-5 * np.abs(convolved).max())
+    strided = StandardizedConv2D(16, 1, strides=2)
+    strided.build((None, None, None, 8))
+    assert "Conv2D" in op_types(strided, spec)
+
+
+def op_types(function, *specs):
+    graph = tf.function(function).get_concrete_function(*specs).graph
+    return {operation.type for operation in graph.get_operations()}
 
 
 def xla_functions(function, *args):

@@ -13,7 +13,7 @@ from bitkeras.models import kernels, native
 from tests import reference
 from bitkeras.models.layers import StandardizedConv2D
 from tests.test_layers import (assert_training_gradients_match_float64,
-                               float64_group_norm_gradients, float64_standardization,
+                               float64_group_norm_gradients, float64_standardization, op_types,
                                random_group_norm, standardization_results,
                                training_gradients)
 
@@ -35,11 +35,6 @@ def _has_compiler():
     except native.NativeBuildError:
         return False
     return True
-
-
-def op_types(function, *specs):
-    graph = tf.function(function).get_concrete_function(*specs).graph
-    return {operation.type for operation in graph.get_operations()}
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -64,6 +59,25 @@ def test_forward_and_gradient_match_float64(operations, shape, relu):
     for got, want in zip(computed, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5 * max(np.abs(want).max(initial=0), 1e-3))
+
+
+def test_forward_statistics_hold_for_a_far_mean_and_an_outlying_first_pixel(operations):
+    """The forward's one pass shifts each channel by the item's first pixel: here the
+    values lie 1000 from zero with spread 0.01, channel means within a group differ by
+    up to 2, and the first pixel lies 20 spreads off (float32 sums of squares about
+    zero would lose the variance entirely). The group means and inverse deviations
+    the op returns are float64's, rounded to float32."""
+    rng = np.random.default_rng(2)
+    x = 1000.0 + rng.uniform(-1.0, 1.0, 64) + rng.normal(0.0, 0.01, (2, 16, 16, 64))
+    x[:, 0, 0, :] += 0.2
+    x = x.astype(np.float32)
+    _, means, inverse_stds = operations.bitkeras_group_norm(
+        x, np.ones(64, np.float32), np.zeros(64, np.float32), groups=32, epsilon=1e-5,
+        relu=False)
+    groups = x.astype(np.float64).reshape(2, -1, 32, 2)
+    np.testing.assert_allclose(means.numpy(), groups.mean(axis=(1, 3)), rtol=1e-7)
+    np.testing.assert_allclose(inverse_stds.numpy(), 1 / np.sqrt(groups.var(axis=(1, 3)) + 1e-5),
+                               rtol=1e-6)
 
 
 def test_op_is_no_less_exact_than_tensorflows_closed_form(operations, monkeypatch):

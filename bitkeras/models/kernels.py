@@ -18,6 +18,9 @@ backend, layers take faster forms of the same functions:
 - on CPUs, where a compiler is at hand, both layers go further, in training and
   at inference: one C++ op for each forward and one for each gradient
   (`bitkeras.models.native`).
+- 1x1 convolutions at stride 1 run as a matrix product of the pixels with the
+  kernel's (in, out) matrix (`pointwise_products`): the same sums, which
+  TensorFlow's matrix product runs faster than its convolution.
 
 GroupNorm sums its statistics over the pixels per channel first, then per
 group, on every path (see `_standardized_groups`).
@@ -89,6 +92,11 @@ def _native():
 def fused():
     """Whether layers use the XLA clusters now: TensorFlow backend, inference, not `portable()`."""
     return _tensorflow() and not _TRAINING.get()
+
+
+def pointwise_products():
+    """Whether 1x1 convolutions run as matrix products now: TensorFlow backend, not `portable()`."""
+    return _tensorflow()
 
 
 def closed_form():

@@ -47,8 +47,22 @@ class StandardizedConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         # Standardized in float32 whatever the compute dtype: the statistics of
         # small kernels lose too much in half precision.
-        kernel = kernels.standardized_kernel(self, kernel, self.standardization_epsilon)
-        return super().convolution_op(inputs, ops.cast(kernel, self.compute_dtype))
+        kernel = ops.cast(kernels.standardized_kernel(self, kernel, self.standardization_epsilon),
+                          self.compute_dtype)
+        if self._pointwise() and kernels.pointwise_products():
+            # A 1x1 convolution at stride 1 is a product of the pixels (rows) with
+            # the kernel's (in, out) matrix: the same sums, which TensorFlow's
+            # matrix product runs about 8% faster than its convolution, gradients
+            # included, on R50's 1x1 shapes (2-core Xeon).
+            outputs = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])),
+                                 ops.reshape(kernel, kernel.shape[2:]))
+            return ops.reshape(outputs, (*ops.shape(inputs)[:3], kernel.shape[3]))
+        return super().convolution_op(inputs, kernel)
+
+    def _pointwise(self):
+        return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
+                and self.data_format == "channels_last")
 
     def get_config(self):
         config = super().get_config()
@@ -137,7 +151,11 @@ class PreActBottleneck(keras.layers.Layer):
         self.norm_a = group_normalization(name="norm_a", dtype=dtype)
         self.conv_a = StandardizedConv2D(mid_channels, 1, name="conv_a", dtype=dtype)
         self.norm_b = group_normalization(name="norm_b", dtype=dtype)
+        # At stride 1, "same" pads 1 on every side, BiT's padding, inside the
+        # convolution (faster on TensorFlow than a padded copy); at stride 2 it
+        # would pad 0 before and 1 after, so the unit pads explicitly.
         self.conv_b = StandardizedConv2D(mid_channels, 3, strides=strides, name="conv_b",
+                                         padding="same" if strides == 1 else "valid",
                                          dtype=dtype)
         self.norm_c = group_normalization(name="norm_c", dtype=dtype)
         self.conv_c = StandardizedConv2D(out_channels, 1, name="conv_c", dtype=dtype)
@@ -172,7 +190,7 @@ class PreActBottleneck(keras.layers.Layer):
         shortcut = inputs if self.proj is None else self.proj(preactivated)
         hidden = self.conv_a(preactivated)
         hidden = self.norm_b(hidden, relu=True)
-        hidden = self.conv_b(pad_symmetric(hidden, 1))
+        hidden = self.conv_b(hidden if self.strides == 1 else pad_symmetric(hidden, 1))
         hidden = self.conv_c(self.norm_c(hidden, relu=True))
         return hidden + shortcut
 

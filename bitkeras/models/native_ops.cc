@@ -3,8 +3,8 @@
 // float32 HWIO convolution kernels.
 //
 // TensorFlow runs the composed forms (`kernels.py`) as a dozen ops each, every
-// op a pass over memory. Here GroupNorm's forward reads the activations three
-// times and writes once, its gradient reads twice and writes once, one batch
+// op a pass over memory. Here GroupNorm's forward reads the activations twice
+// and writes once, its gradient reads twice and writes once, one batch
 // item at a time (an item's activations stay in the core's cache between the
 // passes); weight standardization reads a kernel twice and writes once, its
 // gradient reads twice and writes once. bitkeras builds this file on first use
@@ -81,20 +81,11 @@ void for_each_item(OpKernelContext* context, const Layout& layout, int passes, W
       layout.items, cost, work);
 }
 
-// sums[c] += sum over pixels of row[c] (rows of `channels` values).
-void add_channel_sums(const float* __restrict__ rows, const Layout& layout,
-                      double* __restrict__ sums) {
-  for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-    const float* __restrict__ row = rows + pixel * layout.channels;
-    for (int64_t c = 0; c < layout.channels; ++c) sums[c] += row[c];
-  }
-}
-
 // Sum over each group's channels of weights[c] * sums[c], one value per group.
 double group_sum(const double* sums, const float* weights, const Layout& layout, int64_t group) {
   double total = 0;
   for (int64_t c = group * layout.per_group; c < (group + 1) * layout.per_group; ++c) {
-    total += (weights ? weights[c] : 1.0f) * sums[c];
+    total += weights[c] * sums[c];
   }
   return total;
 }
@@ -210,33 +201,56 @@ class GroupNormOp : public OpKernel {
     const float epsilon = epsilon_;
     const bool relu = relu_;
 
-    for_each_item(context, layout, 4, [&](int64_t first, int64_t end) {
-      std::vector<double> sums(layout.channels);
-      std::vector<float> mean(layout.channels), scale(layout.channels);
+    for_each_item(context, layout, 3, [&](int64_t first, int64_t end) {
+      const int64_t channels = layout.channels;
+      const double pixels = static_cast<double>(layout.pixels);
+      std::vector<double> shift(channels), sums(channels), squares(channels), channel_mean(channels);
+      std::vector<float> mean(channels), scale(channels);
       for (int64_t item = first; item < end; ++item) {
-        const int64_t offset = item * layout.pixels * layout.channels;
+        const int64_t offset = item * layout.pixels * channels;
         const float* rows = x + offset;
+        // One pass: per channel, the sums of d = x - shift and of d * d, in double,
+        // with the item's first pixel as the shift (a value of the channel's own,
+        // so d stays near the channel's spread and its square loses nothing).
+        for (int64_t c = 0; c < channels; ++c) shift[c] = layout.pixels ? rows[c] : 0.0f;
         std::fill(sums.begin(), sums.end(), 0.0);
-        add_channel_sums(rows, layout, sums.data());
-        for (int64_t group = 0; group < layout.groups; ++group) {
-          const float group_mean = group_sum(sums.data(), nullptr, layout, group) / count;
-          means[item * layout.groups + group] = group_mean;
-          std::fill_n(mean.begin() + group * layout.per_group, layout.per_group, group_mean);
-        }
-        // The variance from the centred values (two passes): no cancellation.
-        std::fill(sums.begin(), sums.end(), 0.0);
-        for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-          const float* __restrict__ row = rows + pixel * layout.channels;
-          for (int64_t c = 0; c < layout.channels; ++c) {
-            const float centered = row[c] - mean[c];
-            sums[c] += centered * centered;
+        std::fill(squares.begin(), squares.end(), 0.0);
+        {
+          const double* __restrict__ shifts = shift.data();
+          double* __restrict__ sum = sums.data();
+          double* __restrict__ square = squares.data();
+          for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
+            const float* __restrict__ row = rows + pixel * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              const double d = static_cast<double>(row[c]) - shifts[c];
+              sum[c] += d;
+              square[c] += d * d;
+            }
           }
         }
         for (int64_t group = 0; group < layout.groups; ++group) {
-          const float variance = group_sum(sums.data(), nullptr, layout, group) / count;
+          const int64_t first_channel = group * layout.per_group;
+          const int64_t end_channel = first_channel + layout.per_group;
+          double total = 0;
+          for (int64_t c = first_channel; c < end_channel; ++c) {
+            channel_mean[c] = shift[c] + sums[c] / pixels;
+            total += channel_mean[c];
+          }
+          const double group_mean = total / layout.per_group;
+          // The group's squared deviations: each channel's own about its mean
+          // (squares - sums^2 / pixels), plus pixels * (channel mean - group mean)^2.
+          double deviations = 0;
+          for (int64_t c = first_channel; c < end_channel; ++c) {
+            const double offset_from_group = channel_mean[c] - group_mean;
+            deviations += squares[c] - sums[c] * sums[c] / pixels +
+                          pixels * offset_from_group * offset_from_group;
+          }
+          const float variance = static_cast<float>(std::max(deviations, 0.0) / count);
           const float inverse_std = 1.0f / std::sqrt(variance + epsilon);
+          means[item * layout.groups + group] = static_cast<float>(group_mean);
           inverse_stds[item * layout.groups + group] = inverse_std;
-          for (int64_t c = group * layout.per_group; c < (group + 1) * layout.per_group; ++c) {
+          for (int64_t c = first_channel; c < end_channel; ++c) {
+            mean[c] = static_cast<float>(group_mean);
             scale[c] = inverse_std * gamma[c];
           }
         }
