@@ -16,6 +16,7 @@ It needs Keras, keras-hub, JAX with CUDA and PyTorch, not TensorFlow: only
 the TensorFlow parts: data pipelines, checkpoints).
 
     KERAS_BACKEND=jax python benchmarks/gpu_jax.py [--size 384] [--batch 64] [--rounds 10]
+        [--keras-batches 8 32]
 
 `--device cpu` runs both on the CPU instead (JAX's CPU build, PyTorch's CPU
 kernels): the answer to whether Keras on JAX would train or infer faster
@@ -51,14 +52,16 @@ from bitkeras.models.classifier import HeadClassifier  # noqa: E402
 NUM_CLASSES = 1000
 
 
-def keras_runs(size, batch, bfloat16, steps=8):
-    """{label: (train, infer)} for the Keras model on JAX, each compiled by a first call.
+def keras_runs(size, batch, bfloat16, batch_counts=(8,)):
+    """({label: (train, infer)}, {label: batches a call}) for the Keras model on JAX,
+    each line compiled by a first call.
 
-    "Keras fit / predict": Keras's own loops over `steps` batches of host
-    arrays, images already at the size (keras-hub's preprocessing step needs
+    "Keras fit / predict, N batches": Keras's own loops over N batches of host
+    arrays, one line per count in `batch_counts` (a call's fixed cost is shared by
+    its batches), images already at the size (keras-hub's preprocessing step needs
     TensorFlow or Grain, so Keras's `Model.fit`/`predict` run the network
     alone; batches copied to the GPU as they go), float32 images in [0, 1] and,
-    in the "uint8" line, the same pixels as uint8 (a quarter of the bytes to
+    in the "uint8" line (the largest count), the same pixels as uint8 (a quarter of the bytes to
     copy; the model divides by 255 on the GPU). "jitted step": the model's
     `stateless_call` and the optimizer's `stateless_apply` in one `jax.jit`
     function on arrays already on the GPU, as PyTorch's lines run
@@ -79,13 +82,16 @@ def keras_runs(size, batch, bfloat16, steps=8):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=True)
     rng = np.random.default_rng(0)
+    steps = max(batch_counts)
     host_pixels = rng.integers(0, 256, (batch * steps, size, size, 3), dtype=np.uint8)
     host_images = host_pixels.astype(np.float32) / 255
     host_labels = rng.integers(0, NUM_CLASSES, batch * steps)
 
-    def host_loops(images):
+    def host_loops(images, count):
+        images, labels = images[:batch * count], host_labels[:batch * count]
+
         def fit():
-            keras.Model.fit(model, images, host_labels, batch_size=batch, epochs=1,
+            keras.Model.fit(model, images, labels, batch_size=batch, epochs=1,
                             shuffle=False, verbose=0)
 
         def predict():
@@ -125,10 +131,13 @@ def keras_runs(size, batch, bfloat16, steps=8):
     def infer_step():
         forward(state[0], state[1], images).block_until_ready()
 
-    lines = {"Keras fit / predict": host_loops(host_images),
-             "Keras fit / predict, uint8": host_loops(host_pixels),
-             "Keras, jitted step": (train_step, infer_step)}
-    return lines, steps
+    lines = {f"Keras fit / predict, {count} batches": host_loops(host_images, count)
+             for count in batch_counts}
+    lines[f"Keras fit / predict, {steps} batches, uint8"] = host_loops(host_pixels, steps)
+    lines["Keras, jitted step"] = (train_step, infer_step)
+    counts = {label: int(label.split(", ")[1].split()[0]) if label.startswith("Keras fit")
+              else 1 for label in lines}
+    return lines, counts
 
 
 def main():
@@ -138,6 +147,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--keras-batches", type=int, nargs="+", default=[8],
+                        help="batches per call of Keras's fit and predict, a line for each "
+                             "(each call has a fixed cost that more batches share)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="where PyTorch runs; JAX runs on its default device")
     args = parser.parse_args()
@@ -150,23 +162,23 @@ def main():
     for precision in args.precisions:
         bfloat16 = precision == "bfloat16"
         started = time.perf_counter()
-        keras_lines, steps = keras_runs(args.size, args.batch, bfloat16)
+        keras_lines, batches = keras_runs(args.size, args.batch, bfloat16, args.keras_batches)
         for train, infer in keras_lines.values():  # compiled off the clock
             train()
             infer()
         compiled = time.perf_counter() - started
         runs = {**keras_lines, **step_runs(ARCHITECTURES["R50x1"], NUM_CLASSES, args.batch,
                                              args.size, bfloat16, device=args.device)}
-        batches = {name: steps if name.startswith("Keras fit") else 1 for name in runs}
+        batches = {name: batches.get(name, 1) for name in runs}
         seconds = {kind: interleaved_median_seconds(
             {name: pair[index] for name, pair in runs.items()}, args.rounds, args.warmup)
             for index, kind in enumerate(("train", "infer"))}
         rates = {kind: {name: args.batch * batches[name] / value
                         for name, value in seconds[kind].items()} for kind in seconds}
         print(f"\n{precision} (Keras: build and compile {compiled:.0f} s)")
-        print(f"  {'':<32} {'train img/s':>12} {'inference img/s':>16}")
+        print(f"  {'':<40} {'train img/s':>12} {'inference img/s':>16}")
         for name in runs:
-            print(f"  {name:<32} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
+            print(f"  {name:<40} {rates['train'][name]:12.1f} {rates['infer'][name]:16.1f}")
         fastest_train = fastest(seconds["train"], compiled=False)
         fastest_infer = fastest(seconds["infer"])
         for name in keras_lines:
