@@ -61,8 +61,8 @@ def keras_runs(size, batch, bfloat16, batch_counts=(8,)):
     its batches), images already at the size (keras-hub's preprocessing step needs
     TensorFlow or Grain, so Keras's `Model.fit`/`predict` run the network
     alone; batches copied to the GPU as they go), float32 images in [0, 1] and,
-    in the "uint8" line (the largest count), the same pixels as uint8 (a quarter of the bytes to
-    copy; the model divides by 255 on the GPU). "jitted step": the model's
+    in the "uint8" line (the largest count), the same pixels as uint8 (a quarter
+    of the bytes to copy; the model divides by 255 on the GPU). "jitted step": the model's
     `stateless_call` and the optimizer's `stateless_apply` in one `jax.jit`
     function on arrays already on the GPU, as PyTorch's lines run
     (`*_on_batch` is not used: Keras syncs every variable back after each
@@ -131,12 +131,12 @@ def keras_runs(size, batch, bfloat16, batch_counts=(8,)):
     def infer_step():
         forward(state[0], state[1], images).block_until_ready()
 
-    lines = {f"Keras fit / predict, {count} batches": host_loops(host_images, count)
-             for count in batch_counts}
-    lines[f"Keras fit / predict, {steps} batches, uint8"] = host_loops(host_pixels, steps)
-    lines["Keras, jitted step"] = (train_step, infer_step)
-    counts = {label: int(label.split(", ")[1].split()[0]) if label.startswith("Keras fit")
-              else 1 for label in lines}
+    lines, counts = {}, {}
+    for host_arrays, count, suffix in [*((host_images, count, "") for count in batch_counts),
+                                       (host_pixels, steps, ", uint8")]:
+        label = f"Keras fit / predict, {count} batches{suffix}"
+        lines[label], counts[label] = host_loops(host_arrays, count), count
+    lines["Keras, jitted step"], counts["Keras, jitted step"] = (train_step, infer_step), 1
     return lines, counts
 
 

@@ -204,7 +204,8 @@ class GroupNormOp : public OpKernel {
     for_each_item(context, layout, 3, [&](int64_t first, int64_t end) {
       const int64_t channels = layout.channels;
       const double pixels = static_cast<double>(layout.pixels);
-      std::vector<double> shift(channels), sums(channels), squares(channels), channel_mean(channels);
+      std::vector<double> shift(channels), sums(channels), squares(channels);
+      std::vector<double> channel_mean(channels);
       std::vector<float> mean(channels), scale(channels);
       for (int64_t item = first; item < end; ++item) {
         const int64_t offset = item * layout.pixels * channels;
