@@ -118,7 +118,8 @@ def pad_symmetric(inputs, amount):
     """Zero-pads height and width by `amount` on every side (NHWC).
 
     BiT pads explicitly and convolves VALID; TensorFlow's "same" pads 0 before
-    and 1 after for stride 2 on even sizes, which is a different function.
+    and 1 after for stride 2 on even sizes, which is a different function (at
+    stride 1 with a 3x3 kernel it is the same function).
     """
     return ops.pad(inputs, [[0, 0], [amount, amount], [amount, amount], [0, 0]])
 
