@@ -94,8 +94,8 @@ def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", co
 
     Lines: this file's `ResNetV2` ("PyTorch ...") and, where transformers is
     installed, its `BitForImageClassification` ("transformers Bit ..."), each in
-    eager mode and in channels_last; with `compiled`, `ResNetV2` under
-    torch.compile too. Each line has its own model (SGD with momentum, lr 0.003)
+    eager mode and in channels_last; with `compiled`, each under torch.compile
+    too. Each line has its own model (SGD with momentum, lr 0.003)
     and random images on `device`; `bfloat16` runs them under `torch.autocast`.
     On CUDA each call waits for the GPU to finish.
     """
@@ -109,7 +109,7 @@ def step_runs(architecture, num_classes, batch, size, bfloat16, device="cpu", co
     variants = [(name, "eager", False) for name in models]
     variants += [(name, "channels_last", True) for name in models]
     if compiled:
-        variants.append(("PyTorch", "torch.compile", "compile"))
+        variants += [(name, "torch.compile", "compile") for name in models]
     finish = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     runs = {}
     for name, label, form in variants:
