@@ -180,6 +180,67 @@ def test_group_normalization_with_relu_is_relu_of_its_output(native_engine, dtyp
         keras.ops.convert_to_numpy(keras.ops.relu(layer(flat))))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_group_normalization_returning_its_inputs(native_engine, dtype):
+    """`layer(x, return_inputs=True)` is `(layer(x), x)`, and gradients reaching x both
+    ways add up, also for a graph built from keras.Input."""
+    rng = np.random.default_rng(9)
+    layer, _, _ = random_group_norm(rng, dtype=dtype)
+    x = tf.constant(rng.normal(1.0, 2.0, (2, 4, 5, 64)), tf.float32)
+    for training in (False, True):
+        outputs, inputs = layer(x, training=training, relu=True, return_inputs=True)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(outputs),
+                                      keras.ops.convert_to_numpy(
+                                          layer(x, training=training, relu=True)))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(inputs), x.numpy())
+    first, second = (rng.normal(size=x.shape).astype(np.float32) for _ in range(2))
+
+    def gradients(return_inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if return_inputs:
+                outputs, inputs = layer(x, training=True, return_inputs=True)
+            else:
+                outputs, inputs = layer(x, training=True), x
+            loss = (tf.reduce_sum(tf.cast(outputs, tf.float32) * first)
+                    + tf.reduce_sum(tf.cast(inputs, tf.float32) * second))
+        return [keras.ops.convert_to_numpy(gradient)
+                for gradient in tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])]
+    for got, want in zip(gradients(True), gradients(False)):
+        np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+    symbolic = keras.Input((4, 5, 64))
+    outputs, inputs = layer(symbolic, return_inputs=True)
+    assert outputs.shape == inputs.shape == (None, 4, 5, 64)
+    model = keras.Model(symbolic, [outputs, inputs])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)[1]), x.numpy())
+
+
+def test_group_normalization_padding_its_output(native_engine):
+    """`layer(x, pad=1)` is `layer(x)` zero-padded, with its gradients, also symbolically."""
+    rng = np.random.default_rng(10)
+    layer, _, _ = random_group_norm(rng)
+    x = tf.constant(rng.normal(1.0, 2.0, (2, 5, 4, 64)), tf.float32)
+    upstream = tf.constant(rng.normal(size=(2, 7, 6, 64)), tf.float32)
+
+    def results(padded_by_layer, training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if padded_by_layer:
+                outputs = layer(x, training=training, relu=True, pad=1)
+            else:
+                outputs = kernels.pad_symmetric(layer(x, training=training, relu=True), 1)
+            loss = tf.reduce_sum(outputs * upstream)
+        gradients = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        return [keras.ops.convert_to_numpy(value) for value in (outputs, *gradients)]
+    for training in (False, True):
+        for got, want in zip(results(True, training), results(False, training)):
+            np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+    symbolic = layer(keras.Input((5, None, 64)), pad=2)
+    assert symbolic.shape == (None, 9, None, 64)
+    with pytest.raises(ValueError, match="pad=1 needs 4-D"):
+        group_normalization()(tf.zeros((2, 20, 64)), pad=1)
+
+
 def test_mixed_precision_group_normalization_keeps_float32_statistics():
     rng = np.random.default_rng(3)
     layer, gamma, beta = random_group_norm(rng, dtype="mixed_bfloat16")

@@ -11,7 +11,7 @@ import tensorflow as tf
 from bitkeras import files
 from bitkeras.models import kernels, native
 from tests import reference
-from bitkeras.models.layers import StandardizedConv2D
+from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D
 from tests.test_layers import (assert_training_gradients_match_float64,
                                float64_group_norm_gradients, float64_standardization, op_types,
                                random_group_norm, standardization_results,
@@ -200,6 +200,118 @@ def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkey
     assert not gradients & op_types(gradient, spec)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradient_op_adds_a_residual_as_a_separate_sum_would(operations, relu):
+    """The residual input: dx + residual to the bit, dgamma and dbeta unchanged."""
+    rng = np.random.default_rng(11)
+    x, upstream, residual = (tf.constant(rng.normal(1.0, 2.0, (2, 3, 5, 64)), tf.float32)
+                             for _ in range(3))
+    gamma, beta = (tf.constant(rng.normal(size=64), tf.float32) for _ in range(2))
+    _, mean, inverse_std = operations.bitkeras_group_norm(x, gamma, beta, groups=32,
+                                                          epsilon=1e-5, relu=relu)
+    plain = operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, mean, inverse_std,
+                                                [], groups=32, relu=relu)
+    summed = operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, mean, inverse_std,
+                                                 [residual], groups=32, relu=relu)
+    np.testing.assert_array_equal(summed[0], (plain[0] + residual).numpy())
+    for got, want in zip(summed[1:], plain[1:]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual shape"):
+        operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, mean, inverse_std,
+                                            [residual[:1]], groups=32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most one residual, got 2"):
+        operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, mean, inverse_std,
+                                            [residual, residual], groups=32)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_padded_output_and_its_gradient_are_a_separate_pads(operations, relu):
+    """pad=2: the output zero-padded, and the gradient of its interior, to the bit."""
+    rng = np.random.default_rng(13)
+    x = tf.constant(rng.normal(1.0, 2.0, (2, 5, 4, 64)), tf.float32)
+    gamma, beta = (tf.constant(rng.normal(size=64), tf.float32) for _ in range(2))
+    outputs, mean, inverse_std = operations.bitkeras_group_norm(x, gamma, beta, groups=32,
+                                                                epsilon=1e-5, relu=relu)
+    padded, padded_mean, padded_inverse_std = operations.bitkeras_group_norm(
+        x, gamma, beta, groups=32, epsilon=1e-5, relu=relu, pad=2)
+    np.testing.assert_array_equal(padded, np.pad(outputs, [(0, 0), (2, 2), (2, 2), (0, 0)]))
+    np.testing.assert_array_equal(padded_mean, mean)
+    np.testing.assert_array_equal(padded_inverse_std, inverse_std)
+    upstream = tf.constant(rng.normal(size=(2, 9, 8, 64)), tf.float32)
+    for got, want in zip(
+            operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, mean, inverse_std, [],
+                                                groups=32, relu=relu, pad=2),
+            operations.bitkeras_group_norm_grad(upstream[:, 2:-2, 2:-2], x, gamma, beta, mean,
+                                                inverse_std, [], groups=32, relu=relu)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="upstream shape"):
+        operations.bitkeras_group_norm_grad(upstream[:, 2:-2, 2:-2], x, gamma, beta, mean,
+                                            inverse_std, [], groups=32, pad=2)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError),
+                       match="pad needs .batch, height, width, channels. input|rank 4"):
+        operations.bitkeras_group_norm(tf.zeros((2, 20, 64)), gamma, beta, groups=32,
+                                       epsilon=1e-5, pad=1)
+
+
+def test_strided_units_pad_in_the_op(operations):
+    """A strided unit's padding before conv_b comes from norm_b's op: no Pad op in
+    training, and the gradients of the unit written out with a separate pad."""
+    rng = np.random.default_rng(14)
+    unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2, projection=True)
+    x = tf.constant(rng.normal(size=(2, 6, 7, 64)), tf.float32)
+    upstream = tf.constant(rng.normal(size=unit(x).shape), tf.float32)
+
+    def written_out(x):
+        preactivated = unit.norm_a(x, relu=True, training=True)
+        hidden = unit.norm_b(unit.conv_a(preactivated, training=True), relu=True, training=True)
+        hidden = unit.conv_b(kernels.pad_symmetric(hidden, 1), training=True)
+        hidden = unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True)
+        return hidden + unit.proj(preactivated, training=True)
+
+    def gradients(function):
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(function(x) * upstream)
+            return tape.gradient(loss, [x, *unit.trainable_weights])
+        return run
+    spec = tf.TensorSpec(x.shape, tf.float32)
+    assert "Pad" not in op_types(gradients(lambda x: unit(x, training=True)), spec)
+    assert "Pad" in op_types(gradients(written_out), spec)
+    for got, want in zip(tf.function(gradients(lambda x: unit(x, training=True)))(x),
+                         tf.function(gradients(written_out))(x)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_identity_units_add_the_shortcut_gradient_in_the_op(operations):
+    """An identity unit trains with no separate sum (AddN) of its input's two gradients,
+    and its gradients are those of the unit written out with the shortcut added apart."""
+    rng = np.random.default_rng(12)
+    unit = PreActBottleneck(out_channels=128, mid_channels=32)
+    x = tf.constant(rng.normal(size=(2, 5, 6, 128)), tf.float32)
+    unit(x)
+    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
+
+    def written_out(x):
+        hidden = unit.conv_a(unit.norm_a(x, relu=True, training=True), training=True)
+        hidden = unit.conv_b(unit.norm_b(hidden, relu=True, training=True), training=True)
+        return unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True) + x
+
+    def gradients(function):
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(function(x) * upstream)
+            return tape.gradient(loss, [x, *unit.trainable_weights])
+        return run
+    spec = tf.TensorSpec(x.shape, tf.float32)
+    assert "AddN" not in op_types(gradients(lambda x: unit(x, training=True)), spec)
+    assert "AddN" in op_types(gradients(written_out), spec)
+    for got, want in zip(tf.function(gradients(lambda x: unit(x, training=True)))(x),
+                         tf.function(gradients(written_out))(x)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_op_refuses_mismatched_inputs_with_a_clear_error(operations):
     x = tf.zeros((2, 3, 3, 48))
     with pytest.raises(tf.errors.InvalidArgumentError, match="48 channels do not split into 32"):
@@ -211,10 +323,10 @@ def test_op_refuses_mismatched_inputs_with_a_clear_error(operations):
         x, tf.ones(64), tf.zeros(64), groups=32, epsilon=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="upstream shape"):
         operations.bitkeras_group_norm_grad(tf.zeros((2, 3, 64)), x, tf.ones(64),
-                                            tf.zeros(64), mean, inverse_std, groups=32)
+                                            tf.zeros(64), mean, inverse_std, [], groups=32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(64\), got 64 and 32"):
         operations.bitkeras_group_norm_grad(x, x, tf.ones(64), tf.zeros(32), mean, inverse_std,
-                                            groups=32)
+                                            [], groups=32)
     with pytest.raises(tf.errors.InvalidArgumentError, match="output-channel axis"):
         operations.bitkeras_standardize(tf.constant(1.0), epsilon=1e-10)
     kernel = tf.ones((3, 3, 4, 8))

@@ -116,25 +116,47 @@ def standardize(kernel, epsilon):
     return _standardize(ops, kernel, epsilon)
 
 
-def group_norm(inputs, gamma, beta, groups, epsilon, relu=False):
+def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_inputs=False):
     """GroupNorm of NHWC `inputs` over `groups` channel groups, statistics in float32.
 
     The result has the dtype of `inputs`. The same function as Keras's
     GroupNormalization with `axis=-1`, written `(x - mean) * (gamma / std) + beta`;
-    with `relu`, followed by a ReLU (in the same pass where the C++ op runs).
+    with `relu`, followed by a ReLU, and with `pad`, zero-padded by `pad` pixels on
+    each side of height and width (both in the same pass where the C++ op runs).
+    With `return_inputs`, `(result, inputs)`, where the C++ op runs on float32
+    inputs the second through it (see `native.group_norm`).
     """
     dtype = inputs.dtype
+    original = inputs
     inputs = ops.cast(inputs, "float32")
     gamma, beta = ops.cast(gamma, "float32"), ops.cast(beta, "float32")
     if _native():
-        return ops.cast(native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu), dtype)
+        if return_inputs and keras.backend.standardize_dtype(dtype) == "float32":
+            return native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu, pad=pad,
+                                     return_inputs=True)
+        outputs = ops.cast(
+            native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu, pad=pad), dtype)
+        return (outputs, original) if return_inputs else outputs
     if fused():
         outputs = _tensorflow_kernels()["group_norm"](inputs, gamma, beta, groups, epsilon)
     elif closed_form():
         outputs = _group_norm_closed_form(ops, inputs, gamma, beta, groups, epsilon)
     else:
         outputs = _group_norm(ops, inputs, gamma, beta, groups, epsilon)
-    return ops.cast(ops.relu(outputs) if relu else outputs, dtype)
+    outputs = ops.cast(ops.relu(outputs) if relu else outputs, dtype)
+    if pad:
+        outputs = pad_symmetric(outputs, pad)
+    return (outputs, original) if return_inputs else outputs
+
+
+def pad_symmetric(inputs, amount):
+    """Zero-pads height and width by `amount` on every side (NHWC).
+
+    BiT pads explicitly and convolves VALID; TensorFlow's "same" pads 0 before
+    and 1 after for stride 2 on even sizes, which is a different function (at
+    stride 1 with a 3x3 kernel it is the same function).
+    """
+    return ops.pad(inputs, [[0, 0], [amount, amount], [amount, amount], [0, 0]])
 
 
 _ONCE = weakref.WeakKeyDictionary()

@@ -84,19 +84,45 @@ class GroupNormalization(keras.layers.GroupNormalization):
     own layer.
 
     `layer(x, relu=True)` returns `relu(layer(x))`, with the ReLU in the same
-    pass where bitkeras's C++ op runs (BiT follows every GroupNorm by a ReLU):
-    a keyword Keras's layer does not have, added.
+    pass where bitkeras's C++ op runs (BiT follows every GroupNorm by a ReLU);
+    `layer(x, pad=p)` returns the result zero-padded by `p` pixels on each side
+    of height and width (4-D inputs; BiT pads so before a strided
+    convolution), in the same pass too;
+    `layer(x, return_inputs=True)` returns `(layer(x), x)`, for a second use
+    of `x` (a residual unit's identity shortcut): where the C++ op runs, the
+    gradient reaching `x` through that second output is added to GroupNorm's
+    own in the gradient op, not in a pass of its own. Three keywords Keras's
+    layer does not have, added.
     """
 
-    def call(self, inputs, training=None, relu=False):
+    def call(self, inputs, training=None, relu=False, pad=0, return_inputs=False):
+        if pad and len(inputs.shape) != 4:
+            raise ValueError(f"{self.name}: pad={pad} needs 4-D (batch, height, width, "
+                             f"channels) inputs, got shape {tuple(inputs.shape)}")
         if not (len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
                 and self.center):
             outputs = super().call(inputs)
-            return ops.relu(outputs) if relu else outputs
+            outputs = ops.relu(outputs) if relu else outputs
+            outputs = kernels.pad_symmetric(outputs, pad) if pad else outputs
+            return (outputs, inputs) if return_inputs else outputs
         with kernels.calling(training):
             outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups,
-                                         self.epsilon, relu=relu)
+                                         self.epsilon, relu=relu, pad=pad,
+                                         return_inputs=return_inputs)
+        if return_inputs:
+            return ops.cast(outputs[0], self.compute_dtype), outputs[1]
         return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_spec(self, inputs, training=None, relu=False, pad=0,
+                            return_inputs=False):
+        shape = inputs.shape
+        if pad:
+            shape = (shape[0], *(None if size is None else size + 2 * pad
+                                 for size in shape[1:3]), *shape[3:])
+        outputs = keras.KerasTensor(shape, dtype=self.compute_dtype)
+        if return_inputs:
+            return outputs, keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
+        return outputs
 
 
 def group_normalization(name=None, **kwargs):
@@ -112,16 +138,6 @@ def strided_shape(input_shape, strides, channels):
         return None if size is None else (size - 1) // strides + 1
 
     return (batch, strided(height), strided(width), channels)
-
-
-def pad_symmetric(inputs, amount):
-    """Zero-pads height and width by `amount` on every side (NHWC).
-
-    BiT pads explicitly and convolves VALID; TensorFlow's "same" pads 0 before
-    and 1 after for stride 2 on even sizes, which is a different function (at
-    stride 1 with a 3x3 kernel it is the same function).
-    """
-    return ops.pad(inputs, [[0, 0], [amount, amount], [amount, amount], [0, 0]])
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -154,7 +170,8 @@ class PreActBottleneck(keras.layers.Layer):
         self.norm_b = group_normalization(name="norm_b", dtype=dtype)
         # At stride 1, "same" pads 1 on every side, BiT's padding, inside the
         # convolution (faster on TensorFlow than a padded copy); at stride 2 it
-        # would pad 0 before and 1 after, so the unit pads explicitly.
+        # would pad 0 before and 1 after, so norm_b's output comes padded
+        # (`kernels.pad_symmetric`).
         self.conv_b = StandardizedConv2D(mid_channels, 3, strides=strides, name="conv_b",
                                          padding="same" if strides == 1 else "valid",
                                          dtype=dtype)
@@ -187,11 +204,16 @@ class PreActBottleneck(keras.layers.Layer):
         self.conv_c.build(mid_shape)
 
     def call(self, inputs):
-        preactivated = self.norm_a(inputs, relu=True)
-        shortcut = inputs if self.proj is None else self.proj(preactivated)
+        if self.proj is None:
+            # The shortcut's gradient joins GroupNorm's in its gradient op (see
+            # GroupNormalization): no separate sum of the two.
+            preactivated, shortcut = self.norm_a(inputs, relu=True, return_inputs=True)
+        else:
+            preactivated = self.norm_a(inputs, relu=True)
+            shortcut = self.proj(preactivated)
         hidden = self.conv_a(preactivated)
-        hidden = self.norm_b(hidden, relu=True)
-        hidden = self.conv_b(hidden if self.strides == 1 else pad_symmetric(hidden, 1))
+        # Strided, BiT pads before conv_b; GroupNorm writes that padding too.
+        hidden = self.conv_b(self.norm_b(hidden, relu=True, pad=0 if self.strides == 1 else 1))
         hidden = self.conv_c(self.norm_c(hidden, relu=True))
         return hidden + shortcut
 

@@ -8,7 +8,10 @@ forward and one for each gradient:
   statistics in one pass, shifted by each channel's first pixel), the gradient
   in two reads and a write; with `relu=True` the ReLU that follows
   each of BiT's GroupNorms is part of the same passes (the gradient finds
-  where it passed by computing the forward's values again). On a 2-core Xeon
+  where it passed by computing the forward's values again); so are the
+  zero padding before a strided unit's 3x3 convolution (`pad`) and, in an
+  identity unit, the sum of the input's two gradients (GroupNorm's and the
+  shortcut's, `return_inputs`). On a 2-core Xeon
   the op took GroupNorm's forward and gradient at 16x32x32x256 from 22.5 ms
   (the closed form of `kernels.py` on TensorFlow's ops) to 9.5 ms (its forward
   then read three times), and R50x1's
@@ -77,10 +80,16 @@ def usable():
     return library() is not None
 
 
-def group_norm(inputs, gamma, beta, groups, epsilon, relu=False):
+def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_inputs=False):
     """GroupNorm of float32 channels-last `inputs` with its gradient, by the op.
 
-    With `relu`, `relu(GroupNorm(inputs))` in the same pass.
+    With `relu`, `relu(GroupNorm(inputs))` in the same pass; with `pad`, the
+    result zero-padded by `pad` pixels on each side of height and width
+    (NHWC `inputs`), also in the same pass. With
+    `return_inputs`, `(outputs, inputs)`: the second is `inputs` again, for
+    their other use (a residual unit's identity shortcut), and the gradient
+    arriving through it is added to GroupNorm's in the gradient op, where
+    TensorFlow would add the two in a pass of its own.
     """
     import tensorflow as tf
 
@@ -89,12 +98,17 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False):
     @tf.custom_gradient
     def normalize(inputs, gamma, beta):
         outputs, mean, inverse_std = operations.bitkeras_group_norm(
-            inputs, gamma, beta, groups=groups, epsilon=epsilon, relu=relu)
+            inputs, gamma, beta, groups=groups, epsilon=epsilon, relu=relu, pad=pad)
 
-        def gradient(upstream):
+        def gradient(upstream, passed=None):
+            if upstream is None:  # only the returned inputs were used
+                upstream = tf.zeros_like(outputs)
             return operations.bitkeras_group_norm_grad(
-                upstream, inputs, gamma, beta, mean, inverse_std, groups=groups, relu=relu)
+                upstream, inputs, gamma, beta, mean, inverse_std,
+                [] if passed is None else [passed], groups=groups, relu=relu, pad=pad)
 
+        if return_inputs:
+            return (outputs, tf.identity(inputs)), gradient
         return outputs, gradient
 
     return normalize(inputs, gamma, beta)

@@ -45,6 +45,19 @@ using ::tensorflow::errors::InvalidArgument;
 
 struct Layout {
   int64_t items, pixels, channels, groups, per_group;
+  // With pad > 0, GroupNorm's output is zero-padded by `pad` pixels on each side
+  // of height and width (x being (batch, height, width, channels)).
+  int64_t pad = 0, height = 1, width = 1;
+
+  int64_t padded_width() const { return width + 2 * pad; }
+  // Pixels per item of the (padded) output.
+  int64_t padded_pixels() const {
+    return pad == 0 ? pixels : (height + 2 * pad) * padded_width();
+  }
+  // Where x's pixel `pixel` of an item sits in the padded output.
+  int64_t at(int64_t pixel) const {
+    return pad == 0 ? pixel : pixel + pad * padded_width() + pad + pixel / width * 2 * pad;
+  }
 };
 
 // The layout of x, checked against the sizes of gamma and beta and the group count.
@@ -71,6 +84,42 @@ struct Layout {
   layout->groups = groups;
   layout->per_group = layout->channels / groups;
   return ::absl::OkStatus();
+}
+
+// Sets the padding of `layout`; x needs height and width axes to be padded.
+::absl::Status pad_layout(const Tensor& x, int pad, Layout* layout) {
+  if (pad > 0 && x.dims() != 4) {
+    return InvalidArgument("GroupNorm with pad needs (batch, height, width, channels) input, "
+                           "got shape ", x.shape().DebugString());
+  }
+  layout->pad = pad;
+  layout->height = pad > 0 ? x.dim_size(1) : 1;
+  layout->width = pad > 0 ? x.dim_size(2) : 1;
+  return ::absl::OkStatus();
+}
+
+// The padded shape of x (its shape where pad is 0).
+TensorShape padded_shape(const Tensor& x, const Layout& layout) {
+  TensorShape shape = x.shape();
+  if (layout.pad > 0) {
+    shape.set_dim(1, x.dim_size(1) + 2 * layout.pad);
+    shape.set_dim(2, x.dim_size(2) + 2 * layout.pad);
+  }
+  return shape;
+}
+
+// Zeroes the padding of one item's output.
+void zero_padding(const Layout& layout, float* outputs) {
+  if (layout.pad == 0) return;
+  const int64_t row = layout.padded_width() * layout.channels;
+  const int64_t side = layout.pad * layout.channels;
+  std::fill_n(outputs, layout.pad * row, 0.0f);
+  std::fill_n(outputs + (layout.height + layout.pad) * row, layout.pad * row, 0.0f);
+  for (int64_t h = 0; h < layout.height; ++h) {
+    float* line = outputs + (h + layout.pad) * row;
+    std::fill_n(line, side, 0.0f);
+    std::fill_n(line + side + layout.width * layout.channels, side, 0.0f);
+  }
 }
 
 // Runs work(first_item, end_item) over the batch on TensorFlow's CPU threads.
@@ -109,14 +158,15 @@ inline float passed_where_positive(float gradient, float value) {
 }
 
 // One item's gradient (see GroupNormGradOp): per channel, the sums of the upstream
-// gradient and of it times (x - mean) into `sums` and `products`, then dx. With
-// kRelu, the upstream gradient is zero wherever the output before the ReLU was not
-// positive.
+// gradient and of it times (x - mean) into `sums` and `products`, then dx, plus
+// `residual` where it is given. With kRelu, the upstream gradient is zero wherever the
+// output before the ReLU was not positive.
 template <bool kRelu>
 void group_norm_item_gradient(const Layout& layout, const float* rows, const float* gradients,
                               const float* gamma, const float* beta, const float* item_means,
-                              const float* item_inverse_stds, double* __restrict__ sums,
-                              double* __restrict__ products, float* outputs) {
+                              const float* item_inverse_stds, const float* residual,
+                              double* __restrict__ sums, double* __restrict__ products,
+                              float* outputs) {
   const int64_t channels = layout.channels;
   std::vector<float> mean(channels), scale(channels), a(channels), b(channels), c0(channels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -136,7 +186,7 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
   };
   for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
     const float* __restrict__ row = rows + pixel * channels;
-    const float* __restrict__ up = gradients + pixel * channels;
+    const float* __restrict__ up = gradients + layout.at(pixel) * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float g = gated(up[c], row[c], c);
       sums[c] += g;
@@ -161,10 +211,19 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
   const float* __restrict__ c0s = c0.data();
   for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
     const float* __restrict__ row = rows + pixel * channels;
-    const float* __restrict__ up = gradients + pixel * channels;
+    const float* __restrict__ up = gradients + layout.at(pixel) * channels;
     float* __restrict__ out = outputs + pixel * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      out[c] = gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c];
+    if (residual == nullptr) {
+      for (int64_t c = 0; c < channels; ++c) {
+        out[c] = gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c];
+      }
+    } else {
+      // The same float operations as adding `residual` to dx afterwards, in one pass.
+      const float* __restrict__ extra = residual + pixel * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        out[c] = (gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c]) +
+                 extra[c];
+      }
     }
   }
 }
@@ -177,6 +236,7 @@ class GroupNormOp : public OpKernel {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
     OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+    OP_REQUIRES_OK(context, context->GetAttr("pad", &pad_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -185,9 +245,11 @@ class GroupNormOp : public OpKernel {
     const Tensor& beta_tensor = context->input(2);
     Layout layout;
     OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
+    OP_REQUIRES_OK(context, pad_layout(x_tensor, pad_, &layout));
     Tensor *y_tensor, *mean_tensor, *inverse_std_tensor;
     const TensorShape statistics_shape({layout.items, layout.groups});
-    OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &y_tensor));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, padded_shape(x_tensor, layout), &y_tensor));
     OP_REQUIRES_OK(context, context->allocate_output(1, statistics_shape, &mean_tensor));
     OP_REQUIRES_OK(context,
                    context->allocate_output(2, statistics_shape, &inverse_std_tensor));
@@ -255,10 +317,11 @@ class GroupNormOp : public OpKernel {
             scale[c] = inverse_std * gamma[c];
           }
         }
-        float* outputs = y + offset;
+        float* outputs = y + item * layout.padded_pixels() * channels;
+        zero_padding(layout, outputs);
         for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
           const float* __restrict__ row = rows + pixel * layout.channels;
-          float* __restrict__ out = outputs + pixel * layout.channels;
+          float* __restrict__ out = outputs + layout.at(pixel) * layout.channels;
           if (relu) {
             for (int64_t c = 0; c < layout.channels; ++c) {
               out[c] = std::max(normalized(row[c], mean[c], scale[c], beta[c]), 0.0f);
@@ -277,11 +340,14 @@ class GroupNormOp : public OpKernel {
   int groups_;
   float epsilon_;
   bool relu_;
+  int pad_;
 };
 
 // With xhat = (x - mean) * r per group and g = upstream * gamma:
 // dx = r * (g - mean_group(g) - xhat * mean_group(g * xhat)),
 // dgamma = sum over items and pixels of upstream * xhat, dbeta = that of upstream.
+// With one `residual` input (x's gradient from its other use, a residual unit's
+// identity shortcut), dx + residual: the sum without a pass of its own.
 // With relu, upstream is first zeroed where the forward's output was: its
 // pre-activation is computed again from x, to the bit (see `normalized`).
 class GroupNormGradOp : public OpKernel {
@@ -289,6 +355,7 @@ class GroupNormGradOp : public OpKernel {
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("groups", &groups_));
     OP_REQUIRES_OK(context, context->GetAttr("relu", &relu_));
+    OP_REQUIRES_OK(context, context->GetAttr("pad", &pad_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -298,16 +365,32 @@ class GroupNormGradOp : public OpKernel {
     const Tensor& beta_tensor = context->input(3);
     Layout layout;
     OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
-    OP_REQUIRES(context, upstream_tensor.shape() == x_tensor.shape(),
+    OP_REQUIRES_OK(context, pad_layout(x_tensor, pad_, &layout));
+    const TensorShape output_shape = padded_shape(x_tensor, layout);
+    OP_REQUIRES(context, upstream_tensor.shape() == output_shape,
                 InvalidArgument("GroupNorm gradient: upstream shape ",
-                                upstream_tensor.shape().DebugString(), " differs from x's ",
-                                x_tensor.shape().DebugString()));
+                                upstream_tensor.shape().DebugString(),
+                                " differs from the output's ", output_shape.DebugString()));
     const TensorShape statistics_shape({layout.items, layout.groups});
     OP_REQUIRES(context,
                 context->input(4).shape() == statistics_shape &&
                     context->input(5).shape() == statistics_shape,
                 InvalidArgument("GroupNorm gradient: mean and inverse_std need shape ",
                                 statistics_shape.DebugString()));
+    ::tensorflow::OpInputList residuals;
+    OP_REQUIRES_OK(context, context->input_list("residual", &residuals));
+    OP_REQUIRES(context, residuals.size() <= 1,
+                InvalidArgument("GroupNorm gradient: at most one residual, got ",
+                                residuals.size()));
+    const float* residual = nullptr;
+    if (residuals.size() == 1) {
+      const Tensor& residual_tensor = residuals[0];
+      OP_REQUIRES(context, residual_tensor.shape() == x_tensor.shape(),
+                  InvalidArgument("GroupNorm gradient: residual shape ",
+                                  residual_tensor.shape().DebugString(), " differs from x's ",
+                                  x_tensor.shape().DebugString()));
+      residual = residual_tensor.flat<float>().data();
+    }
     Tensor *dx_tensor, *dgamma_tensor, *dbeta_tensor;
     OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &dx_tensor));
     OP_REQUIRES_OK(context, context->allocate_output(1, gamma_tensor.shape(), &dgamma_tensor));
@@ -324,20 +407,23 @@ class GroupNormGradOp : public OpKernel {
     std::vector<double> centered_sums(layout.items * layout.channels, 0.0);
     const bool relu = relu_;
 
-    for_each_item(context, layout, 5, [&](int64_t first, int64_t end) {
+    const int passes = residual == nullptr ? 5 : 6;
+    for_each_item(context, layout, passes, [&](int64_t first, int64_t end) {
       for (int64_t item = first; item < end; ++item) {
         const int64_t offset = item * layout.pixels * layout.channels;
+        const float* item_upstream = upstream + item * layout.padded_pixels() * layout.channels;
         const int64_t statistics = item * layout.groups;
         double* sums = upstream_sums.data() + item * layout.channels;
         double* products = centered_sums.data() + item * layout.channels;
+        const float* item_residual = residual == nullptr ? nullptr : residual + offset;
         if (relu) {
-          group_norm_item_gradient<true>(layout, x + offset, upstream + offset, gamma, beta,
-                                         means + statistics, inverse_stds + statistics, sums,
-                                         products, dx + offset);
+          group_norm_item_gradient<true>(layout, x + offset, item_upstream, gamma, beta,
+                                         means + statistics, inverse_stds + statistics,
+                                         item_residual, sums, products, dx + offset);
         } else {
-          group_norm_item_gradient<false>(layout, x + offset, upstream + offset, gamma, beta,
-                                          means + statistics, inverse_stds + statistics, sums,
-                                          products, dx + offset);
+          group_norm_item_gradient<false>(layout, x + offset, item_upstream, gamma, beta,
+                                          means + statistics, inverse_stds + statistics,
+                                          item_residual, sums, products, dx + offset);
         }
       }
     });
@@ -360,6 +446,7 @@ class GroupNormGradOp : public OpKernel {
  private:
   int groups_;
   bool relu_;
+  int pad_;
 };
 
 // Weight standardization per output channel: w = (k - mean) * r, r = 1 / sqrt(var + epsilon).
@@ -547,15 +634,26 @@ REGISTER_OP("BitkerasGroupNorm")
     .Attr("groups: int >= 1")
     .Attr("epsilon: float")
     .Attr("relu: bool = false")
+    .Attr("pad: int >= 0 = 0")
     .Output("y: float")
     .Output("mean: float")
     .Output("inverse_std: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
-      int groups;
+      int groups, pad;
       TF_RETURN_IF_ERROR(context->GetAttr("groups", &groups));
-      context->set_output(0, context->input(0));
+      TF_RETURN_IF_ERROR(context->GetAttr("pad", &pad));
       ::tensorflow::shape_inference::ShapeHandle x;
       TF_RETURN_IF_ERROR(context->WithRankAtLeast(context->input(0), 2, &x));
+      if (pad == 0) {
+        context->set_output(0, x);
+      } else {
+        TF_RETURN_IF_ERROR(context->WithRank(x, 4, &x));
+        ::tensorflow::shape_inference::DimensionHandle height, width;
+        TF_RETURN_IF_ERROR(context->Add(context->Dim(x, 1), 2 * pad, &height));
+        TF_RETURN_IF_ERROR(context->Add(context->Dim(x, 2), 2 * pad, &width));
+        context->set_output(0, context->MakeShape({context->Dim(x, 0), height, width,
+                                                   context->Dim(x, 3)}));
+      }
       const auto statistics = context->MakeShape({context->Dim(x, 0), groups});
       context->set_output(1, statistics);
       context->set_output(2, statistics);
@@ -569,8 +667,11 @@ REGISTER_OP("BitkerasGroupNormGrad")
     .Input("beta: float")
     .Input("mean: float")
     .Input("inverse_std: float")
+    .Input("residual: residuals * float")
     .Attr("groups: int >= 1")
     .Attr("relu: bool = false")
+    .Attr("pad: int >= 0 = 0")
+    .Attr("residuals: int >= 0 = 0")
     .Output("dx: float")
     .Output("dgamma: float")
     .Output("dbeta: float")
