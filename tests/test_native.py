@@ -256,10 +256,7 @@ def test_padded_output_and_its_gradient_are_a_separate_pads(operations, relu):
 def test_strided_units_pad_in_the_op(operations):
     """A strided unit's padding before conv_b comes from norm_b's op: no Pad op in
     training, and the gradients of the unit written out with a separate pad."""
-    rng = np.random.default_rng(14)
     unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2, projection=True)
-    x = tf.constant(rng.normal(size=(2, 6, 7, 64)), tf.float32)
-    upstream = tf.constant(rng.normal(size=unit(x).shape), tf.float32)
 
     def written_out(x):
         preactivated = unit.norm_a(x, relu=True, training=True)
@@ -267,35 +264,27 @@ def test_strided_units_pad_in_the_op(operations):
         hidden = unit.conv_b(kernels.pad_symmetric(hidden, 1), training=True)
         hidden = unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True)
         return hidden + unit.proj(preactivated, training=True)
-
-    def gradients(function):
-        def run(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_sum(function(x) * upstream)
-            return tape.gradient(loss, [x, *unit.trainable_weights])
-        return run
-    spec = tf.TensorSpec(x.shape, tf.float32)
-    assert "Pad" not in op_types(gradients(lambda x: unit(x, training=True)), spec)
-    assert "Pad" in op_types(gradients(written_out), spec)
-    for got, want in zip(tf.function(gradients(lambda x: unit(x, training=True)))(x),
-                         tf.function(gradients(written_out))(x)):
-        np.testing.assert_array_equal(got, want)
+    assert_unit_trains_as_written_out(unit, written_out, (2, 6, 7, 64), "Pad")
 
 
 def test_identity_units_add_the_shortcut_gradient_in_the_op(operations):
     """An identity unit trains with no separate sum (AddN) of its input's two gradients,
     and its gradients are those of the unit written out with the shortcut added apart."""
-    rng = np.random.default_rng(12)
     unit = PreActBottleneck(out_channels=128, mid_channels=32)
-    x = tf.constant(rng.normal(size=(2, 5, 6, 128)), tf.float32)
-    unit(x)
-    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
 
     def written_out(x):
         hidden = unit.conv_a(unit.norm_a(x, relu=True, training=True), training=True)
         hidden = unit.conv_b(unit.norm_b(hidden, relu=True, training=True), training=True)
         return unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True) + x
+    assert_unit_trains_as_written_out(unit, written_out, (2, 5, 6, 128), "AddN")
+
+
+def assert_unit_trains_as_written_out(unit, written_out, shape, saved_op):
+    """The unit's training gradients (inputs and weights) equal those of `written_out`
+    to the bit, and its gradient graph lacks `saved_op`, which written_out's has."""
+    rng = np.random.default_rng(12)
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    upstream = tf.constant(rng.normal(size=unit(x).shape), tf.float32)
 
     def gradients(function):
         def run(x):
@@ -305,8 +294,8 @@ def test_identity_units_add_the_shortcut_gradient_in_the_op(operations):
             return tape.gradient(loss, [x, *unit.trainable_weights])
         return run
     spec = tf.TensorSpec(x.shape, tf.float32)
-    assert "AddN" not in op_types(gradients(lambda x: unit(x, training=True)), spec)
-    assert "AddN" in op_types(gradients(written_out), spec)
+    assert saved_op not in op_types(gradients(lambda x: unit(x, training=True)), spec)
+    assert saved_op in op_types(gradients(written_out), spec)
     for got, want in zip(tf.function(gradients(lambda x: unit(x, training=True)))(x),
                          tf.function(gradients(written_out))(x)):
         np.testing.assert_array_equal(got, want)
