@@ -277,6 +277,30 @@ def test_standardized_conv_gradient_matches_float64(training, size):
         assert abs(analytic[index] - numeric) <= 1e-3 * max(1.0, abs(numeric)), index
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_once_standardized_copies_are_kept_in_the_compute_dtype(dtype):
+    """The copy `standardized_once` keeps has the dtype the convolution reads (no cast
+    in every batch), and the layer's outputs are the same with it as without (in
+    bfloat16 to a rounding of the output: oneDNN's bfloat16 convolution may sum in
+    another order for a kernel read from a variable)."""
+    rng = np.random.default_rng(7)
+    conv = StandardizedConv2D(8, 3, dtype=dtype)
+    conv.build((None, None, None, 4))
+    conv.kernel.assign(rng.normal(0.5, 1.0, (3, 3, 4, 8)))
+    x = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    def outputs(function):
+        return keras.ops.convert_to_numpy(keras.ops.cast(function(x), "float32"))
+    without = outputs(tf.function(lambda x: conv(x, training=False)))
+    atol = 0.0 if dtype == "float32" else 2**-7 * np.abs(without).max()
+    with kernels.standardized_once([conv]) as new:
+        copy, current = kernels._ONCE[conv]
+        assert new and bool(current.numpy())
+        assert keras.backend.standardize_dtype(copy.dtype) == conv.compute_dtype
+        within = tf.function(lambda x: conv(x, training=False))
+        np.testing.assert_allclose(outputs(within), without, rtol=0, atol=atol)
+    np.testing.assert_allclose(outputs(within), without, rtol=0, atol=atol)  # the flag unset
+
+
 def test_pointwise_convolutions_run_as_matrix_products_outside_portable_only():
     """A 1x1 convolution at stride 1 is the pixels times the kernel's (in, out) matrix."""
     rng = np.random.default_rng(6)
