@@ -253,6 +253,40 @@ def test_padded_output_and_its_gradient_are_a_separate_pads(operations, relu):
                                        epsilon=1e-5, pad=1)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_bfloat16_activations_give_what_casts_around_the_float32_op_give(operations, relu):
+    """bfloat16 in and out (mixed precision): to the bit, the float32 op between casts,
+    padding and a residual included."""
+    rng = np.random.default_rng(15)
+
+    def bfloat16(shape):
+        return tf.cast(tf.constant(rng.normal(1.0, 2.0, shape), tf.float32), tf.bfloat16)
+
+    def as_float(values):
+        return tf.cast(values, tf.float32).numpy()
+    x, residual = bfloat16((2, 5, 4, 64)), bfloat16((2, 5, 4, 64))
+    upstream = bfloat16((2, 7, 6, 64))  # the padded output's shape
+    gamma, beta = (tf.constant(rng.normal(size=64), tf.float32) for _ in range(2))
+    settings = dict(groups=32, relu=relu, pad=1)
+    half = operations.bitkeras_group_norm(x, gamma, beta, epsilon=1e-5, **settings)
+    full = operations.bitkeras_group_norm(tf.cast(x, tf.float32), gamma, beta, epsilon=1e-5,
+                                          **settings)
+    assert half[0].dtype == tf.bfloat16
+    np.testing.assert_array_equal(as_float(half[0]), as_float(tf.cast(full[0], tf.bfloat16)))
+    for got, want in zip(half[1:], full[1:]):
+        np.testing.assert_array_equal(got, want)
+    half = operations.bitkeras_group_norm_grad(upstream, x, gamma, beta, *full[1:], [residual],
+                                               **settings)
+    full = operations.bitkeras_group_norm_grad(tf.cast(upstream, tf.float32),
+                                               tf.cast(x, tf.float32), gamma, beta, *full[1:],
+                                               [], **settings)
+    assert half[0].dtype == tf.bfloat16
+    np.testing.assert_array_equal(as_float(half[0]),
+                                  as_float(tf.cast(full[0], tf.bfloat16) + residual))
+    for got, want in zip(half[1:], full[1:]):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_strided_units_pad_in_the_op(operations):
     """A strided unit's padding before conv_b comes from norm_b's op: no Pad op in
     training, and the gradients of the unit written out with a separate pad."""

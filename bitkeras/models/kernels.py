@@ -123,17 +123,19 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_i
     GroupNormalization with `axis=-1`, written `(x - mean) * (gamma / std) + beta`;
     with `relu`, followed by a ReLU, and with `pad`, zero-padded by `pad` pixels on
     each side of height and width (both in the same pass where the C++ op runs).
-    With `return_inputs`, `(result, inputs)`, where the C++ op runs on float32
-    inputs the second through it (see `native.group_norm`).
+    With `return_inputs`, `(result, inputs)`, the second through the C++ op
+    where it runs (see `native.group_norm`).
     """
     dtype = inputs.dtype
+    gamma, beta = ops.cast(gamma, "float32"), ops.cast(beta, "float32")
+    native_now = _native()
+    if native_now and keras.backend.standardize_dtype(dtype) in native.GROUP_NORM_DTYPES:
+        # float32 or bfloat16 in and out of the op itself: no casts around it.
+        return native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu, pad=pad,
+                                 return_inputs=return_inputs)
     original = inputs
     inputs = ops.cast(inputs, "float32")
-    gamma, beta = ops.cast(gamma, "float32"), ops.cast(beta, "float32")
-    if _native():
-        if return_inputs and keras.backend.standardize_dtype(dtype) == "float32":
-            return native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu, pad=pad,
-                                     return_inputs=True)
+    if native_now:
         outputs = ops.cast(
             native.group_norm(inputs, gamma, beta, groups, epsilon, relu=relu, pad=pad), dtype)
         return (outputs, original) if return_inputs else outputs

@@ -80,8 +80,16 @@ def usable():
     return library() is not None
 
 
+GROUP_NORM_DTYPES = ("float32", "bfloat16")
+"""Activation dtypes GroupNorm's op reads and writes (its arithmetic is float32 and double)."""
+
+
 def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_inputs=False):
-    """GroupNorm of float32 channels-last `inputs` with its gradient, by the op.
+    """GroupNorm of channels-last `inputs` with its gradient, by the op.
+
+    `inputs` float32 or bfloat16, the result in their dtype (a bfloat16 result
+    is what casting to float32 and back around the float32 op gives, to the
+    bit, without those passes); `gamma` and `beta` float32.
 
     With `relu`, `relu(GroupNorm(inputs))` in the same pass; with `pad`, the
     result zero-padded by `pad` pixels on each side of height and width

@@ -108,17 +108,31 @@ TensorShape padded_shape(const Tensor& x, const Layout& layout) {
   return shape;
 }
 
+// Activations are float32 or bfloat16 (mixed precision); arithmetic is in float (sums
+// in double) either way. A bfloat16 result is rounded to nearest even, as TensorFlow's
+// Cast rounds, so the op gives to the bit what casting to float32 and back around
+// the float32 op gives.
+inline float to_float(float value) { return value; }
+inline float to_float(Eigen::bfloat16 value) { return static_cast<float>(value); }
+
+template <typename T>
+inline T from_float(float value) {
+  return static_cast<T>(value);
+}
+
 // Zeroes the padding of one item's output.
-void zero_padding(const Layout& layout, float* outputs) {
+template <typename T>
+void zero_padding(const Layout& layout, T* outputs) {
   if (layout.pad == 0) return;
   const int64_t row = layout.padded_width() * layout.channels;
   const int64_t side = layout.pad * layout.channels;
-  std::fill_n(outputs, layout.pad * row, 0.0f);
-  std::fill_n(outputs + (layout.height + layout.pad) * row, layout.pad * row, 0.0f);
+  const T zero = from_float<T>(0.0f);
+  std::fill_n(outputs, layout.pad * row, zero);
+  std::fill_n(outputs + (layout.height + layout.pad) * row, layout.pad * row, zero);
   for (int64_t h = 0; h < layout.height; ++h) {
-    float* line = outputs + (h + layout.pad) * row;
-    std::fill_n(line, side, 0.0f);
-    std::fill_n(line + side + layout.width * layout.channels, side, 0.0f);
+    T* line = outputs + (h + layout.pad) * row;
+    std::fill_n(line, side, zero);
+    std::fill_n(line + side + layout.width * layout.channels, side, zero);
   }
 }
 
@@ -161,12 +175,12 @@ inline float passed_where_positive(float gradient, float value) {
 // gradient and of it times (x - mean) into `sums` and `products`, then dx, plus
 // `residual` where it is given. With kRelu, the upstream gradient is zero wherever the
 // output before the ReLU was not positive.
-template <bool kRelu>
-void group_norm_item_gradient(const Layout& layout, const float* rows, const float* gradients,
+template <bool kRelu, typename T>
+void group_norm_item_gradient(const Layout& layout, const T* rows, const T* gradients,
                               const float* gamma, const float* beta, const float* item_means,
-                              const float* item_inverse_stds, const float* residual,
+                              const float* item_inverse_stds, const T* residual,
                               double* __restrict__ sums, double* __restrict__ products,
-                              float* outputs) {
+                              T* outputs) {
   const int64_t channels = layout.channels;
   std::vector<float> mean(channels), scale(channels), a(channels), b(channels), c0(channels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -185,12 +199,13 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
     }
   };
   for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-    const float* __restrict__ row = rows + pixel * channels;
-    const float* __restrict__ up = gradients + layout.at(pixel) * channels;
+    const T* __restrict__ row = rows + pixel * channels;
+    const T* __restrict__ up = gradients + layout.at(pixel) * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float g = gated(up[c], row[c], c);
+      const float x = to_float(row[c]);
+      const float g = gated(to_float(up[c]), x, c);
       sums[c] += g;
-      products[c] += g * (row[c] - means[c]);
+      products[c] += g * (x - means[c]);
     }
   }
   // dx = up * (r * gamma) - (x - mean) * (r^3 * mean_group(g * (x - mean)))
@@ -210,19 +225,23 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
   const float* __restrict__ bs = b.data();
   const float* __restrict__ c0s = c0.data();
   for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-    const float* __restrict__ row = rows + pixel * channels;
-    const float* __restrict__ up = gradients + layout.at(pixel) * channels;
-    float* __restrict__ out = outputs + pixel * channels;
+    const T* __restrict__ row = rows + pixel * channels;
+    const T* __restrict__ up = gradients + layout.at(pixel) * channels;
+    T* __restrict__ out = outputs + pixel * channels;
     if (residual == nullptr) {
       for (int64_t c = 0; c < channels; ++c) {
-        out[c] = gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c];
+        const float x = to_float(row[c]);
+        out[c] = from_float<T>(gated(to_float(up[c]), x, c) * as[c] - (x - means[c]) * bs[c] -
+                               c0s[c]);
       }
     } else {
-      // The same float operations as adding `residual` to dx afterwards, in one pass.
-      const float* __restrict__ extra = residual + pixel * channels;
+      // What adding `residual` to dx afterwards gives (dx rounded to T first), in one pass.
+      const T* __restrict__ extra = residual + pixel * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        out[c] = (gated(up[c], row[c], c) * as[c] - (row[c] - means[c]) * bs[c] - c0s[c]) +
-                 extra[c];
+        const float x = to_float(row[c]);
+        const T dx = from_float<T>(gated(to_float(up[c]), x, c) * as[c] -
+                                   (x - means[c]) * bs[c] - c0s[c]);
+        out[c] = from_float<T>(to_float(dx) + to_float(extra[c]));
       }
     }
   }
@@ -230,6 +249,7 @@ void group_norm_item_gradient(const Layout& layout, const float* rows, const flo
 
 // With relu, the output is max(0, GroupNorm(x)): the ReLU that follows each of BiT's
 // GroupNorms, without a pass of its own.
+template <typename T>
 class GroupNormOp : public OpKernel {
  public:
   explicit GroupNormOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -253,10 +273,10 @@ class GroupNormOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(1, statistics_shape, &mean_tensor));
     OP_REQUIRES_OK(context,
                    context->allocate_output(2, statistics_shape, &inverse_std_tensor));
-    const float* x = x_tensor.flat<float>().data();
+    const T* x = x_tensor.flat<T>().data();
     const float* gamma = gamma_tensor.flat<float>().data();
     const float* beta = beta_tensor.flat<float>().data();
-    float* y = y_tensor->flat<float>().data();
+    T* y = y_tensor->flat<T>().data();
     float* means = mean_tensor->flat<float>().data();
     float* inverse_stds = inverse_std_tensor->flat<float>().data();
     const double count = static_cast<double>(layout.pixels) * layout.per_group;
@@ -271,11 +291,13 @@ class GroupNormOp : public OpKernel {
       std::vector<float> mean(channels), scale(channels);
       for (int64_t item = first; item < end; ++item) {
         const int64_t offset = item * layout.pixels * channels;
-        const float* rows = x + offset;
+        const T* rows = x + offset;
         // One pass: per channel, the sums of d = x - shift and of d * d, in double,
         // with the item's first pixel as the shift (a value of the channel's own,
         // so d stays near the channel's spread and its square loses nothing).
-        for (int64_t c = 0; c < channels; ++c) shift[c] = layout.pixels ? rows[c] : 0.0f;
+        for (int64_t c = 0; c < channels; ++c) {
+          shift[c] = layout.pixels ? to_float(rows[c]) : 0.0f;
+        }
         std::fill(sums.begin(), sums.end(), 0.0);
         std::fill(squares.begin(), squares.end(), 0.0);
         {
@@ -283,9 +305,9 @@ class GroupNormOp : public OpKernel {
           double* __restrict__ sum = sums.data();
           double* __restrict__ square = squares.data();
           for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-            const float* __restrict__ row = rows + pixel * channels;
+            const T* __restrict__ row = rows + pixel * channels;
             for (int64_t c = 0; c < channels; ++c) {
-              const double d = static_cast<double>(row[c]) - shifts[c];
+              const double d = static_cast<double>(to_float(row[c])) - shifts[c];
               sum[c] += d;
               square[c] += d * d;
             }
@@ -317,18 +339,19 @@ class GroupNormOp : public OpKernel {
             scale[c] = inverse_std * gamma[c];
           }
         }
-        float* outputs = y + item * layout.padded_pixels() * channels;
+        T* outputs = y + item * layout.padded_pixels() * channels;
         zero_padding(layout, outputs);
         for (int64_t pixel = 0; pixel < layout.pixels; ++pixel) {
-          const float* __restrict__ row = rows + pixel * layout.channels;
-          float* __restrict__ out = outputs + layout.at(pixel) * layout.channels;
+          const T* __restrict__ row = rows + pixel * layout.channels;
+          T* __restrict__ out = outputs + layout.at(pixel) * layout.channels;
           if (relu) {
             for (int64_t c = 0; c < layout.channels; ++c) {
-              out[c] = std::max(normalized(row[c], mean[c], scale[c], beta[c]), 0.0f);
+              out[c] = from_float<T>(
+                  std::max(normalized(to_float(row[c]), mean[c], scale[c], beta[c]), 0.0f));
             }
           } else {
             for (int64_t c = 0; c < layout.channels; ++c) {
-              out[c] = normalized(row[c], mean[c], scale[c], beta[c]);
+              out[c] = from_float<T>(normalized(to_float(row[c]), mean[c], scale[c], beta[c]));
             }
           }
         }
@@ -350,6 +373,7 @@ class GroupNormOp : public OpKernel {
 // identity shortcut), dx + residual: the sum without a pass of its own.
 // With relu, upstream is first zeroed where the forward's output was: its
 // pre-activation is computed again from x, to the bit (see `normalized`).
+template <typename T>
 class GroupNormGradOp : public OpKernel {
  public:
   explicit GroupNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
@@ -382,26 +406,26 @@ class GroupNormGradOp : public OpKernel {
     OP_REQUIRES(context, residuals.size() <= 1,
                 InvalidArgument("GroupNorm gradient: at most one residual, got ",
                                 residuals.size()));
-    const float* residual = nullptr;
+    const T* residual = nullptr;
     if (residuals.size() == 1) {
       const Tensor& residual_tensor = residuals[0];
       OP_REQUIRES(context, residual_tensor.shape() == x_tensor.shape(),
                   InvalidArgument("GroupNorm gradient: residual shape ",
                                   residual_tensor.shape().DebugString(), " differs from x's ",
                                   x_tensor.shape().DebugString()));
-      residual = residual_tensor.flat<float>().data();
+      residual = residual_tensor.flat<T>().data();
     }
     Tensor *dx_tensor, *dgamma_tensor, *dbeta_tensor;
     OP_REQUIRES_OK(context, context->allocate_output(0, x_tensor.shape(), &dx_tensor));
     OP_REQUIRES_OK(context, context->allocate_output(1, gamma_tensor.shape(), &dgamma_tensor));
     OP_REQUIRES_OK(context, context->allocate_output(2, gamma_tensor.shape(), &dbeta_tensor));
-    const float* upstream = upstream_tensor.flat<float>().data();
-    const float* x = x_tensor.flat<float>().data();
+    const T* upstream = upstream_tensor.flat<T>().data();
+    const T* x = x_tensor.flat<T>().data();
     const float* gamma = gamma_tensor.flat<float>().data();
     const float* beta = beta_tensor.flat<float>().data();
     const float* means = context->input(4).flat<float>().data();
     const float* inverse_stds = context->input(5).flat<float>().data();
-    float* dx = dx_tensor->flat<float>().data();
+    T* dx = dx_tensor->flat<T>().data();
     // Per item and channel: sum of upstream, and of upstream * (x - mean).
     std::vector<double> upstream_sums(layout.items * layout.channels, 0.0);
     std::vector<double> centered_sums(layout.items * layout.channels, 0.0);
@@ -411,11 +435,11 @@ class GroupNormGradOp : public OpKernel {
     for_each_item(context, layout, passes, [&](int64_t first, int64_t end) {
       for (int64_t item = first; item < end; ++item) {
         const int64_t offset = item * layout.pixels * layout.channels;
-        const float* item_upstream = upstream + item * layout.padded_pixels() * layout.channels;
+        const T* item_upstream = upstream + item * layout.padded_pixels() * layout.channels;
         const int64_t statistics = item * layout.groups;
         double* sums = upstream_sums.data() + item * layout.channels;
         double* products = centered_sums.data() + item * layout.channels;
-        const float* item_residual = residual == nullptr ? nullptr : residual + offset;
+        const T* item_residual = residual == nullptr ? nullptr : residual + offset;
         if (relu) {
           group_norm_item_gradient<true>(layout, x + offset, item_upstream, gamma, beta,
                                          means + statistics, inverse_stds + statistics,
@@ -628,14 +652,15 @@ class StandardizeGradOp : public OpKernel {
 }  // namespace bitkeras
 
 REGISTER_OP("BitkerasGroupNorm")
-    .Input("x: float")
+    .Input("x: T")
     .Input("gamma: float")
     .Input("beta: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("groups: int >= 1")
     .Attr("epsilon: float")
     .Attr("relu: bool = false")
     .Attr("pad: int >= 0 = 0")
-    .Output("y: float")
+    .Output("y: T")
     .Output("mean: float")
     .Output("inverse_std: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
@@ -661,18 +686,19 @@ REGISTER_OP("BitkerasGroupNorm")
     });
 
 REGISTER_OP("BitkerasGroupNormGrad")
-    .Input("upstream: float")
-    .Input("x: float")
+    .Input("upstream: T")
+    .Input("x: T")
     .Input("gamma: float")
     .Input("beta: float")
     .Input("mean: float")
     .Input("inverse_std: float")
-    .Input("residual: residuals * float")
+    .Input("residual: residuals * T")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("groups: int >= 1")
     .Attr("relu: bool = false")
     .Attr("pad: int >= 0 = 0")
     .Attr("residuals: int >= 0 = 0")
-    .Output("dx: float")
+    .Output("dx: T")
     .Output("dgamma: float")
     .Output("dbeta: float")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
@@ -682,10 +708,17 @@ REGISTER_OP("BitkerasGroupNormGrad")
       return ::absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(Name("BitkerasGroupNorm").Device(::tensorflow::DEVICE_CPU),
-                        bitkeras::GroupNormOp);
-REGISTER_KERNEL_BUILDER(Name("BitkerasGroupNormGrad").Device(::tensorflow::DEVICE_CPU),
-                        bitkeras::GroupNormGradOp);
+#define BITKERAS_REGISTER_GROUP_NORM(T)                                                \
+  REGISTER_KERNEL_BUILDER(                                                             \
+      Name("BitkerasGroupNorm").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      bitkeras::GroupNormOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("BitkerasGroupNormGrad")                                \
+                              .Device(::tensorflow::DEVICE_CPU)                        \
+                              .TypeConstraint<T>("T"),                                 \
+                          bitkeras::GroupNormGradOp<T>);
+BITKERAS_REGISTER_GROUP_NORM(float);
+BITKERAS_REGISTER_GROUP_NORM(::Eigen::bfloat16);
+#undef BITKERAS_REGISTER_GROUP_NORM
 
 REGISTER_OP("BitkerasStandardize")
     .Input("kernel: float")
