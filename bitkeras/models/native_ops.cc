@@ -112,12 +112,37 @@ TensorShape padded_shape(const Tensor& x, const Layout& layout) {
 // in double) either way. A bfloat16 result is rounded to nearest even, as TensorFlow's
 // Cast rounds, so the op gives to the bit what casting to float32 and back around
 // the float32 op gives.
+// The conversions are bit operations without branches, so the loops vectorize.
 inline float to_float(float value) { return value; }
-inline float to_float(Eigen::bfloat16 value) { return static_cast<float>(value); }
+inline float to_float(Eigen::bfloat16 value) {
+  uint16_t half;
+  std::memcpy(&half, &value, sizeof half);
+  const uint32_t bits = static_cast<uint32_t>(half) << 16;
+  float result;
+  std::memcpy(&result, &bits, sizeof result);
+  return result;
+}
 
 template <typename T>
-inline T from_float(float value) {
-  return static_cast<T>(value);
+inline T from_float(float value);
+
+template <>
+inline float from_float<float>(float value) {
+  return value;
+}
+
+// Rounded to nearest even, as TensorFlow casts; a NaN stays a (quiet) NaN.
+template <>
+inline Eigen::bfloat16 from_float<Eigen::bfloat16>(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t nan = 0u - static_cast<uint32_t>((bits & 0x7fffffffu) > 0x7f800000u);
+  const uint32_t quiet = ((bits >> 16) & 0x8000u) | 0x7fc0u;
+  const uint16_t half = static_cast<uint16_t>((rounded & ~nan) | (quiet & nan));
+  Eigen::bfloat16 result;
+  std::memcpy(&result, &half, sizeof result);
+  return result;
 }
 
 // Zeroes the padding of one item's output.
