@@ -1,6 +1,6 @@
 // BiT's two non-standard layers as TensorFlow CPU ops, each pass with its gradient:
-// GroupNorm of channels-last float32 activations, and weight standardization of
-// float32 HWIO convolution kernels.
+// GroupNorm of channels-last float32 or bfloat16 activations, and weight
+// standardization of float32 HWIO convolution kernels.
 //
 // TensorFlow runs the composed forms (`kernels.py`) as a dozen ops each, every
 // op a pass over memory. Here GroupNorm's forward reads the activations twice
