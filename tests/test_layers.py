@@ -277,6 +277,24 @@ def test_standardized_conv_gradient_matches_float64(training, size):
         assert abs(analytic[index] - numeric) <= 1e-3 * max(1.0, abs(numeric)), index
 
 
+@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_standardizes_the_float32_kernel(dtype):
+    """Under a mixed policy the kernel is standardized from its float32 values, not from
+    values Keras rounded to the compute dtype: a kernel of mean 100 and spread 0.05
+    (0.5 is one bfloat16 step at 100) still convolves to within the output's rounding."""
+    rng = np.random.default_rng(16)
+    conv = StandardizedConv2D(8, 3, dtype=dtype)
+    conv.build((None, None, None, 4))
+    kernel = rng.normal(100.0, 0.05, (3, 3, 4, 8))
+    conv.kernel.assign(kernel)
+    x = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    expected = reference.conv_valid(x.astype(np.float64), reference.standardize(kernel), 1)
+    for training in (False, True):
+        computed = keras.ops.convert_to_numpy(
+            keras.ops.cast(conv(x, training=training), "float32"))
+        np.testing.assert_allclose(computed, expected, atol=2**-6 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 def test_once_standardized_copies_are_kept_in_the_compute_dtype(dtype):
     """The copy `standardized_once` keeps has the dtype the convolution reads (no cast

@@ -38,6 +38,15 @@ class StandardizedConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
         self.standardization_epsilon = standardization_epsilon
 
+    def add_weight(self, *args, **kwargs):
+        # Under a mixed-precision policy Keras would hand the kernel to the
+        # convolution already rounded to the compute dtype; it is standardized
+        # from its float32 values instead and rounded once, after (see
+        # convolution_op).
+        if kwargs.get("name") == "kernel":
+            kwargs["autocast"] = False
+        return super().add_weight(*args, **kwargs)
+
     def call(self, inputs, training=None):
         # Inference standardizes as an XLA cluster (or reads a copy standardized
         # once per predict), training with a closed-form gradient: bitkeras.models.kernels.
