@@ -60,9 +60,10 @@ struct Layout {
   }
 };
 
-// The layout of x, checked against the sizes of gamma and beta and the group count.
+// The layout of x, checked against the sizes of gamma and beta, the group count and
+// the padding (which needs height and width axes).
 ::absl::Status layout_of(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
-                         Layout* layout) {
+                         int pad, Layout* layout) {
   if (x.dims() < 2) {
     return InvalidArgument("GroupNorm input needs a batch and a channel axis, got shape ",
                            x.shape().DebugString());
@@ -83,11 +84,6 @@ struct Layout {
                        : x.NumElements() / (layout->items * layout->channels);
   layout->groups = groups;
   layout->per_group = layout->channels / groups;
-  return ::absl::OkStatus();
-}
-
-// Sets the padding of `layout`; x needs height and width axes to be padded.
-::absl::Status pad_layout(const Tensor& x, int pad, Layout* layout) {
   if (pad > 0 && x.dims() != 4) {
     return InvalidArgument("GroupNorm with pad needs (batch, height, width, channels) input, "
                            "got shape ", x.shape().DebugString());
@@ -289,8 +285,8 @@ class GroupNormOp : public OpKernel {
     const Tensor& gamma_tensor = context->input(1);
     const Tensor& beta_tensor = context->input(2);
     Layout layout;
-    OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
-    OP_REQUIRES_OK(context, pad_layout(x_tensor, pad_, &layout));
+    OP_REQUIRES_OK(context,
+                   layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, pad_, &layout));
     Tensor *y_tensor, *mean_tensor, *inverse_std_tensor;
     const TensorShape statistics_shape({layout.items, layout.groups});
     OP_REQUIRES_OK(context,
@@ -413,8 +409,8 @@ class GroupNormGradOp : public OpKernel {
     const Tensor& gamma_tensor = context->input(2);
     const Tensor& beta_tensor = context->input(3);
     Layout layout;
-    OP_REQUIRES_OK(context, layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, &layout));
-    OP_REQUIRES_OK(context, pad_layout(x_tensor, pad_, &layout));
+    OP_REQUIRES_OK(context,
+                   layout_of(x_tensor, gamma_tensor, beta_tensor, groups_, pad_, &layout));
     const TensorShape output_shape = padded_shape(x_tensor, layout);
     OP_REQUIRES(context, upstream_tensor.shape() == output_shape,
                 InvalidArgument("GroupNorm gradient: upstream shape ",
