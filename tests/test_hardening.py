@@ -337,6 +337,26 @@ def test_a_dataset_of_bytes_that_are_no_image_is_refused_clearly():
         sources.open_source(garbage)
 
 
+def test_a_dataset_that_repeats_forever_is_refused_instead_of_read_without_end():
+    # Claims infinite cardinality but ends, so that reading it fails (not hangs)
+    # if the check is ever lost.
+    images = np.zeros((4, 8, 8, 3), np.float32)
+    endless = tf.data.Dataset.from_tensor_slices((images, [0, 1, 0, 1])).apply(
+        tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    classifier = BiTClassifier(BiTBackbone(**TINY))
+    with pytest.raises(ValueError, match=r"repeats forever .*without \.repeat\(\)"):
+        classifier.fit(endless.batch(2), steps_per_epoch=2, epochs=1, verbose=0)
+    assert classifier.num_classes is None  # refused before the head was added
+    finite = tf.data.Dataset.from_tensor_slices((images, [0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="repeats forever"):
+        classifier.fit(finite, validation_data=endless, validation_steps=1, verbose=0)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    with pytest.raises(ValueError, match="repeats forever"):
+        classifier.evaluate(endless, steps=1, verbose=0)
+    with pytest.raises(ValueError, match="repeats forever"):
+        classifier.predict(endless.map(lambda image, label: image), steps=1, verbose=0)
+
+
 def test_damaged_preset_folders_and_hub_modules_are_named(tmp_path):
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.save_to_preset(tmp_path / "preset")

@@ -177,8 +177,9 @@ def open_source(data, split=None, class_names=None, on_bad_image="warn", default
 
     `data`: a folder (str or path) with one sub-folder per class; "tfds:NAME"
     (optionally "tfds:NAME:SPLIT", else `split` or `default_split`); `(images, labels)`
-    NumPy arrays; a tf.data.Dataset of unbatched `(image, label)` pairs
-    (images uint8, float in [0, 1], or encoded image bytes); or an
+    NumPy arrays; a finite tf.data.Dataset (it is read once, to count its
+    examples) of `(image, label)` pairs, batched or not (images uint8, float
+    in [0, 1], or encoded image bytes); or an
     ImageSource already opened (returned as it is).
     `on_bad_image`: "warn" skips unreadable files with one warning naming them;
     "raise" raises BadImageError instead.
@@ -524,6 +525,14 @@ def _numbered_classes(labels):
 
 
 def _from_dataset(dataset):
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        # Reading it to count its examples (below) would never end.
+        raise ValueError(
+            "the tf.data.Dataset repeats forever (its cardinality is infinite, as after "
+            ".repeat()): bitkeras reads a dataset once to count its examples and classes, "
+            "and repeats it itself for as many steps as training needs; pass the dataset "
+            "without .repeat(), or a finite part of it (.take(n))"
+        )
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(
