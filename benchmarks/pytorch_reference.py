@@ -13,10 +13,15 @@ HyperRule's 384x384 batch 4 in float32, and 128x128 batch 16 in bfloat16):
   PyTorch lines under `torch.no_grad()`, the ratio against the fastest;
 - with `--compile`, `torch.compile` as well (its first step takes minutes on a CPU);
 - the time from calling `fit` to the end of its first optimizer step, beside
-  PyTorch's first eager step on a fresh model.
+  PyTorch's first eager step on a fresh model;
+- in float32, the bound: the model's convolutions and head alone, on
+  TensorFlow's kernels (`throughput.py`'s bound), timed in the same rounds.
+  Its ratio to the fastest PyTorch line is the most any model built on those
+  kernels could reach here: where the convolutions are most of PyTorch's step
+  too, no work on the rest of the model can take bitkeras past it.
 
 Measurements are interleaved: inside `fit` and `predict`, a callback runs one
-PyTorch call of every PyTorch line after each bitkeras step, so a slow spell of
+call of every other line (PyTorch, the bound) after each bitkeras step, so a slow spell of
 the machine falls on all of them alike. Figures are medians; the ratios are
 what to compare, on the same machine, in the same run.
 
@@ -50,7 +55,10 @@ try:
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover - depends on the machine
     sys.exit("benchmarks/pytorch_reference.py needs PyTorch: pip install torch")
-from torch_bit import ResNetV2, fastest, step_runs  # noqa: E402  (this script's folder)
+from throughput import convolution_runs  # noqa: E402  (this script's folder)
+from torch_bit import ResNetV2, fastest, step_runs  # noqa: E402
+
+BOUND = "bound: convolutions + head"
 
 NUM_CLASSES = 1000
 
@@ -119,7 +127,9 @@ def measure(setting, rounds, warmup, compiled):
     size, batch, bfloat16 = setting
     architecture = bitkeras.ARCHITECTURES["R50x1"]
     others = step_runs(architecture, NUM_CLASSES, batch, size, bfloat16, compiled=compiled)
-    for train, infer in others.values():  # PyTorch's own first calls, off the clock
+    if not bfloat16:
+        others[BOUND] = convolution_runs(architecture, batch, size, NUM_CLASSES)
+    for train, infer in others.values():  # each line's first calls, off the clock
         train()
         infer()
     rng = np.random.default_rng(0)
@@ -199,6 +209,11 @@ def main():
               f"fastest eager PyTorch BiT ({fastest_train}); inference "
               f"x{infer[fastest_infer] / infer['bitkeras']:.2f} against the fastest PyTorch "
               f"({fastest_infer})")
+        if BOUND in train:
+            print(f"  {BOUND}: TensorFlow's kernels for the model's convolutions and head "
+                  f"alone would train x{train[fastest_train] / train[BOUND]:.2f} and infer "
+                  f"x{infer[fastest_infer] / infer[BOUND]:.2f} against the same PyTorch lines: "
+                  f"no model on those kernels gets past that")
         print(f"  first step: bitkeras fit {first_step:.1f} s (from the call), PyTorch eager "
               f"{torch_first_step(architecture, batch, size):.1f} s (fresh model)")
 

@@ -10,7 +10,8 @@ compiled train step) and for inference:
   small XLA clusters), XLA for the whole step off (`compile()`'s default) and on;
 - the bound: R50x1's convolutions and head alone (same shapes, no
   normalization, standardization or activation), forward and forward +
-  backward, as TensorFlow's kernels run them here. No implementation of the
+  backward, on the TensorFlow kernels bitkeras runs them with here (1x1
+  convolutions at stride 1 as matrix products). No implementation of the
   rest of the model can have a higher MFU with these kernels.
 
 Model FLOPs are 2 x the multiply-accumulates of the convolutions and the head
@@ -77,17 +78,27 @@ def convolution_runs(architecture, batch, size, num_classes):
     def tensor(*shape):
         return tf.constant(rng.normal(size=shape).astype(np.float32))
 
-    operands = [
-        (tensor(batch, height + 2 * pad, height + 2 * pad, cin), tensor(kernel, kernel, cin, cout),
-         stride)
-        for height, cin, cout, kernel, stride, pad in architecture.convolutions(size)
-    ]
+    # Each as bitkeras runs it: a 1x1 convolution at stride 1 as a matrix
+    # product, a 3x3 at stride 1 padding inside the convolution ("SAME"), the
+    # others on an input padded before them.
+    operands = []
+    for height, cin, cout, kernel, stride, pad in architecture.convolutions(size):
+        inside = kernel == 3 and stride == 1
+        padded = height + (0 if inside else 2 * pad)
+        form = "matmul" if kernel == 1 and stride == 1 else "SAME" if inside else "VALID"
+        operands.append((tensor(batch, padded, padded, cin), tensor(kernel, kernel, cin, cout),
+                         stride, form))
     features = tensor(batch, architecture.feature_channels)
     head = tensor(architecture.feature_channels, num_classes)
 
+    def convolve(x, w, stride, form):
+        if form == "matmul":
+            product = tf.matmul(tf.reshape(x, (-1, w.shape[2])), tf.reshape(w, w.shape[2:]))
+            return tf.reshape(product, (*x.shape[:3], w.shape[3]))
+        return tf.nn.conv2d(x, w, stride, form)
+
     def outputs():
-        results = [tf.nn.conv2d(x, w, stride, "VALID") for x, w, stride in operands]
-        return results + [tf.matmul(features, head)]
+        return [convolve(*operand) for operand in operands] + [tf.matmul(features, head)]
 
     @tf.function
     def forward():
@@ -96,7 +107,7 @@ def convolution_runs(architecture, batch, size, num_classes):
     @tf.function
     def forward_backward():
         # No gradient for the images (the first convolution's input), as in training.
-        sources = [t for x, w, _ in operands for t in (x, w)][1:] + [features, head]
+        sources = [t for x, w, *_ in operands for t in (x, w)][1:] + [features, head]
         with tf.GradientTape() as tape:
             tape.watch(sources)
             results = outputs()
