@@ -108,6 +108,35 @@ def test_dataset_source_reads_labels_and_takes_batches_apart():
         sources.open_source(tf.data.Dataset.from_tensor_slices({"image": images}))
 
 
+def test_labels_come_in_every_form_keras_losses_take():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    ids = np.array([2, 0, 1, 2])
+    one_hot = np.eye(5, dtype=np.float32)[ids]  # keras.utils.to_categorical(ids, 5)
+    for labels in (ids, ids[:, None], ids.astype(np.float32), list(ids), one_hot):
+        source = sources.open_source((images, labels))
+        assert source.labels.tolist() == [2, 0, 1, 2], labels
+        assert [int(label) for _, label in source.records] == [2, 0, 1, 2]
+    # A one-hot row's width is the class count, classes 3 and 4 never occur here.
+    assert sources.open_source((images, one_hot)).num_classes == 5
+    assert sources.open_source((images, ids)).num_classes == 3
+    for labels in (one_hot, ids[:, None], ids.astype(np.float64)):
+        source = sources.open_source(tf.data.Dataset.from_tensor_slices((images, labels)).batch(3))
+        assert source.labels.tolist() == [2, 0, 1, 2]
+        assert [int(label) for _, label in source.records] == [2, 0, 1, 2]
+    assert sources.open_source(tf.data.Dataset.from_tensor_slices(
+        (images, one_hot))).num_classes == 5
+    soft = one_hot * 0.9 + 0.02  # label smoothing: turning it into ids would change it
+    with pytest.raises(ValueError, match=r"one-hot rows .* row 0 is \[0\.02, 0\.02, 0\.92"):
+        sources.open_source((images, soft))
+    with pytest.raises(ValueError, match="row 0 is"):
+        sources.open_source(tf.data.Dataset.from_tensor_slices((images, soft)))
+    with pytest.raises(ValueError, match=r"label 0\.5 \(example 1 of the array labels\) is not a "
+                                         r"whole number"):
+        sources.open_source((images, np.array([1.0, 0.5, 1.0, 0.0])))
+    with pytest.raises(ValueError, match=r"class ids shaped \(N,\) or \(N, 1\).*\(4, 2, 2\)"):
+        sources.open_source((images, np.zeros((4, 2, 2))))
+
+
 def test_few_shot_is_reproducible_and_balanced(image_folder):
     with pytest.warns(UserWarning):
         source = sources.open_source(image_folder)

@@ -138,9 +138,11 @@ class FineTuningClassifier(HeadClassifier):
         that carries its labels: a folder with one sub-folder of images per
         class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (or "tfds:NAME:SPLIT";
         `split` defaults to "train"), a tuple `(images, labels)`, or a
-        tf.data.Dataset of `(image, label)` (batched or not: bitkeras batches
-        by the rule). A classifier without a head gets one sized (and named)
-        from the data.
+        finite tf.data.Dataset of `(image, label)` (batched or not: bitkeras
+        batches by the rule). Labels as Keras's losses take them: class ids,
+        shaped (N,) or (N, 1), or one-hot rows (`keras.utils.to_categorical`).
+        A classifier without a head gets one sized (and named) from the data
+        (the one-hot width, where labels are one-hot).
 
         The rule (`bitkeras.HyperRule`) is computed from the number of
         examples and their typical size, unless `hyperrule` is given. Keras's

@@ -481,18 +481,13 @@ def _from_arrays(data):
             f"images must be uint8 (0..255) or float in [0, 1]; got dtype {images.dtype}"
         )
     check_value_range(images, "bitkeras (fit, evaluate, predict)")
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(
-            f"labels must be a 1-D array of integer class ids; got shape {labels.shape}, "
-            f"dtype {labels.dtype}"
-        )
+    labels, width = _class_ids(labels, "the array labels")
     if len(images) != len(labels):
         raise ValueError(
             f"images and labels differ in length: {len(images)} images, {len(labels)} labels"
         )
     if len(labels) == 0:
         raise ValueError("the arrays hold no examples")
-    labels = labels.astype(np.int64)
     _check_non_negative(labels, "the array labels")
     if images.dtype.kind == "f" and images.dtype != np.float32:
         images = images.astype(np.float32)
@@ -501,7 +496,7 @@ def _from_arrays(data):
         description=f"arrays of {len(labels)} images",
         records=records,
         labels=labels,
-        class_names=_numbered_classes(labels),
+        class_names=_numbered_classes(labels, width),
         image_size=tuple(images.shape[1:3]),
         record_kind="pixels",
         table=(images,),
@@ -517,8 +512,52 @@ def _check_non_negative(labels, description):
         )
 
 
-def _numbered_classes(labels):
-    return tuple(str(i) for i in range(int(labels.max()) + 1))
+def _numbered_classes(labels, width=None):
+    """Class names "0", "1", ...: as many as the labels' largest id, or their one-hot width."""
+    return tuple(str(i) for i in range(max(int(labels.max()) + 1, width or 0)))
+
+
+def _class_ids(labels, description):
+    """(int64 class ids, one-hot width or None) from labels in a form Keras's losses take.
+
+    Class ids shaped (N,) or (N, 1), integer or whole floats, or one-hot rows
+    (N, C) as `keras.utils.to_categorical` makes them: each gives its ids
+    exactly, and one-hot rows also their width (the class count, whether or
+    not every class occurs). Soft labels and ids that are not whole numbers
+    are refused: turning them into ids would change them.
+    """
+    labels = np.asarray(labels)
+    width = None
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    elif labels.ndim == 2 and labels.dtype.kind in "iufb":
+        width = labels.shape[1]
+        hot = labels == 1
+        one_hot = np.all(hot | (labels == 0), axis=1) & (np.sum(hot, axis=1) == 1)
+        if not one_hot.all():
+            row = int(np.argmin(one_hot))
+            values = np.array2string(labels[row][:12], precision=4, separator=", ")
+            raise ValueError(
+                f"{description} shaped {labels.shape} are read as one-hot rows (a single 1, "
+                f"the rest 0, as keras.utils.to_categorical makes them), but row {row} is "
+                f"{values}: pass class ids (soft labels are not taken; fit mixes labels "
+                f"itself with MixUp, mixup_alpha=)"
+            )
+        labels = np.argmax(labels, axis=1)
+    if labels.ndim != 1 or labels.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{description} must be class ids shaped (N,) or (N, 1), or one-hot rows (N, "
+            f"classes); got shape {labels.shape}, dtype {labels.dtype}"
+        )
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            index = int(np.argmin(whole))
+            raise ValueError(
+                f"label {labels[index]} (example {index} of {description}) is not a whole "
+                f"number; labels must be class ids 0..num_classes-1"
+            )
+    return labels.astype(np.int64), width
 
 
 # ---------------------------------------------------------------- tf.data
@@ -554,19 +593,30 @@ def _from_dataset(dataset):
             f"a tf.data.Dataset must yield images shaped (height, width, 3) (or batches of "
             f"them), uint8 or float in [0, 1], or encoded image bytes; got {image_spec}"
         )
-    if not label_spec.dtype.is_integer or label_spec.shape.rank != 0:
-        raise ValueError(f"labels must be scalar integer class ids; got {label_spec}")
-    labels = np.fromiter(dataset.map(lambda image, label: label).as_numpy_iterator(),
-                         dtype=np.int64)
-    if len(labels) == 0:
+    if not (label_spec.dtype.is_integer or label_spec.dtype.is_floating) \
+            or label_spec.shape.rank not in (0, 1):
+        raise ValueError(
+            f"labels must be class ids (scalars) or one-hot rows, integer or float; got "
+            f"{label_spec}"
+        )
+    rows = list(dataset.map(lambda image, label: label).as_numpy_iterator())
+    if len(rows) == 0:
         raise ValueError("the tf.data.Dataset is empty")
+    labels, width = _class_ids(np.stack(rows), "the dataset's labels")
     _check_non_negative(labels, "the dataset")
+
+    def class_id(label):
+        if label.shape.rank == 0:
+            return tf.cast(label, tf.int64)
+        return tf.cast(label[0], tf.int64) if width is None else tf.argmax(
+            label, output_type=tf.int64)
+
     source = ImageSource(
         description=f"a tf.data.Dataset of {len(labels)} images",
         records=dataset.map(lambda image, label: (
-            _float_or_uint8(image) if kind == "pixels" else image, tf.cast(label, tf.int64))),
+            _float_or_uint8(image) if kind == "pixels" else image, class_id(label))),
         labels=labels,
-        class_names=_numbered_classes(labels),
+        class_names=_numbered_classes(labels, width),
         image_size=(0, 0),
         record_kind=kind,
     )
