@@ -119,6 +119,8 @@ def test_labels_come_in_every_form_keras_losses_take():
     # A one-hot row's width is the class count, classes 3 and 4 never occur here.
     assert sources.open_source((images, one_hot)).num_classes == 5
     assert sources.open_source((images, ids)).num_classes == 3
+    with pytest.raises(ValueError, match=r"has 5 classes \(.*one-hot rows that wide\) but only 3"):
+        sources.open_source((images, one_hot), class_names=("a", "b", "c"))  # a 3-class head
     for labels in (one_hot, ids[:, None], ids.astype(np.float64)):
         source = sources.open_source(tf.data.Dataset.from_tensor_slices((images, labels)).batch(3))
         assert source.labels.tolist() == [2, 0, 1, 2]

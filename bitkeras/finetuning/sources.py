@@ -130,7 +130,8 @@ class ImageSource:
         if not self.named:
             if len(class_names) < self.num_classes:
                 raise ValueError(
-                    f"{self.description} has labels up to {self.num_classes - 1} but only "
+                    f"{self.description} has {self.num_classes} classes (labels up to "
+                    f"{self.num_classes - 1}, or one-hot rows that wide) but only "
                     f"{len(class_names)} class names were given"
                 )
             return dataclasses.replace(self, class_names=class_names)
