@@ -139,6 +139,27 @@ def test_labels_come_in_every_form_keras_losses_take():
         sources.open_source((images, np.zeros((4, 2, 2))))
 
 
+def test_a_dataset_of_float_pixels_outside_0_1_is_refused_with_the_map_that_fixes_it():
+    pixels = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1, 0])
+
+    def dataset(images):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+
+    # As keras.utils.image_dataset_from_directory yields them.
+    with pytest.raises(ValueError, match=r"values in \[.*, 254\.\d+\] \(its first 5 images "
+                                         r"read\).*lambda image, label: \(image / 255, label\)"):
+        sources.open_source(dataset(pixels))
+    with pytest.raises(ValueError, match=r"\(\(image \+ 1\) / 2, label\)"):
+        sources.open_source(dataset(pixels / 127.5 - 1))
+    broken = pixels / 255
+    broken[3, 1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="image 3 of .* NaN or Inf"):
+        sources.open_source(dataset(broken))
+    assert sources.open_source(dataset(pixels / 255)).num_examples == 5
+    assert sources.open_source(dataset(pixels.astype(np.uint8))).num_examples == 5
+
+
 def test_few_shot_is_reproducible_and_balanced(image_folder):
     with pytest.warns(UserWarning):
         source = sources.open_source(image_folder)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning.pipeline import dataset_options
-from bitkeras.models.images import check_value_range
+from bitkeras.models.images import RANGE_SLACK, check_value_range
 
 NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 """Formats tf.io.decode_image reads; other Pillow formats are decoded by Pillow."""
@@ -621,7 +621,37 @@ def _from_dataset(dataset):
         image_size=(0, 0),
         record_kind=kind,
     )
+    if kind == "pixels" and image_spec.dtype != tf.uint8:
+        _check_sampled_range(source)
     return dataclasses.replace(source, image_size=_sampled_size(source))
+
+
+def _check_sampled_range(source):
+    """Refuses float pixels outside [0, 1] among a dataset's first images.
+
+    `keras.utils.image_dataset_from_directory` yields floats in 0..255: taken
+    as they are, they would train without an error and learn nothing useful.
+    """
+    extremes = np.array(list(source.records.take(SAMPLE_SIZE).map(
+        lambda image, label: tf.stack([tf.reduce_min(image), tf.reduce_max(image),
+                                       tf.cast(tf.reduce_all(tf.math.is_finite(image)),
+                                               tf.float32)])).as_numpy_iterator()))
+    if not len(extremes):
+        return
+    if not extremes[:, 2].all():
+        raise ValueError(
+            f"image {int(np.argmin(extremes[:, 2]))} of {source.description} holds NaN or "
+            f"Inf pixel values: repair or drop it"
+        )
+    low, high = float(extremes[:, 0].min()), float(extremes[:, 1].max())
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        fix = ("(image / 255, label)" if high > 1 + RANGE_SLACK else "((image + 1) / 2, label)")
+        raise ValueError(
+            f"{source.description} yields float images with values in [{low:g}, {high:g}] "
+            f"(its first {len(extremes)} images read); bitkeras takes float images in [0, 1] "
+            f"(keras.utils.image_dataset_from_directory yields 0..255): map them with "
+            f".map(lambda image, label: {fix}), or yield uint8"
+        )
 
 
 def _float_or_uint8(image):
