@@ -106,6 +106,10 @@ def test_dataset_source_reads_labels_and_takes_batches_apart():
     np.testing.assert_array_equal(_decoded(batched)[3], images[3])
     with pytest.raises(ValueError, match="lambda e: \\(e\\['image'\\], e\\['label'\\]\\)"):
         sources.open_source(tf.data.Dataset.from_tensor_slices({"image": images}))
+    weighted = tf.data.Dataset.from_tensor_slices((images, np.zeros(6, int), np.ones(6)))
+    with pytest.raises(ValueError, match=r"sample_weight\) triples .*lambda image, label, "
+                                         r"weight: \(image, label\).*class_weight="):
+        sources.open_source(weighted)
 
 
 def test_labels_come_in_every_form_keras_losses_take():

@@ -574,6 +574,13 @@ def _from_dataset(dataset):
             "without .repeat(), or a finite part of it (.take(n))"
         )
     spec = dataset.element_spec
+    if isinstance(spec, tuple) and len(spec) == 3:
+        raise ValueError(
+            f"a tf.data.Dataset yields (image, label, sample_weight) triples ({spec}): "
+            f"bitkeras takes no per-example weights (its pipeline crops, flips and mixes "
+            f"examples); drop them with .map(lambda image, label, weight: (image, label)), "
+            f"and weigh classes with class_weight= if that is what they do"
+        )
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(
             f"a tf.data.Dataset must yield (image, label) pairs; got elements {spec}. "
