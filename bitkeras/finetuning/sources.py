@@ -628,23 +628,48 @@ def _from_dataset(dataset):
         image_size=(0, 0),
         record_kind=kind,
     )
-    if kind == "pixels" and image_spec.dtype != tf.uint8:
-        _check_sampled_range(source)
-    return dataclasses.replace(source, image_size=_sampled_size(source))
+    floats = kind == "pixels" and image_spec.dtype != tf.uint8
+    return dataclasses.replace(source, image_size=_sampled_size(source, check_range=floats))
 
 
-def _check_sampled_range(source):
-    """Refuses float pixels outside [0, 1] among a dataset's first images.
+def _float_or_uint8(image):
+    return image if image.dtype == tf.uint8 else tf.cast(image, tf.float32)
 
-    `keras.utils.image_dataset_from_directory` yields floats in 0..255: taken
-    as they are, they would train without an error and learn nothing useful.
+
+def _sampled_size(source, check_range=False):
+    """The median (height, width) of the source's first SAMPLE_SIZE images.
+
+    With `check_range` (float pixels), the same read also refuses values
+    outside [0, 1] or not finite among them (`_check_range`).
     """
-    extremes = np.array(list(source.records.take(SAMPLE_SIZE).map(
-        lambda image, label: tf.stack([tf.reduce_min(image), tf.reduce_max(image),
-                                       tf.cast(tf.reduce_all(tf.math.is_finite(image)),
-                                               tf.float32)])).as_numpy_iterator()))
-    if not len(extremes):
-        return
+    def measure(record, label):
+        image = source.decode_record(record)
+        if not check_range:
+            return tf.shape(image)[:2], tf.zeros([3])
+        return tf.shape(image)[:2], tf.stack([
+            tf.reduce_min(image), tf.reduce_max(image),
+            tf.cast(tf.reduce_all(tf.math.is_finite(image)), tf.float32)])
+
+    try:
+        measured = list(source.records.take(SAMPLE_SIZE).map(measure).as_numpy_iterator())
+    except tf.errors.OpError as error:
+        raise BadImageError(
+            f"an image of {source.description} cannot be decoded "
+            f"({type(error).__name__}: {error.message.splitlines()[0]}): the dataset should "
+            f"yield decodable image bytes or pixels"
+        ) from None
+    if check_range:
+        _check_range(source, np.array([extremes for _, extremes in measured]))
+    return _median_size(np.array([size for size, _ in measured]))
+
+
+def _check_range(source, extremes):
+    """Refuses float pixels outside [0, 1], or not finite, among a dataset's first images.
+
+    `extremes`: (min, max, all finite) per image read. `keras.utils.image_dataset_from_directory`
+    yields floats in 0..255: taken as they are, they would train without an error and
+    learn nothing useful.
+    """
     if not extremes[:, 2].all():
         raise ValueError(
             f"image {int(np.argmin(extremes[:, 2]))} of {source.description} holds NaN or "
@@ -659,23 +684,6 @@ def _check_sampled_range(source):
             f"(keras.utils.image_dataset_from_directory yields 0..255): map them with "
             f".map(lambda image, label: {fix}), or yield uint8"
         )
-
-
-def _float_or_uint8(image):
-    return image if image.dtype == tf.uint8 else tf.cast(image, tf.float32)
-
-
-def _sampled_size(source):
-    sample = source.records.take(SAMPLE_SIZE).map(
-        lambda record, label: tf.shape(source.decode_record(record))[:2])
-    try:
-        return _median_size(np.array(list(sample.as_numpy_iterator())))
-    except tf.errors.OpError as error:
-        raise BadImageError(
-            f"an image of {source.description} cannot be decoded "
-            f"({type(error).__name__}: {error.message.splitlines()[0]}): the dataset should "
-            f"yield decodable image bytes or pixels"
-        ) from None
 
 
 # ---------------------------------------------------------------- TFDS
