@@ -239,6 +239,9 @@ def test_group_normalization_padding_its_output(native_engine):
     assert symbolic.shape == (None, 9, None, 64)
     with pytest.raises(ValueError, match="pad=1 needs 4-D"):
         group_normalization()(tf.zeros((2, 20, 64)), pad=1)
+    # Channels first, height and width are axes 2 and 3: padding axes 1 and 2 was wrong.
+    with pytest.raises(ValueError, match="pad=1 needs .* axis=-1, .* axis=1"):
+        group_normalization(axis=1)(tf.zeros((2, 64, 5, 5)), pad=1)
 
 
 def test_mixed_precision_group_normalization_keeps_float32_statistics():

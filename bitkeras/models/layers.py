@@ -105,9 +105,10 @@ class GroupNormalization(keras.layers.GroupNormalization):
     """
 
     def call(self, inputs, training=None, relu=False, pad=0, return_inputs=False):
-        if pad and len(inputs.shape) != 4:
+        if pad and (len(inputs.shape) != 4 or self.axis not in (-1, 3)):
             raise ValueError(f"{self.name}: pad={pad} needs 4-D (batch, height, width, "
-                             f"channels) inputs, got shape {tuple(inputs.shape)}")
+                             f"channels) inputs with axis=-1, got shape "
+                             f"{tuple(inputs.shape)} and axis={self.axis}")
         if not (len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
                 and self.center):
             outputs = super().call(inputs)
