@@ -10,8 +10,9 @@ compiled train step) and for inference:
   small XLA clusters), XLA for the whole step off (`compile()`'s default) and on;
 - the bound: R50x1's convolutions and head alone (same shapes, no
   normalization, standardization or activation), forward and forward +
-  backward, on the TensorFlow kernels bitkeras runs them with here (1x1
-  convolutions at stride 1 as matrix products). No implementation of the
+  backward, on the kernels bitkeras runs them with here (1x1 convolutions at
+  stride 1 as matrix products, 3x3 at stride 1 by Winograd's F(2x2, 3x3)
+  where bitkeras's C++ ops run). No implementation of the
   rest of the model can have a higher MFU with these kernels.
 
 Model FLOPs are 2 x the multiply-accumulates of the convolutions and the head
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bitkeras  # noqa: E402
-from bitkeras.models import kernels  # noqa: E402
+from bitkeras.models import kernels, native  # noqa: E402
 from timing import interleaved_median_seconds, median_seconds  # noqa: E402  (this folder)
 
 
@@ -79,13 +80,16 @@ def convolution_runs(architecture, batch, size, num_classes):
         return tf.constant(rng.normal(size=shape).astype(np.float32))
 
     # Each as bitkeras runs it: a 1x1 convolution at stride 1 as a matrix
-    # product, a 3x3 at stride 1 padding inside the convolution ("SAME"), the
-    # others on an input padded before them.
+    # product, a 3x3 at stride 1 padding inside the convolution ("SAME"; by
+    # Winograd's F(2x2, 3x3) where bitkeras's ops run), the others on an input
+    # padded before them.
+    winograd = native.usable()
     operands = []
     for height, cin, cout, kernel, stride, pad in architecture.convolutions(size):
         inside = kernel == 3 and stride == 1
         padded = height + (0 if inside else 2 * pad)
-        form = "matmul" if kernel == 1 and stride == 1 else "SAME" if inside else "VALID"
+        form = ("matmul" if kernel == 1 and stride == 1 else
+                ("winograd" if winograd else "SAME") if inside else "VALID")
         operands.append((tensor(batch, padded, padded, cin), tensor(kernel, kernel, cin, cout),
                          stride, form))
     features = tensor(batch, architecture.feature_channels)
@@ -95,6 +99,8 @@ def convolution_runs(architecture, batch, size, num_classes):
         if form == "matmul":
             product = tf.matmul(tf.reshape(x, (-1, w.shape[2])), tf.reshape(w, w.shape[2:]))
             return tf.reshape(product, (*x.shape[:3], w.shape[3]))
+        if form == "winograd":
+            return native.winograd_convolution(x, w)
         return tf.nn.conv2d(x, w, stride, form)
 
     def outputs():

@@ -143,9 +143,11 @@ with tf.GradientTape() as tape:
     tape.watch(values)
     normalized = native.group_norm(x, gamma, beta, 32, 1e-5, relu=True)
     standardized = native.standardize(kernel, 1e-10)
-    loss = (tf.reduce_sum(normalized * tf.sin(x)) + tf.reduce_sum(standardized * tf.cos(kernel)))
+    convolved = native.winograd_convolution(normalized, standardized)
+    loss = (tf.reduce_sum(normalized * tf.sin(x)) + tf.reduce_sum(standardized * tf.cos(kernel))
+            + tf.reduce_sum(tf.cos(convolved)))
 gradients = tape.gradient(loss, values)
-np.savez(sys.argv[2], normalized=normalized, standardized=standardized,
+np.savez(sys.argv[2], normalized=normalized, standardized=standardized, convolved=convolved,
          **{f"gradient{index}": gradient for index, gradient in enumerate(gradients)})
 """
 
@@ -161,9 +163,110 @@ def test_results_do_not_depend_on_the_thread_count(operations, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         results.append(np.load(path))
     one, two = results
-    assert sorted(one.files) == sorted(two.files) and len(one.files) == 6
+    assert sorted(one.files) == sorted(two.files) and len(one.files) == 7
     for name in one.files:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+def float64_convolution(x, kernel, upstream):
+    """A "same" 3x3 convolution at stride 1 and its gradients, by TensorFlow in float64."""
+    x, kernel = tf.constant(x, tf.float64), tf.constant(kernel, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        outputs = tf.nn.conv2d(x, kernel, 1, "SAME")
+    return [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(
+        outputs, [x, kernel], output_gradients=tf.constant(upstream, tf.float64)))]
+
+
+def float32_convolution(convolve, x, kernel, upstream):
+    x, kernel = tf.constant(x, tf.float32), tf.constant(kernel, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        outputs = convolve(x, kernel)
+    return [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(
+        outputs, [x, kernel], output_gradients=tf.constant(upstream, tf.float32)))]
+
+
+@pytest.mark.parametrize("shape", [
+    (2, 8, 8, 16, 8),     # even sides
+    (2, 5, 7, 3, 4),      # odd sides: the last tiles hang over the image
+    (1, 1, 1, 2, 2),      # one pixel
+    (3, 6, 3, 130, 70),   # channel counts across the ops' blocks of 64
+    (1, 4, 2, 64, 1)])
+def test_winograd_convolution_matches_float64_as_tensorflows_does(operations, shape):
+    """Outputs and both gradients within 1e-6 of float64's scale, as TensorFlow's own
+    float32 convolution (within 4x its error, the sums running in another order)."""
+    items, height, width, inputs, outputs = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(1.0, 2.0, (items, height, width, inputs))
+    kernel = rng.normal(0.0, 1.0, (3, 3, inputs, outputs))
+    upstream = rng.normal(size=(items, height, width, outputs))
+    expected = float64_convolution(x, kernel, upstream)
+    winograd = float32_convolution(native.winograd_convolution, x, kernel, upstream)
+    direct = float32_convolution(lambda x, kernel: tf.nn.conv2d(x, kernel, 1, "SAME"),
+                                 x, kernel, upstream)
+    for name, got, other, want in zip(("outputs", "input gradient", "kernel gradient"),
+                                      winograd, direct, expected):
+        assert got.shape == want.shape, name
+        scale = np.abs(want).max()
+        error, direct_error = np.abs(got - want).max() / scale, np.abs(other - want).max() / scale
+        assert error < 1e-6, (name, error)
+        assert error <= 4 * direct_error + 1e-7, (name, error, direct_error)
+
+
+def test_winograd_convolution_of_an_empty_batch(operations):
+    x, kernel = tf.zeros((0, 5, 5, 8)), tf.ones((3, 3, 8, 4))
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        outputs = native.winograd_convolution(x, kernel)
+    d_x, d_kernel = tape.gradient(outputs, [x, kernel])
+    assert outputs.shape == (0, 5, 5, 4) and d_x.shape == (0, 5, 5, 8)
+    assert d_kernel.shape == (3, 3, 8, 4) and not np.any(d_kernel.numpy())
+
+
+def test_winograd_ops_refuse_mismatched_inputs_with_a_clear_error(operations):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(batch, height, width, chan"):
+        operations.bitkeras_winograd_input(tf.zeros((2, 3, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"kernel needs shape \(3, 3"):
+        operations.bitkeras_winograd_kernel(tf.zeros((5, 5, 2, 2)))
+    products = operations.bitkeras_winograd_input(tf.zeros((2, 3, 3, 4)))  # 2 x 2 x 2 tiles
+    with pytest.raises(tf.errors.InvalidArgumentError, match="8 tiles do not cover"):
+        operations.bitkeras_winograd_output(products, tf.constant([2, 5, 5]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(16, tiles, channels\)"):
+        operations.bitkeras_winograd_input_grad(products[:4], tf.constant([2, 3, 3]))
+
+
+def test_layers_convolve_3x3_at_stride_1_by_winograd_where_the_ops_run(operations):
+    """Training and inference graphs of a "same" 3x3 layer at stride 1, float32 only."""
+    spec = tf.TensorSpec((None, 6, 6, 16), tf.float32)
+    forward = {"BitkerasWinogradInput", "BitkerasWinogradKernel", "BitkerasWinogradOutput"}
+    backward = {"BitkerasWinogradInputGrad", "BitkerasWinogradKernelGrad",
+                "BitkerasWinogradOutputGrad"}
+
+    def graphs(layer):
+        def gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(layer(x, training=True))
+            return tape.gradient(loss, [x, layer.kernel])
+        return op_types(lambda x: layer(x, training=False), spec), op_types(gradient, spec)
+
+    same = StandardizedConv2D(8, 3, padding="same")
+    inference, training = graphs(same)
+    assert forward <= inference and forward | backward <= training
+    assert "Conv2D" not in inference | training
+    for other in (StandardizedConv2D(8, 3), StandardizedConv2D(8, 3, strides=2, padding="same"),
+                  StandardizedConv2D(8, 3, padding="same", dtype="mixed_bfloat16")):
+        inference, training = graphs(other)
+        assert not (forward | backward) & (inference | training), other.get_config()
+    with kernels.portable():
+        inference, training = graphs(same)
+    assert not (forward | backward) & (inference | training)
+    # The same function as the convolution it replaces.
+    x = np.random.default_rng(4).normal(size=(2, 6, 6, 16)).astype(np.float32)
+    with kernels.portable():
+        expected = same(x, training=True).numpy()
+    np.testing.assert_allclose(same(x, training=True), expected, atol=1e-5 * np.abs(expected).max())
 
 
 def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkeypatch):

