@@ -269,6 +269,31 @@ def test_layers_convolve_3x3_at_stride_1_by_winograd_where_the_ops_run(operation
     np.testing.assert_allclose(same(x, training=True), expected, atol=1e-5 * np.abs(expected).max())
 
 
+def test_once_standardized_copies_of_winograd_layers_are_transformed(operations, monkeypatch):
+    """Within `standardized_once` a Winograd layer reads its kernel standardized and
+    transformed once, (16, in, out), for the same outputs; with the ops turned off since,
+    the copy is made again in the convolution's form."""
+    rng = np.random.default_rng(8)
+    conv = StandardizedConv2D(8, 3, padding="same")
+    conv.build((None, None, None, 4))
+    conv.kernel.assign(rng.normal(0.5, 1.0, (3, 3, 4, 8)))
+    x = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    without = tf.function(lambda x: conv(x, training=False))(x).numpy()
+    with kernels.standardized_once([conv]) as new:
+        copy, current = kernels._ONCE[conv]
+        assert new and copy.shape == (16, 4, 8)
+        within = tf.function(lambda x: conv(x, training=False))
+        np.testing.assert_array_equal(within(x), without)
+        copy.assign(tf.zeros_like(copy))  # read from the copy: zero outputs
+        assert not np.any(within(x).numpy())
+    np.testing.assert_array_equal(within(x), without)  # the flag unset: computed in the graph
+    monkeypatch.setenv(native.ENABLE_ENV, "0")
+    with kernels.standardized_once([conv]) as new:
+        assert new and kernels._ONCE[conv][0].shape == (3, 3, 4, 8)
+        np.testing.assert_allclose(tf.function(lambda x: conv(x, training=False))(x), without,
+                                   atol=1e-5 * np.abs(without).max())
+
+
 def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkeypatch):
     layer, _, _ = random_group_norm(np.random.default_rng(2))
     conv = StandardizedConv2D(8, 3)

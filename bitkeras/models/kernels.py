@@ -101,10 +101,11 @@ def pointwise_products():
     return _tensorflow()
 
 
-def winograd_convolutions():
-    """Whether float32 3x3 convolutions at stride 1 ("same") run as Winograd's F(2x2, 3x3)
-    now: on bitkeras's C++ ops, where they can run (`native.winograd_convolution`)."""
-    return _native()
+def winograd_convolutions(compute_dtype):
+    """Whether 3x3 convolutions at stride 1 ("same") computing in `compute_dtype` run as
+    Winograd's F(2x2, 3x3) now: in float32, on bitkeras's C++ ops where they can run
+    (`native.winograd_convolution`)."""
+    return compute_dtype == "float32" and _native()
 
 
 def closed_form():
@@ -191,6 +192,11 @@ def standardized_once(layers):
     the values its convolution reads: as much memory as the kernels in
     float32, half in bfloat16, where keeping float32 copies had every batch
     cast them again (a tenth of R50x1's mixed-bfloat16 inference at 128x128).
+    A layer whose convolution runs as Winograd's products
+    (`StandardizedConv2D.winograd_shaped`, `winograd_convolutions`) keeps its
+    kernel transformed as well (16/9 of the memory), which every batch would
+    otherwise transform again (2% of R50x1's inference at 128x128 with
+    oneDNN limited to AVX2).
 
     Yields whether a layer got its copy only now: graphs traced before lack
     it, so a caller retraces them to benefit. Only under the TensorFlow
@@ -211,12 +217,15 @@ def standardized_once(layers):
             standardized = native.standardize(kernel, epsilon)
         else:
             standardized = _standardize(ops, kernel, epsilon)
+        if layer.winograd_shaped and winograd_convolutions(layer.compute_dtype):
+            # Transformed too, as the layer's Winograd products read it.
+            standardized = native.winograd_kernel(standardized)
         standardized = ops.cast(standardized, layer.compute_dtype)
-        if layer in _ONCE:
+        if layer in _ONCE and _ONCE[layer][0].shape == standardized.shape:
             copy, current = _ONCE[layer]
             copy.assign(standardized)
             current.assign(True)
-        else:
+        else:  # a first copy, or one of another form (the C++ ops turned on or off since)
             _ONCE[layer] = (tf.Variable(standardized, trainable=False),
                             tf.Variable(True, trainable=False))
             new = True
@@ -227,19 +236,24 @@ def standardized_once(layers):
             _ONCE[layer][1].assign(False)
 
 
-def standardized_kernel(layer, kernel, epsilon):
+def standardized_kernel(layer, kernel, epsilon, winograd=False):
     """`standardize(kernel)` for `layer`, read from its copy within `standardized_once`.
 
-    Only inference graphs (those using the fused clusters) look for a copy;
-    where there is one, the result has the copy's dtype (the layer's compute
-    dtype), else float32.
+    With `winograd`, that kernel transformed for the layer's Winograd products
+    (`native.winograd_kernel`, float32). Only inference graphs (those using
+    the fused clusters) look for a copy; where there is one of that form, the
+    result has the copy's dtype (the layer's compute dtype), else float32.
     """
+    def computed():
+        standardized = standardize(kernel, epsilon)
+        return native.winograd_kernel(standardized) if winograd else standardized
+
     once = _ONCE.get(layer) if fused() else None
-    if once is None:
-        return standardize(kernel, epsilon)
+    if once is None or len(once[0].shape) != (3 if winograd else len(kernel.shape)):
+        return computed()
     copy, current = once
     return ops.cond(current, lambda: ops.convert_to_tensor(copy),
-                    lambda: ops.cast(standardize(kernel, epsilon), copy.dtype))
+                    lambda: ops.cast(computed(), copy.dtype))
 
 
 def _standardize(ops, kernel, epsilon):

@@ -54,6 +54,11 @@ class StandardizedConv2D(keras.layers.Conv2D):
             return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
+        if self.winograd_shaped and kernels.winograd_convolutions(self.compute_dtype):
+            # About 1.2-1.7x faster than TensorFlow's 3x3 convolutions on CPUs, gradients
+            # included (bitkeras.models.native.winograd_convolution).
+            return native.winograd_products(inputs, kernels.standardized_kernel(
+                self, kernel, self.standardization_epsilon, winograd=True))
         # Standardized in float32 whatever the compute dtype: the statistics of
         # small kernels lose too much in half precision.
         kernel = ops.cast(kernels.standardized_kernel(self, kernel, self.standardization_epsilon),
@@ -66,18 +71,16 @@ class StandardizedConv2D(keras.layers.Conv2D):
             outputs = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])),
                                  ops.reshape(kernel, kernel.shape[2:]))
             return ops.reshape(outputs, (*ops.shape(inputs)[:3], kernel.shape[3]))
-        if (self._winograd_shaped() and kernel.dtype == "float32"
-                and kernels.winograd_convolutions()):
-            # About 1.2-1.7x faster than TensorFlow's 3x3 convolutions on CPUs, gradients
-            # included (bitkeras.models.native.winograd_convolution).
-            return native.winograd_convolution(inputs, kernel)
         return super().convolution_op(inputs, kernel)
+
+    @property
+    def winograd_shaped(self):
+        """Whether this is a 3x3 convolution at stride 1 with "same" padding (channels last),
+        which runs as Winograd's F(2x2, 3x3) in float32 where bitkeras's C++ ops run."""
+        return self._stride_one((3, 3)) and self.padding == "same"
 
     def _pointwise(self):
         return self._stride_one((1, 1))
-
-    def _winograd_shaped(self):
-        return self._stride_one((3, 3)) and self.padding == "same"
 
     def _stride_one(self, kernel_size):
         return (tuple(self.kernel_size) == kernel_size and tuple(self.strides) == (1, 1)

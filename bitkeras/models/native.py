@@ -150,42 +150,53 @@ def winograd_convolution(inputs, kernel):
     out); the result (batch, height, width, out), the function of
     `tf.nn.conv2d(inputs, kernel, 1, "SAME")`, summed in another order: 16
     matrix products of the transformed input tiles (16, tiles, in) by the
-    transformed kernel (16, in, out), on TensorFlow's matrix product, with
-    the ops' transforms around them (`native_ops.cc`). Its gradients are the
-    same maps run backwards (each transform's adjoint, the products'
-    gradients), so TensorFlow derives them through `tf.matmul`.
+    transformed kernel (16, in, out) (`winograd_kernel`), on TensorFlow's
+    matrix product, with the ops' transforms around them (`native_ops.cc`).
+    Its gradients are the same maps run backwards (each transform's adjoint,
+    the products' gradients), so TensorFlow derives them through `tf.matmul`.
 
     It takes 2.25 times fewer multiply-adds than the direct convolution and
     keeps the transformed input tiles (four times the input) for the
     gradient. On a 2-core AMD EPYC with oneDNN limited to AVX2, R50x1's 3x3
-    stride-1 convolutions at 128x128, batch 16, took 127 ms per training step
-    against 216 ms as TensorFlow's convolutions (forward alone: 45 against 61
-    ms); with AVX-512, 84 against 101 ms (28 against 33)
+    stride-1 convolutions at 128x128, batch 16, took 135 ms per training step
+    against 228 ms as TensorFlow's convolutions (forward alone: 54 against 71
+    ms); with AVX-512, 82 against 110 ms (37 against 43)
     (`benchmarks/convolutions.py`). Its rounding error is that of the direct
     convolution's float32 sums (the transforms only add, subtract and halve),
     checked against float64 in the tests.
     """
+    return winograd_products(inputs, winograd_kernel(kernel))
+
+
+def winograd_kernel(kernel):
+    """A float32 (3, 3, in, out) kernel as `winograd_products` reads it: (16, in, out)."""
     import tensorflow as tf
 
     operations = library()
 
     @tf.custom_gradient
-    def transform_inputs(inputs):
-        image = tf.shape(inputs)[:3]
-
-        def gradient(upstream):
-            return operations.bitkeras_winograd_input_grad(upstream, image)
-
-        return operations.bitkeras_winograd_input(inputs), gradient
-
-    @tf.custom_gradient
-    def transform_kernel(kernel):
+    def transform(kernel):
         def gradient(upstream):
             return operations.bitkeras_winograd_kernel_grad(upstream)
 
         return operations.bitkeras_winograd_kernel(kernel), gradient
 
+    return transform(kernel)
+
+
+def winograd_products(inputs, transformed_kernel):
+    """`winograd_convolution` of `inputs` by a kernel given as `winograd_kernel` made it."""
+    import tensorflow as tf
+
+    operations = library()
     image = tf.shape(inputs)[:3]
+
+    @tf.custom_gradient
+    def transform_inputs(inputs):
+        def gradient(upstream):
+            return operations.bitkeras_winograd_input_grad(upstream, image)
+
+        return operations.bitkeras_winograd_input(inputs), gradient
 
     @tf.custom_gradient
     def transform_outputs(products):
@@ -194,7 +205,7 @@ def winograd_convolution(inputs, kernel):
 
         return operations.bitkeras_winograd_output(products, image), gradient
 
-    return transform_outputs(tf.matmul(transform_inputs(inputs), transform_kernel(kernel)))
+    return transform_outputs(tf.matmul(transform_inputs(inputs), transformed_kernel))
 
 
 @functools.cache
