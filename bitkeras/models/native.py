@@ -34,7 +34,7 @@ forms.
 
 The ops are built on first use with the machine's C++ compiler (`$CXX`, else
 `g++`, else `c++`) against the installed TensorFlow, for this CPU
-(`-march=native`), in about 8 s, and kept in `$BITKERAS_CACHE_DIR/native`
+(`-march=native`), in about 11 s, and kept in `$BITKERAS_CACHE_DIR/native`
 (else `~/.cache/bitkeras/native`) under a name that changes with the source,
 TensorFlow's version and build flags, the compiler and the CPU. Without a
 compiler, or if the build fails, bitkeras warns once and trains on
@@ -160,7 +160,7 @@ def winograd_convolution(inputs, kernel):
     gradient. On a 2-core AMD EPYC with oneDNN limited to AVX2, R50x1's 3x3
     stride-1 convolutions at 128x128, batch 16, took 135 ms per training step
     against 228 ms as TensorFlow's convolutions (forward alone: 54 against 71
-    ms); with AVX-512, 82 against 110 ms (37 against 43)
+    ms); with AVX-512, 95 against 122 ms (41 against 44)
     (`benchmarks/convolutions.py`). Its rounding error is that of the direct
     convolution's float32 sums (the transforms only add, subtract and halve),
     checked against float64 in the tests.

@@ -924,7 +924,7 @@ class WinogradOutputOp : public OpKernel {
     const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
     for_each_task(context, tiling.items * tiling.tile_rows(),
                   24 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
-      float dropped[kChannelBlock];
+      float dropped[2][kChannelBlock];  // where outputs past the image go
       for (int64_t task = first; task < end; ++task) {
         const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
         for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
@@ -951,9 +951,10 @@ class WinogradOutputOp : public OpKernel {
               const float* __restrict__ s1 = rows[r][1];
               const float* __restrict__ s2 = rows[r][2];
               const float* __restrict__ s3 = rows[r][3];
-              float* __restrict__ y0 = row_inside ? y + tiling.pixel(item, h, w) + c0 : dropped;
-              float* __restrict__ y1 = row_inside && w + 1 < tiling.width
-                                           ? y0 + channels : dropped;
+              float* __restrict__ y0 =
+                  row_inside ? y + tiling.pixel(item, h, w) + c0 : dropped[0];
+              float* __restrict__ y1 =
+                  row_inside && w + 1 < tiling.width ? y0 + channels : dropped[1];
               for (int64_t c = 0; c < count; ++c) {
                 y0[c] = s0[c] + s1[c] + s2[c];
                 y1[c] = s1[c] - s2[c] - s3[c];
