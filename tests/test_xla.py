@@ -87,3 +87,7 @@ def test_calibrations_are_kept_per_native_engine(classifier, monkeypatch):
     without = xla.calibration_key(classifier, 16, 4, "float32")
     assert without != with_engine or native.library() is None
     assert "|tf|" in without
+    if native.library() is not None:  # and per version of the ops (their source)
+        monkeypatch.delenv(native.ENABLE_ENV)
+        monkeypatch.setattr(native, "source_digest", lambda: "another")
+        assert xla.calibration_key(classifier, 16, 4, "float32") not in (with_engine, without)

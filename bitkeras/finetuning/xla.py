@@ -66,9 +66,10 @@ def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0
 def calibration_key(model, image_size, batch_size, precision):
     """What a calibration holds for: this CPU and TensorFlow, the architecture, the step's shape."""
     architecture = model.backbone.architecture
-    # Without XLA, GroupNorm and weight standardization run on bitkeras's C++ ops where
-    # they could be built.
-    layer_ops = "op" if native.enabled() and native.library() is not None else "tf"
+    # Without XLA, GroupNorm, weight standardization and the 3x3 convolutions run on
+    # bitkeras's C++ ops where they could be built; new ops make another step.
+    layer_ops = (f"op-{native.source_digest()}" if native.enabled() and native.library() is not None
+                 else "tf")
     return "|".join(str(part) for part in (
         cpu_name(), os.cpu_count(), tf.__version__, layer_ops, architecture.block_units,
         architecture.width_factor,
