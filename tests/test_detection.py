@@ -213,7 +213,8 @@ def _iou(first, second):
     overlap = max(width, 0) * max(height, 0)
     area = (first[2] - first[0]) * (first[3] - first[1])
     other = (second[2] - second[0]) * (second[3] - second[1])
-    return overlap / (area + other - overlap)
+    union = area + other - overlap
+    return overlap / union if union > 0 else 0.0  # two empty boxes share no area
 
 
 def test_detector_refuses_mismatched_classes_and_sizes():
