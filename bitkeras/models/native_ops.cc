@@ -1,6 +1,7 @@
 // BiT's two non-standard layers as TensorFlow CPU ops, each pass with its gradient:
 // GroupNorm of channels-last float32 or bfloat16 activations, and weight
-// standardization of float32 HWIO convolution kernels.
+// standardization of float32 HWIO convolution kernels; and the transforms of
+// Winograd's F(2x2, 3x3) for its 3x3 convolutions at stride 1 (below).
 //
 // TensorFlow runs the composed forms (`kernels.py`) as a dozen ops each, every
 // op a pass over memory. Here GroupNorm's forward reads the activations twice
@@ -681,7 +682,6 @@ class StandardizeGradOp : public OpKernel {
   }
 };
 
-
 // ---------------------------------------------------------------------------------
 // Winograd F(2x2, 3x3): the transforms around the 16 matrix products.
 //
@@ -746,85 +746,161 @@ struct Tiling {
   return ::absl::OkStatus();
 }
 
-// Runs work(first, end) over tasks (tile rows) on TensorFlow's CPU threads.
+// For the ops from transformed values (input 0, (16, tiles, channels)) to an image of
+// the shape input 1 gives: checks the two, allocates the image as output 0.
+::absl::Status image_from_transformed(OpKernelContext* context, Tiling* tiling,
+                                      const float** transformed, float** image) {
+  const Tensor& transformed_tensor = context->input(0);
+  TF_RETURN_IF_ERROR(transformed_tiling(transformed_tensor, context->input(1), tiling));
+  Tensor* image_tensor;
+  TF_RETURN_IF_ERROR(context->allocate_output(0, tiling->image_shape(), &image_tensor));
+  *transformed = transformed_tensor.flat<float>().data();
+  *image = image_tensor->flat<float>().data();
+  return ::absl::OkStatus();
+}
+
+// Runs work(first, end) over tasks on TensorFlow's CPU threads.
 template <typename Work>
 void for_each_task(OpKernelContext* context, int64_t tasks, int64_t cost, Work work) {
   context->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(tasks, cost, work);
 }
 
-// v = B^T d B for every tile d of x: x (items, height, width, channels) to
-// v (16, tiles, channels).
-class WinogradInputOp : public OpKernel {
+// Runs work(item, i, j) for every tile (i, j) of every item, whole tile rows per task;
+// `cost`: operations per value of a tile's channels.
+template <typename Work>
+void for_each_tile(OpKernelContext* context, const Tiling& tiling, int64_t cost, Work work) {
+  for_each_task(context, tiling.items * tiling.tile_rows(),
+                cost * tiling.tile_cols() * tiling.channels, [&](int64_t first, int64_t end) {
+    for (int64_t task = first; task < end; ++task) {
+      for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
+        work(task / tiling.tile_rows(), task % tiling.tile_rows(), j);
+      }
+    }
+  });
+}
+
+// Transformed values (16, tiles, channels) from an image (items, height, width,
+// channels): for every tile (i, j), Transform reads the kSide x kSide pixels from row
+// 2i + kFirst and column 2j + kFirst (zero outside the image) and writes the tile's 16
+// positions, kChannelBlock channels at a time.
+template <typename Transform>
+class ImageTilesOp : public OpKernel {
  public:
-  explicit WinogradInputOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit ImageTilesOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor& x_tensor = context->input(0);
+    constexpr int kSide = Transform::kSide;
+    const Tensor& image_tensor = context->input(0);
     Tiling tiling;
-    OP_REQUIRES_OK(context, image_tiling(x_tensor, "input", &tiling));
-    Tensor* v_tensor;
-    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.transformed_shape(), &v_tensor));
-    const float* x = x_tensor.flat<float>().data();
-    float* v = v_tensor->flat<float>().data();
+    OP_REQUIRES_OK(context, image_tiling(image_tensor, Transform::kName, &tiling));
+    Tensor* tiles_tensor;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, tiling.transformed_shape(), &tiles_tensor));
+    const float* image = image_tensor.flat<float>().data();
+    float* tiles = tiles_tensor->flat<float>().data();
     const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
     const std::vector<float> zeros(channels, 0.0f);
-    for_each_task(context, tiling.items * tiling.tile_rows(),
-                  32 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
-      for (int64_t task = first; task < end; ++task) {
-        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
-        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
-          const float* d[4][4];  // the tile's pixels, rows p, columns q
-          for (int p = 0; p < 4; ++p) {
-            for (int q = 0; q < 4; ++q) {
-              const int64_t h = 2 * i - 1 + p, w = 2 * j - 1 + q;
-              const bool inside = h >= 0 && h < tiling.height && w >= 0 && w < tiling.width;
-              d[p][q] = inside ? x + tiling.pixel(item, h, w) : zeros.data();
-            }
-          }
-          float* tile = v + tiling.tile(item, i, j);
-          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
-            const int64_t count = std::min(kChannelBlock, channels - c0);
-            float rows[4][4][kChannelBlock];  // B^T d: [a][q]
-            for (int q = 0; q < 4; ++q) {
-              const float* __restrict__ d0 = d[0][q] + c0;
-              const float* __restrict__ d1 = d[1][q] + c0;
-              const float* __restrict__ d2 = d[2][q] + c0;
-              const float* __restrict__ d3 = d[3][q] + c0;
-              float* __restrict__ r0 = rows[0][q];
-              float* __restrict__ r1 = rows[1][q];
-              float* __restrict__ r2 = rows[2][q];
-              float* __restrict__ r3 = rows[3][q];
-              for (int64_t c = 0; c < count; ++c) {
-                r0[c] = d0[c] - d2[c];
-                r1[c] = d1[c] + d2[c];
-                r2[c] = d2[c] - d1[c];
-                r3[c] = d1[c] - d3[c];
-              }
-            }
-            for (int a = 0; a < 4; ++a) {  // (B^T d) B: positions 4a .. 4a + 3
-              const float* __restrict__ s0 = rows[a][0];
-              const float* __restrict__ s1 = rows[a][1];
-              const float* __restrict__ s2 = rows[a][2];
-              const float* __restrict__ s3 = rows[a][3];
-              float* __restrict__ v0 = tile + 4 * a * plane + c0;
-              float* __restrict__ v1 = v0 + plane;
-              float* __restrict__ v2 = v1 + plane;
-              float* __restrict__ v3 = v2 + plane;
-              for (int64_t c = 0; c < count; ++c) {
-                v0[c] = s0[c] - s2[c];
-                v1[c] = s1[c] + s2[c];
-                v2[c] = s2[c] - s1[c];
-                v3[c] = s1[c] - s3[c];
-              }
-            }
-          }
+    for_each_tile(context, tiling, Transform::kCost, [&](int64_t item, int64_t i, int64_t j) {
+      const float* pixels[kSide][kSide];  // rows p, columns q
+      for (int p = 0; p < kSide; ++p) {
+        for (int q = 0; q < kSide; ++q) {
+          const int64_t h = 2 * i + Transform::kFirst + p, w = 2 * j + Transform::kFirst + q;
+          const bool inside = h >= 0 && h < tiling.height && w >= 0 && w < tiling.width;
+          pixels[p][q] = inside ? image + tiling.pixel(item, h, w) : zeros.data();
         }
+      }
+      float* tile = tiles + tiling.tile(item, i, j);
+      for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+        Transform::apply(pixels, c0, std::min(kChannelBlock, channels - c0), tile + c0, plane);
       }
     });
   }
 };
 
-// The adjoint of WinogradInputOp: dx from dv, each pixel the sum of B dv B^T over the
+// WinogradInput: v = B^T d B for every 4x4 tile d of x around its 2x2 outputs.
+struct InputTransform {
+  static constexpr int kSide = 4, kFirst = -1, kCost = 32;
+  static constexpr const char* kName = "input";
+
+  static void apply(const float* const (&d)[4][4], int64_t c0, int64_t count, float* tile,
+                    int64_t plane) {
+    float rows[4][4][kChannelBlock];  // B^T d: [a][q]
+    for (int q = 0; q < 4; ++q) {
+      const float* __restrict__ d0 = d[0][q] + c0;
+      const float* __restrict__ d1 = d[1][q] + c0;
+      const float* __restrict__ d2 = d[2][q] + c0;
+      const float* __restrict__ d3 = d[3][q] + c0;
+      float* __restrict__ r0 = rows[0][q];
+      float* __restrict__ r1 = rows[1][q];
+      float* __restrict__ r2 = rows[2][q];
+      float* __restrict__ r3 = rows[3][q];
+      for (int64_t c = 0; c < count; ++c) {
+        r0[c] = d0[c] - d2[c];
+        r1[c] = d1[c] + d2[c];
+        r2[c] = d2[c] - d1[c];
+        r3[c] = d1[c] - d3[c];
+      }
+    }
+    for (int a = 0; a < 4; ++a) {  // (B^T d) B: positions 4a .. 4a + 3
+      const float* __restrict__ s0 = rows[a][0];
+      const float* __restrict__ s1 = rows[a][1];
+      const float* __restrict__ s2 = rows[a][2];
+      const float* __restrict__ s3 = rows[a][3];
+      float* __restrict__ v0 = tile + 4 * a * plane;
+      float* __restrict__ v1 = v0 + plane;
+      float* __restrict__ v2 = v1 + plane;
+      float* __restrict__ v3 = v2 + plane;
+      for (int64_t c = 0; c < count; ++c) {
+        v0[c] = s0[c] - s2[c];
+        v1[c] = s1[c] + s2[c];
+        v2[c] = s2[c] - s1[c];
+        v3[c] = s1[c] - s3[c];
+      }
+    }
+  }
+};
+
+// WinogradOutputGrad, the adjoint of WinogradOutput: dm = A dy A^T for every tile's 2x2
+// outputs dy (zero past the image's last row or column).
+struct OutputGradTransform {
+  static constexpr int kSide = 2, kFirst = 0, kCost = 24;
+  static constexpr const char* kName = "output gradient";
+
+  static void apply(const float* const (&g)[2][2], int64_t c0, int64_t count, float* tile,
+                    int64_t plane) {
+    float rows[4][2][kChannelBlock];  // A dy: [a][s]
+    for (int s = 0; s < 2; ++s) {
+      const float* __restrict__ g0 = g[0][s] + c0;
+      const float* __restrict__ g1 = g[1][s] + c0;
+      float* __restrict__ e0 = rows[0][s];
+      float* __restrict__ e1 = rows[1][s];
+      float* __restrict__ e2 = rows[2][s];
+      float* __restrict__ e3 = rows[3][s];
+      for (int64_t c = 0; c < count; ++c) {
+        e0[c] = g0[c];
+        e1[c] = g0[c] + g1[c];
+        e2[c] = g0[c] - g1[c];
+        e3[c] = -g1[c];
+      }
+    }
+    for (int a = 0; a < 4; ++a) {  // (A dy) A^T: positions 4a .. 4a + 3
+      const float* __restrict__ s0 = rows[a][0];
+      const float* __restrict__ s1 = rows[a][1];
+      float* __restrict__ m0 = tile + 4 * a * plane;
+      float* __restrict__ m1 = m0 + plane;
+      float* __restrict__ m2 = m1 + plane;
+      float* __restrict__ m3 = m2 + plane;
+      for (int64_t c = 0; c < count; ++c) {
+        m0[c] = s0[c];
+        m1[c] = s0[c] + s1[c];
+        m2[c] = s0[c] - s1[c];
+        m3[c] = -s1[c];
+      }
+    }
+  }
+};
+
+// The adjoint of WinogradInput: dx from dv, each pixel the sum of B dv B^T over the
 // (up to four) tiles that read it. Task m writes input rows 2m-1 and 2m, which tile row
 // m reads as its rows 0 and 1 and tile row m-1 as its rows 2 and 3; within a task the
 // tiles of a row overlap in two columns and are added in column order, so every pixel's
@@ -834,13 +910,10 @@ class WinogradInputGradOp : public OpKernel {
   explicit WinogradInputGradOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor& dv_tensor = context->input(0);
     Tiling tiling;
-    OP_REQUIRES_OK(context, transformed_tiling(dv_tensor, context->input(1), &tiling));
-    Tensor* dx_tensor;
-    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.image_shape(), &dx_tensor));
-    const float* dv = dv_tensor.flat<float>().data();
-    float* dx = dx_tensor->flat<float>().data();
+    const float* dv;
+    float* dx;
+    OP_REQUIRES_OK(context, image_from_transformed(context, &tiling, &dv, &dx));
     const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
     const int64_t pairs = tiling.tile_rows() + 1, row_length = (2 * tiling.tile_cols() + 2) *
                                                                channels;
@@ -914,120 +987,43 @@ class WinogradOutputOp : public OpKernel {
   explicit WinogradOutputOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor& m_tensor = context->input(0);
     Tiling tiling;
-    OP_REQUIRES_OK(context, transformed_tiling(m_tensor, context->input(1), &tiling));
-    Tensor* y_tensor;
-    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.image_shape(), &y_tensor));
-    const float* m = m_tensor.flat<float>().data();
-    float* y = y_tensor->flat<float>().data();
+    const float* m;
+    float* y;
+    OP_REQUIRES_OK(context, image_from_transformed(context, &tiling, &m, &y));
     const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
-    for_each_task(context, tiling.items * tiling.tile_rows(),
-                  24 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
+    for_each_tile(context, tiling, 24, [&](int64_t item, int64_t i, int64_t j) {
       float dropped[2][kChannelBlock];  // where outputs past the image go
-      for (int64_t task = first; task < end; ++task) {
-        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
-        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
-          const float* tile = m + tiling.tile(item, i, j);
-          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
-            const int64_t count = std::min(kChannelBlock, channels - c0);
-            float rows[2][4][kChannelBlock];  // A^T m: [r][b]
-            for (int b = 0; b < 4; ++b) {
-              const float* __restrict__ m0 = tile + b * plane + c0;
-              const float* __restrict__ m1 = m0 + 4 * plane;
-              const float* __restrict__ m2 = m1 + 4 * plane;
-              const float* __restrict__ m3 = m2 + 4 * plane;
-              float* __restrict__ e0 = rows[0][b];
-              float* __restrict__ e1 = rows[1][b];
-              for (int64_t c = 0; c < count; ++c) {
-                e0[c] = m0[c] + m1[c] + m2[c];
-                e1[c] = m1[c] - m2[c] - m3[c];
-              }
-            }
-            for (int r = 0; r < 2; ++r) {
-              const int64_t h = 2 * i + r, w = 2 * j;
-              const bool row_inside = h < tiling.height;
-              const float* __restrict__ s0 = rows[r][0];
-              const float* __restrict__ s1 = rows[r][1];
-              const float* __restrict__ s2 = rows[r][2];
-              const float* __restrict__ s3 = rows[r][3];
-              float* __restrict__ y0 =
-                  row_inside ? y + tiling.pixel(item, h, w) + c0 : dropped[0];
-              float* __restrict__ y1 =
-                  row_inside && w + 1 < tiling.width ? y0 + channels : dropped[1];
-              for (int64_t c = 0; c < count; ++c) {
-                y0[c] = s0[c] + s1[c] + s2[c];
-                y1[c] = s1[c] - s2[c] - s3[c];
-              }
-            }
+      const float* tile = m + tiling.tile(item, i, j);
+      for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+        const int64_t count = std::min(kChannelBlock, channels - c0);
+        float rows[2][4][kChannelBlock];  // A^T m: [r][b]
+        for (int b = 0; b < 4; ++b) {
+          const float* __restrict__ m0 = tile + b * plane + c0;
+          const float* __restrict__ m1 = m0 + 4 * plane;
+          const float* __restrict__ m2 = m1 + 4 * plane;
+          const float* __restrict__ m3 = m2 + 4 * plane;
+          float* __restrict__ e0 = rows[0][b];
+          float* __restrict__ e1 = rows[1][b];
+          for (int64_t c = 0; c < count; ++c) {
+            e0[c] = m0[c] + m1[c] + m2[c];
+            e1[c] = m1[c] - m2[c] - m3[c];
           }
         }
-      }
-    });
-  }
-};
-
-// The adjoint of WinogradOutputOp: dm = A dy A^T for every tile, dy taken as zero past
-// the image's last row or column.
-class WinogradOutputGradOp : public OpKernel {
- public:
-  explicit WinogradOutputGradOp(OpKernelConstruction* context) : OpKernel(context) {}
-
-  void Compute(OpKernelContext* context) override {
-    const Tensor& dy_tensor = context->input(0);
-    Tiling tiling;
-    OP_REQUIRES_OK(context, image_tiling(dy_tensor, "output gradient", &tiling));
-    Tensor* dm_tensor;
-    OP_REQUIRES_OK(context, context->allocate_output(0, tiling.transformed_shape(), &dm_tensor));
-    const float* dy = dy_tensor.flat<float>().data();
-    float* dm = dm_tensor->flat<float>().data();
-    const int64_t channels = tiling.channels, plane = tiling.tiles() * channels;
-    const std::vector<float> zeros(channels, 0.0f);
-    for_each_task(context, tiling.items * tiling.tile_rows(),
-                  24 * tiling.tile_cols() * channels, [&](int64_t first, int64_t end) {
-      for (int64_t task = first; task < end; ++task) {
-        const int64_t item = task / tiling.tile_rows(), i = task % tiling.tile_rows();
-        for (int64_t j = 0; j < tiling.tile_cols(); ++j) {
-          const float* g[2][2];
-          for (int r = 0; r < 2; ++r) {
-            for (int s = 0; s < 2; ++s) {
-              const int64_t h = 2 * i + r, w = 2 * j + s;
-              g[r][s] = h < tiling.height && w < tiling.width ? dy + tiling.pixel(item, h, w)
-                                                              : zeros.data();
-            }
-          }
-          float* tile = dm + tiling.tile(item, i, j);
-          for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
-            const int64_t count = std::min(kChannelBlock, channels - c0);
-            float rows[4][2][kChannelBlock];  // A dy: [a][s]
-            for (int s = 0; s < 2; ++s) {
-              const float* __restrict__ g0 = g[0][s] + c0;
-              const float* __restrict__ g1 = g[1][s] + c0;
-              float* __restrict__ e0 = rows[0][s];
-              float* __restrict__ e1 = rows[1][s];
-              float* __restrict__ e2 = rows[2][s];
-              float* __restrict__ e3 = rows[3][s];
-              for (int64_t c = 0; c < count; ++c) {
-                e0[c] = g0[c];
-                e1[c] = g0[c] + g1[c];
-                e2[c] = g0[c] - g1[c];
-                e3[c] = -g1[c];
-              }
-            }
-            for (int a = 0; a < 4; ++a) {  // (A dy) A^T: positions 4a .. 4a + 3
-              const float* __restrict__ s0 = rows[a][0];
-              const float* __restrict__ s1 = rows[a][1];
-              float* __restrict__ m0 = tile + 4 * a * plane + c0;
-              float* __restrict__ m1 = m0 + plane;
-              float* __restrict__ m2 = m1 + plane;
-              float* __restrict__ m3 = m2 + plane;
-              for (int64_t c = 0; c < count; ++c) {
-                m0[c] = s0[c];
-                m1[c] = s0[c] + s1[c];
-                m2[c] = s0[c] - s1[c];
-                m3[c] = -s1[c];
-              }
-            }
+        for (int r = 0; r < 2; ++r) {
+          const int64_t h = 2 * i + r, w = 2 * j;
+          const bool row_inside = h < tiling.height;
+          const float* __restrict__ s0 = rows[r][0];
+          const float* __restrict__ s1 = rows[r][1];
+          const float* __restrict__ s2 = rows[r][2];
+          const float* __restrict__ s3 = rows[r][3];
+          float* __restrict__ y0 =
+              row_inside ? y + tiling.pixel(item, h, w) + c0 : dropped[0];
+          float* __restrict__ y1 =
+              row_inside && w + 1 < tiling.width ? y0 + channels : dropped[1];
+          for (int64_t c = 0; c < count; ++c) {
+            y0[c] = s0[c] + s1[c] + s2[c];
+            y1[c] = s1[c] - s2[c] - s3[c];
           }
         }
       }
@@ -1317,7 +1313,7 @@ REGISTER_OP("BitkerasWinogradKernelGrad")
     });
 
 REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradInput").Device(::tensorflow::DEVICE_CPU),
-                        bitkeras::WinogradInputOp);
+                        bitkeras::ImageTilesOp<bitkeras::InputTransform>);
 REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradInputGrad")
                             .Device(::tensorflow::DEVICE_CPU)
                             .HostMemory("shape"),
@@ -1327,7 +1323,7 @@ REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradOutput")
                             .HostMemory("shape"),
                         bitkeras::WinogradOutputOp);
 REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradOutputGrad").Device(::tensorflow::DEVICE_CPU),
-                        bitkeras::WinogradOutputGradOp);
+                        bitkeras::ImageTilesOp<bitkeras::OutputGradTransform>);
 REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradKernel").Device(::tensorflow::DEVICE_CPU),
                         bitkeras::WinogradKernelOp<false>);
 REGISTER_KERNEL_BUILDER(Name("BitkerasWinogradKernelGrad").Device(::tensorflow::DEVICE_CPU),
