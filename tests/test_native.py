@@ -1,4 +1,5 @@
 import os
+import pathlib
 import subprocess
 import sys
 import warnings
@@ -513,6 +514,27 @@ def test_build_is_kept_and_reused(operations, tmp_path, monkeypatch):
     monkeypatch.setattr(tf.sysconfig, "get_compile_flags", lambda: ["-DOTHER"])
     with pytest.raises(AssertionError, match="compiled again"):
         native.build(cache=tmp_path)
+
+
+def test_the_target_cpu_can_be_named_and_is_part_of_the_build(monkeypatch, tmp_path):
+    """`BITKERAS_NATIVE_MARCH` goes to the compiler as -march and into the build's name."""
+    commands = []
+
+    def compile_nothing(command, **kwargs):
+        commands.append(command)
+        pathlib.Path(command[command.index("-o") + 1]).write_bytes(b"built")
+        return subprocess.CompletedProcess(command, 0, "", "")
+    monkeypatch.setattr(native, "_compiler_version", lambda compiler: "a compiler")
+    monkeypatch.setattr(native.subprocess, "run", compile_nothing)
+    for_this_cpu = native.build(cache=tmp_path)
+    monkeypatch.setenv(native.MARCH_ENV, "x86-64-v3")
+    for_avx2 = native.build(cache=tmp_path)
+    assert for_avx2 != for_this_cpu and for_avx2.exists()
+    assert "-march=native" in commands[0] and "-march=x86-64-v3" in commands[1]
+    monkeypatch.setenv(native.MARCH_ENV, "x86-64; rm -rf ~")
+    with pytest.raises(native.NativeBuildError, match="BITKERAS_NATIVE_MARCH=.* is not a"):
+        native.build(cache=tmp_path)
+    assert len(commands) == 2
 
 
 def test_without_a_compiler_training_warns_once_and_uses_tensorflows_ops(monkeypatch, tmp_path):

@@ -34,7 +34,8 @@ forms.
 
 The ops are built on first use with the machine's C++ compiler (`$CXX`, else
 `g++`, else `c++`) against the installed TensorFlow, for this CPU
-(`-march=native`), in about 11 s, and kept in `$BITKERAS_CACHE_DIR/native`
+(`-march=native`; `BITKERAS_NATIVE_MARCH` names another target, such as
+`x86-64-v3` for AVX2 alone), in about 11 s, and kept in `$BITKERAS_CACHE_DIR/native`
 (else `~/.cache/bitkeras/native`) under a name that changes with the source,
 TensorFlow's version and build flags, the compiler and the CPU. Without a
 compiler, or if the build fails, bitkeras warns once and trains on
@@ -60,6 +61,7 @@ from bitkeras import files
 
 SOURCE = pathlib.Path(__file__).with_name("native_ops.cc")
 ENABLE_ENV = "BITKERAS_NATIVE"
+MARCH_ENV = "BITKERAS_NATIVE_MARCH"
 BUILD_TIMEOUT_SECONDS = 300
 
 
@@ -235,7 +237,7 @@ def build(cache=None):
     import tensorflow as tf
 
     compiler = _compiler()
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w",
+    flags = ["-shared", "-fPIC", "-O3", f"-march={_march()}", "-w",
              # GroupNorm's gradient computes the forward's values again, to the bit.
              "-ffp-contract=off",
              # Eigen's float16 packets do not compile with GCC 12 on CPUs with
@@ -253,6 +255,15 @@ def build(cache=None):
     except OSError as error:  # a cache folder that cannot be written
         raise NativeBuildError(
             f"cannot build into {folder} ({error}); set {files.CACHE_ENV} to a writable folder")
+
+
+def _march():
+    """The CPU the ops are built for: this one, unless `BITKERAS_NATIVE_MARCH` names another."""
+    march = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not march.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise NativeBuildError(f"{MARCH_ENV}={march!r} is not a compiler -march value; "
+                               f"use one such as native, x86-64-v3 or skylake-avx512")
+    return march
 
 
 def _compile(compiler, flags, folder, target):
