@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning.pipeline import dataset_options
-from bitkeras.models.images import RANGE_SLACK, check_value_range
+from bitkeras.models.images import check_value_range, range_fault
 
 NATIVE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 """Formats tf.io.decode_image reads; other Pillow formats are decoded by Pillow."""
@@ -676,8 +676,9 @@ def _check_range(source, extremes):
             f"Inf pixel values: repair or drop it"
         )
     low, high = float(extremes[:, 0].min()), float(extremes[:, 1].max())
-    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
-        fix = ("(image / 255, label)" if high > 1 + RANGE_SLACK else "((image + 1) / 2, label)")
+    fault = range_fault(low, high)
+    if fault:
+        fix = "(image / 255, label)" if fault == "0..255" else "((image + 1) / 2, label)"
         raise ValueError(
             f"{source.description} yields float images with values in [{low:g}, {high:g}] "
             f"(its first {len(extremes)} images read); bitkeras takes float images in [0, 1] "

@@ -49,6 +49,16 @@ def standardize_images(images, model_name):
     return images
 
 
+def range_fault(low, high):
+    """How float pixels spanning [low, high] miss [0, 1] (with RANGE_SLACK): "0..255" where
+    they reach past 1 (raw pixel values), "-1..1" where only below 0, None where they fit."""
+    if high > 1 + RANGE_SLACK:
+        return "0..255"
+    if low < -RANGE_SLACK:
+        return "-1..1"
+    return None
+
+
 def check_value_range(array, model_name):
     """Raises if a float array holds NaN or Inf, or values outside [0, 1] (with slack)."""
     array = np.asarray(array)
@@ -64,10 +74,11 @@ def check_value_range(array, model_name):
             f"repair or drop those images."
         )
     low, high = float(np.min(array)), float(np.max(array))
-    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+    fault = range_fault(low, high)
+    if fault:
         hint = (
             "divide 0..255 pixel values by 255 (or pass them as uint8)"
-            if high > 1 + RANGE_SLACK
+            if fault == "0..255"
             else "undo a [-1, 1] scaling with (images + 1) / 2: the model rescales itself"
         )
         raise ValueError(
