@@ -172,18 +172,9 @@ def winograd_convolution(inputs, kernel):
 
 def winograd_kernel(kernel):
     """A float32 (3, 3, in, out) kernel as `winograd_products` reads it: (16, in, out)."""
-    import tensorflow as tf
-
     operations = library()
-
-    @tf.custom_gradient
-    def transform(kernel):
-        def gradient(upstream):
-            return operations.bitkeras_winograd_kernel_grad(upstream)
-
-        return operations.bitkeras_winograd_kernel(kernel), gradient
-
-    return transform(kernel)
+    return _linear(operations.bitkeras_winograd_kernel,
+                   operations.bitkeras_winograd_kernel_grad)(kernel)
 
 
 def winograd_products(inputs, transformed_kernel):
@@ -192,22 +183,25 @@ def winograd_products(inputs, transformed_kernel):
 
     operations = library()
     image = tf.shape(inputs)[:3]
-
-    @tf.custom_gradient
-    def transform_inputs(inputs):
-        def gradient(upstream):
-            return operations.bitkeras_winograd_input_grad(upstream, image)
-
-        return operations.bitkeras_winograd_input(inputs), gradient
-
-    @tf.custom_gradient
-    def transform_outputs(products):
-        def gradient(upstream):
-            return operations.bitkeras_winograd_output_grad(upstream)
-
-        return operations.bitkeras_winograd_output(products, image), gradient
-
+    transform_inputs = _linear(
+        operations.bitkeras_winograd_input,
+        lambda upstream: operations.bitkeras_winograd_input_grad(upstream, image))
+    transform_outputs = _linear(
+        lambda products: operations.bitkeras_winograd_output(products, image),
+        operations.bitkeras_winograd_output_grad)
     return transform_outputs(tf.matmul(transform_inputs(inputs), transformed_kernel))
+
+
+def _linear(forward, adjoint):
+    """`forward`, a linear map of one tensor, with `adjoint` (the same map's transpose) as
+    its gradient."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def apply(values):
+        return forward(values), adjoint
+
+    return apply
 
 
 @functools.cache
