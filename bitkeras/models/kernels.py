@@ -193,7 +193,7 @@ def standardized_once(layers):
     float32, half in bfloat16, where keeping float32 copies had every batch
     cast them again (a tenth of R50x1's mixed-bfloat16 inference at 128x128).
     A layer whose convolution runs as Winograd's products
-    (`StandardizedConv2D.winograd_shaped`, `winograd_convolutions`) keeps its
+    (`StandardizedConv2D.winograd`) keeps its
     kernel transformed as well (16/9 of the memory), which every batch would
     otherwise transform again (for R50x1 at 128x128, batch 16, with oneDNN
     limited to AVX2, 2% of the ops' time, writing 56 MB per batch).
@@ -217,7 +217,7 @@ def standardized_once(layers):
             standardized = native.standardize(kernel, epsilon)
         else:
             standardized = _standardize(ops, kernel, epsilon)
-        if layer.winograd_shaped and winograd_convolutions(layer.compute_dtype):
+        if layer.winograd:
             # Transformed too, as the layer's Winograd products read it.
             standardized = native.winograd_kernel(standardized)
         standardized = ops.cast(standardized, layer.compute_dtype)
@@ -249,7 +249,7 @@ def standardized_kernel(layer, kernel, epsilon, winograd=False):
         return native.winograd_kernel(standardized) if winograd else standardized
 
     once = _ONCE.get(layer) if fused() else None
-    if once is None or len(once[0].shape) != (3 if winograd else len(kernel.shape)):
+    if once is None or (len(once[0].shape) == 3) != winograd:  # no copy of this form
         return computed()
     copy, current = once
     return ops.cond(current, lambda: ops.convert_to_tensor(copy),

@@ -54,7 +54,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
             return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
-        if self.winograd_shaped and kernels.winograd_convolutions(self.compute_dtype):
+        if self.winograd:
             # R50x1's run 1.1-1.3x (AVX-512) and 1.3-1.7x (AVX2) faster so than on
             # TensorFlow's convolutions (bitkeras.models.native.winograd_convolution).
             return native.winograd_products(inputs, kernels.standardized_kernel(
@@ -74,10 +74,12 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
     @property
-    def winograd_shaped(self):
-        """Whether this is a 3x3 convolution at stride 1 with "same" padding (channels last),
-        which runs as Winograd's F(2x2, 3x3) in float32 where bitkeras's C++ ops run."""
-        return self._stride_one((3, 3)) and self.padding == "same"
+    def winograd(self):
+        """Whether this convolution runs as Winograd's F(2x2, 3x3) now: 3x3 at stride 1 with
+        "same" padding (channels last), in float32, where bitkeras's C++ ops run
+        (`kernels.winograd_convolutions`)."""
+        return (self._stride_one((3, 3)) and self.padding == "same"
+                and kernels.winograd_convolutions(self.compute_dtype))
 
     def _pointwise(self):
         return self._stride_one((1, 1))
