@@ -321,7 +321,10 @@ def test_layers_call_the_ops_in_training_and_inference_graphs(operations, monkey
         assert not gradients & op_types(gradient, spec)
     compiled = tf.function(train, jit_compile=True)
     x = np.random.default_rng(3).normal(size=(2, 6, 6, 64)).astype(np.float32)
-    np.testing.assert_allclose(compiled(x), train(x), atol=1e-4)
+    # The kernel is initialized at random: outputs reach about 100, so the two float32
+    # paths (XLA's convolution, oneDNN's) agree to a fraction of that scale.
+    expected = train(x).numpy()
+    np.testing.assert_allclose(compiled(x), expected, atol=1e-5 * np.abs(expected).max())
     assert not gradients & {
         operation.type for operation in compiled.get_concrete_function(x).graph.get_operations()}
     monkeypatch.setenv(native.ENABLE_ENV, "0")
