@@ -169,23 +169,18 @@ def test_results_do_not_depend_on_the_thread_count(operations, tmp_path):
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
-def float64_convolution(x, kernel, upstream):
-    """A "same" 3x3 convolution at stride 1 and its gradients, by TensorFlow in float64."""
-    x, kernel = tf.constant(x, tf.float64), tf.constant(kernel, tf.float64)
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        outputs = tf.nn.conv2d(x, kernel, 1, "SAME")
-    return [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(
-        outputs, [x, kernel], output_gradients=tf.constant(upstream, tf.float64)))]
+def tensorflow_convolution(x, kernel):
+    return tf.nn.conv2d(x, kernel, 1, "SAME")
 
 
-def float32_convolution(convolve, x, kernel, upstream):
-    x, kernel = tf.constant(x, tf.float32), tf.constant(kernel, tf.float32)
+def convolution_results(convolve, x, kernel, upstream, dtype=tf.float32):
+    """[outputs, input gradient, kernel gradient] of `convolve(x, kernel)` in `dtype`."""
+    x, kernel = tf.constant(x, dtype), tf.constant(kernel, dtype)
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
         outputs = convolve(x, kernel)
     return [outputs.numpy(), *(gradient.numpy() for gradient in tape.gradient(
-        outputs, [x, kernel], output_gradients=tf.constant(upstream, tf.float32)))]
+        outputs, [x, kernel], output_gradients=tf.constant(upstream, dtype)))]
 
 
 @pytest.mark.parametrize("shape", [
@@ -202,10 +197,9 @@ def test_winograd_convolution_matches_float64_as_tensorflows_does(operations, sh
     x = rng.normal(1.0, 2.0, (items, height, width, inputs))
     kernel = rng.normal(0.0, 1.0, (3, 3, inputs, outputs))
     upstream = rng.normal(size=(items, height, width, outputs))
-    expected = float64_convolution(x, kernel, upstream)
-    winograd = float32_convolution(native.winograd_convolution, x, kernel, upstream)
-    direct = float32_convolution(lambda x, kernel: tf.nn.conv2d(x, kernel, 1, "SAME"),
-                                 x, kernel, upstream)
+    expected = convolution_results(tensorflow_convolution, x, kernel, upstream, tf.float64)
+    winograd = convolution_results(native.winograd_convolution, x, kernel, upstream)
+    direct = convolution_results(tensorflow_convolution, x, kernel, upstream)
     for name, got, other, want in zip(("outputs", "input gradient", "kernel gradient"),
                                       winograd, direct, expected):
         assert got.shape == want.shape, name
