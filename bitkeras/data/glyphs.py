@@ -50,6 +50,9 @@ CLASS_NAMES = tuple(f"char_{c}" for c in DIGITS + LETTERS + GREEK + SYMBOLS) + S
 
 NUM_CLASSES = len(CLASS_NAMES)
 
+DEFAULT_EXAMPLES = 60_000
+"""How many glyphs the upstream data set has unless told otherwise (`bitkeras pretrain`)."""
+
 FORM_CLASSES = tuple(range(NUM_CLASSES - len(SHAPES) - len(TEXTURES), NUM_CLASSES))
 """The class ids of the shapes and textures: the 24 classes a small network learns fastest."""
 

@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from bitkeras import files
-from bitkeras.io.weights import CorruptWeightsError
+from bitkeras.io.weights import CorruptWeightsError, is_safetensors
 from bitkeras.models.architecture import (
     ROOT_CHANNELS,
     ROOT_LAYER_NAME,
@@ -82,9 +82,7 @@ def _open_npz(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file {path!r}")
     if not zipfile.is_zipfile(path):
-        from bitkeras.io import torch_layouts  # it builds on this module
-
-        if torch_layouts.is_safetensors(path):
+        if is_safetensors(path):
             raise CorruptWeightsError(
                 f"{path!r} is a safetensors file (the timm or transformers layout), not a "
                 f"released .npz: load it with BiTBackbone.from_preset({path!r}) or "

@@ -23,8 +23,9 @@ import re
 
 import numpy as np
 
+from bitkeras.io import checkpoint
 from bitkeras.io.checkpoint import HEAD_PREFIX, CheckpointMismatchError
-from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError
+from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError, is_safetensors
 
 HF_SCHEME = "hf://"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -129,16 +130,6 @@ def _released_layout(key, tensor, name, source):
     return tensor
 
 
-def is_safetensors(path):
-    """Whether `path` starts as a safetensors file does (a header length, then JSON)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{"
-
-
 def read_safetensors(paths):
     """All tensors of one or more safetensors files, as NumPy arrays."""
     from safetensors import SafetensorError
@@ -162,8 +153,6 @@ def read_weights(path):
     folder: a Hugging Face model folder (config.json and model.safetensors, or
     its shards listed in model.safetensors.index.json).
     """
-    from bitkeras.io import checkpoint
-
     path = pathlib.Path(path).expanduser()
     config = {}
     if path.is_dir():

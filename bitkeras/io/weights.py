@@ -28,6 +28,16 @@ class CorruptWeightsError(ValueError):
     """A weights file that is truncated, damaged or not a BiT `.npz`."""
 
 
+def is_safetensors(path):
+    """Whether `path` starts as a safetensors file does (a header length, then JSON)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def resolve_weights(preset, weights):
     """The local path of the weights a user asked for, or None for no weights.
 

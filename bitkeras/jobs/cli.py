@@ -16,9 +16,6 @@ import shutil
 import sys
 
 
-GLYPH_EXAMPLES = 60_000
-"""How many glyphs `bitkeras pretrain` generates by default."""
-
 USER_ERRORS = (ValueError, OSError, RuntimeError, ArithmeticError)
 """What bad input, missing files and failed runs raise: one line, exit status 2."""
 
@@ -130,6 +127,8 @@ def run(argv):
 
 
 def _pretrain_parser(parser):
+    from bitkeras.data import glyphs
+
     parser.add_argument("--out", required=True, help="folder for model.npz, upstream.json, "
                         "MODEL_CARD.md and (while running) checkpoints/")
     parser.add_argument("--model", default=None,
@@ -145,7 +144,8 @@ def _pretrain_parser(parser):
                         help="the CSV's rows may have several labels: sigmoid cross-entropy "
                         "per class instead of softmax")
     parser.add_argument("--examples", type=int, default=None,
-                        help=f"generated glyph images (default: {GLYPH_EXAMPLES}; not with --data)")
+                        help=f"generated glyph images (default: {glyphs.DEFAULT_EXAMPLES}; "
+                        "not with --data)")
     parser.add_argument("--image-size", type=int, default=32,
                         help="side the images are generated or resized to, and of the crops "
                         "(default: %(default)s)")

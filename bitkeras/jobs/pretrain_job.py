@@ -28,7 +28,6 @@ from bitkeras.finetuning.upstream import UpstreamRecipe
 from bitkeras.io.checkpoint import save_npz
 from bitkeras.io.pretrained import BiTBackbone
 from bitkeras.jobs import upstream_data
-from bitkeras.jobs.cli import GLYPH_EXAMPLES
 
 EVAL_SEED_OFFSET = 1_000_003
 """The upstream accuracy is measured on glyphs drawn with `seed + EVAL_SEED_OFFSET`."""
@@ -44,7 +43,7 @@ def run(args):
         print(f"Starting a new run (no checkpoint in {out / 'checkpoints'} to resume from)")
     started = time.perf_counter()
     if args.data is None:
-        examples = GLYPH_EXAMPLES if args.examples is None else args.examples
+        examples = glyphs.DEFAULT_EXAMPLES if args.examples is None else args.examples
         print(f"Rendering {examples} glyph images ({glyphs.NUM_CLASSES} classes, "
               f"{args.image_size}px, seed {args.seed})", flush=True)
         images, labels = glyphs.make_glyphs(examples, args.seed, args.image_size)
