@@ -91,3 +91,39 @@ def test_a_cycle_through_an_import_inside_a_function_is_found():
         "bitkeras.io.weights": "import bitkeras.files\n",
     }
     assert sorted(_cycles(sources)) == ["bitkeras.io.checkpoint", "bitkeras.io.torch_layouts"]
+
+
+def _private_uses(source, module):
+    """`module`'s uses of another bitkeras module's private names (`other._name`)."""
+    tree = ast.parse(source)
+    modules, uses = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                node.module == "bitkeras" or node.module.startswith("bitkeras.")):
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if _is_module(submodule):
+                    modules[alias.asname or alias.name] = submodule
+                elif alias.name.startswith("_") and node.module != module:
+                    uses.append(f"{module} imports {node.module}.{alias.name}")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.attr.startswith("_") and not node.attr.startswith("__")
+                and modules.get(node.value.id, module) != module):
+            uses.append(f"{module} uses {modules[node.value.id]}.{node.attr}")
+    return uses
+
+
+def test_no_module_uses_another_modules_private_names():
+    uses = [use for path in sorted(PACKAGE.rglob("*.py"))
+            for use in _private_uses(path.read_text(), _module_name(path))]
+    assert uses == []
+
+
+def test_a_private_use_across_modules_is_found():
+    source = ("from bitkeras.finetuning import sources\n"
+              "from bitkeras.data.glyphs import _colours\n"
+              "sources._decodes([])\n")
+    assert sorted(_private_uses(source, "bitkeras.detection.data")) == [
+        "bitkeras.detection.data imports bitkeras.data.glyphs._colours",
+        "bitkeras.detection.data uses bitkeras.finetuning.sources._decodes"]

@@ -133,7 +133,7 @@ def render(index, seed=0, image_size=32):
         mask = _elastic(mask, rng)
     mask = np.asarray(mask.resize((image_size, image_size), Image.Resampling.BOX),
                       np.float32)[..., None] / 255.0
-    background, foreground = _colours(image_size, rng)
+    background, foreground = colours(image_size, rng)
     image = background * (1.0 - mask) + foreground * mask
     image = _degrade(image, rng)
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
@@ -158,7 +158,7 @@ def _draw_mask(name, canvas, rng):
     elif name in SHAPES:
         _draw_shape(draw, name, canvas, rng)
     else:
-        _draw_texture(draw, name, canvas, rng)
+        draw_texture(draw, name, canvas, rng)
     return mask
 
 
@@ -229,7 +229,11 @@ def _draw_shape(draw, name, canvas, rng):
                      fill=255)
 
 
-def _draw_texture(draw, name, canvas, rng):
+def draw_texture(draw, name, canvas, rng):
+    """Draws texture `name` (one of TEXTURES) in white on `draw`'s `canvas`-pixel square.
+
+    Period, stroke width and phase are drawn from `rng`.
+    """
     period = canvas * rng.uniform(0.12, 0.3)
     width = max(1, int(period * rng.uniform(0.25, 0.5)))
     steps = np.arange(-canvas, 2 * canvas, period)
@@ -313,7 +317,7 @@ def _elastic(mask, rng, cells=4):
                           resample=Image.Resampling.BILINEAR)
 
 
-def _colours(image_size, rng):
+def colours(image_size, rng):
     """(background (S, S, 3) float in [0, 1], foreground (3,)) with visible contrast."""
     while True:
         foreground, background = rng.uniform(0, 1, size=(2, 3))

@@ -146,7 +146,7 @@ def from_coco_json(path, on_bad="warn"):
         sizes[image["id"]] = (image.get("height"), image.get("width"))
         boxes[image["id"]], labels[image["id"]] = [], []
     # Decoded as stored (no EXIF turn): COCO boxes are in the file's own pixels.
-    readable = sources._decodes([str(file) for file in files.values()],
+    readable = sources.decodable([str(file) for file in files.values()],
                                 np.zeros(len(files), bool))
     for (image_id, file), ok in zip(list(files.items()), readable):
         if not ok:
@@ -220,7 +220,7 @@ def _report(problems, description, on_bad):
 def from_tfds(name, split=None):
     """A TFDS detection dataset with an 'image' and 'objects' {'bbox' (relative yxyx), 'label'}."""
     name, split = sources.parse_tfds_name(name, split)
-    builder = sources._tfds_builder(name)
+    builder = sources.tfds_builder(name)
     split = split or "train"
     if split not in builder.info.splits:
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has "

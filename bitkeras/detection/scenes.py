@@ -43,7 +43,7 @@ def render_scenes(num_images, seed=0, image_size=128, class_names=CLASS_NAMES,
 def render_scene(index, seed, image_size, class_names, objects, object_sizes):
     """Scene `index`: (uint8 image, float32 (k, 4) "xyxy" boxes, int32 (k,) labels)."""
     rng = np.random.default_rng([seed, index, 7])
-    background, _ = glyphs._colours(image_size, rng)
+    background, _ = glyphs.colours(image_size, rng)
     texture = np.asarray(_texture(image_size, rng), np.float32)[..., None] / 255.0
     shade = rng.uniform(-0.12, 0.12, size=3).astype(np.float32)
     image = np.clip(background + texture * shade, 0, 1)
@@ -78,7 +78,7 @@ def _texture(image_size, rng):
     """One of the glyph textures over the whole image, as an 'L' mask."""
     name = glyphs.TEXTURES[int(rng.integers(len(glyphs.TEXTURES)))]
     mask = Image.new("L", (image_size, image_size), 0)
-    glyphs._draw_texture(ImageDraw.Draw(mask), name, image_size, rng)
+    glyphs.draw_texture(ImageDraw.Draw(mask), name, image_size, rng)
     return mask
 
 

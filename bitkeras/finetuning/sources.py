@@ -361,7 +361,7 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise", skip
     use_pillow = np.array([headers[i][2] for i in readable], dtype=bool)
     # Every file decoded once, by the path training takes: a header can be fine
     # and the data truncated, and nothing that fails here reaches a pipeline.
-    decodes = _decodes(paths, use_pillow)
+    decodes = decodable(paths, use_pillow)
     skipped += [(path, "cannot be decoded (damaged or truncated image data)")
                 for path in paths[~decodes]]
     kept, paths, use_pillow = readable[decodes], paths[decodes], use_pillow[decodes]
@@ -415,7 +415,7 @@ def _report_bad_files(skipped, description, on_bad_image):
                   stacklevel=6)  # the caller of BiTClassifier.fit
 
 
-def _decodes(paths, use_pillow):
+def decodable(paths, use_pillow):
     """Whether each file decodes to a non-empty image: all decoded in parallel, once."""
     decodes = np.zeros(len(paths), dtype=bool)
     if len(paths) == 0:
@@ -712,7 +712,7 @@ def _from_tfds(name, split, default_split):
     import tensorflow_datasets as tfds
 
     name, split = parse_tfds_name(name, split)
-    builder = _tfds_builder(name)
+    builder = tfds_builder(name)
     if split is None:
         split = next((s for s in default_split.split("|") if s in builder.info.splits),
                      default_split)
@@ -749,7 +749,12 @@ def _from_tfds(name, split, default_split):
     return dataclasses.replace(source, image_size=_sampled_size(source))
 
 
-def _tfds_builder(name):
+def tfds_builder(name):
+    """TFDS's builder of `name`, prepared: built here if it can be downloaded.
+
+    Raises ValueError for a name TFDS does not know, and DataUnavailableError,
+    saying how to get the data, where it is not prepared and cannot be downloaded.
+    """
     import tensorflow_datasets as tfds
 
     # $TFDS_DATA_DIR as it is now (TFDS reads it once, when imported).
