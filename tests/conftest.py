@@ -2,16 +2,43 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
 
+from bitkeras.files import CACHE_ENV
 from bitkeras.models import native
-from tests import reference
+from tests.helpers import TINY, make_image_folder, reference
 
-TINY = dict(block_units=(1, 1, 1, 1), width_factor=0.5)
-"""The smallest BiT: 1 unit per block, 32 root channels."""
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (whole jobs, examples, wheels, "
+                     "processes killed and resumed): the full suite, as CI runs it")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_configure(config):
+    """One cache folder of bitkeras's own per test session, never the user's.
+
+    Set in the main process before pytest-xdist starts its workers, which inherit
+    it, as do the processes tests start: the C++ ops are built once per session,
+    and no weights, XLA choices or builds of a user's cache are read or written.
+    """
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller set it
+        return
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="bitkeras-test-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(CACHE_ENV), ignore_errors=True))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,40 +75,6 @@ def tiny_checkpoint(tmp_path):
 @pytest.fixture
 def images():
     return np.random.default_rng(1).uniform(0, 1, (2, 35, 35, 3)).astype(np.float32)
-
-
-COLORS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}
-"""Classes of the synthetic image folders, told apart by colour."""
-
-
-def make_image_folder(root, per_class=10, seed=0, extras=True):
-    """A folder of class sub-folders of noisy colour images in several file formats.
-
-    With `extras`, the folder also holds a corrupt file (red/broken.jpg), a
-    grayscale PNG, a palette PNG, an RGBA PNG, a CMYK JPEG and a palette BMP.
-    Returns the folder.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    formats = ("jpg", "png", "bmp", "gif")
-    for name, colour in COLORS.items():
-        folder = root / name
-        folder.mkdir(parents=True)
-        for index in range(per_class):
-            size = (int(rng.integers(30, 60)), int(rng.integers(30, 60)))
-            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (*size, 3)), 0, 255)
-            image = Image.fromarray(pixels.astype(np.uint8))
-            image.save(folder / f"{index:03d}.{formats[index % len(formats)]}")
-    if extras:
-        red = Image.fromarray(np.full((40, 40, 3), COLORS["red"], np.uint8))
-        (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
-        Image.fromarray(np.full((40, 40), 120, np.uint8)).save(root / "green" / "gray.png")
-        red.convert("P").save(root / "red" / "palette.png")
-        red.convert("RGBA").save(root / "red" / "alpha.png")
-        red.convert("CMYK").save(root / "red" / "cmyk.jpg")
-        red.convert("P").save(root / "red" / "palette.bmp")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from bitkeras import BiTBackbone, BiTImageConverter, load_npz
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 
 @pytest.mark.parametrize("size", [32, 33, 35, 38])
@@ -155,6 +154,7 @@ np.savez(sys.argv[4], logits=logits, predicted=predicted, fit_loss=fit_loss, **m
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_models_compute_the_same_function_under_other_backends(backend, tiny_checkpoint,
                                                                images, tmp_path):

@@ -11,8 +11,7 @@ from bitkeras import (
 )
 from bitkeras.io.checkpoint import describe_arrays
 from bitkeras.models.architecture import Architecture
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 
 def test_round_trip_is_bit_exact(tmp_path, tiny_checkpoint, images):

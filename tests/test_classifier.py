@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 from bitkeras import BiTBackbone, BiTClassifier, load_npz
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 
 @pytest.mark.parametrize("num_classes, parameters", [(1000, 25_549_352), (21843, 68_256_659)])
@@ -183,6 +182,7 @@ def test_num_classes_is_validated():
         BiTClassifier(BiTBackbone(**TINY), num_classes=0)
 
 
+@pytest.mark.slow
 def test_compiled_classifier_reloads_compiled(tmp_path, images):
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.8), jit_compile=True)

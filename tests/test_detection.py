@@ -144,6 +144,7 @@ def _png_bytes(image):
     return png.getvalue()
 
 
+@pytest.mark.slow
 def test_retinanet_on_a_bit_backbone_trains_scores_and_serves_bytes(tmp_path):
     keras.utils.set_random_seed(0)
     train, test = render_scenes(16, seed=0, objects=(1, 3), object_sizes=(32, 72)), \
@@ -230,6 +231,7 @@ def test_detector_refuses_mismatched_classes_and_sizes():
         detector.detect(np.zeros((8, 8, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_detect_job_end_to_end(tmp_path):
     from bitkeras.jobs import cli
 
@@ -260,7 +262,7 @@ def test_detect_job_end_to_end(tmp_path):
 
 def test_tfds_detection_datasets_read_with_pixel_boxes(monkeypatch, tmp_path):
     pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
-    from tests.tiny_tfds import BitkerasTinyBoxes, prepare
+    from tests.helpers.tiny_tfds import BitkerasTinyBoxes, prepare
 
     prepare(BitkerasTinyBoxes, tmp_path, monkeypatch)
     train = detection_data.open_detection_data("tfds:bitkeras_tiny_boxes")

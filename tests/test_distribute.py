@@ -1,9 +1,5 @@
 import json
-import os
-import pathlib
 import socket
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,26 +9,14 @@ import tensorflow as tf
 from bitkeras import BiTBackbone, BiTClassifier, load_model
 from bitkeras.finetuning import distribute, training
 from bitkeras.finetuning.hyperrule import HyperRule
-from tests.conftest import TINY
-from tests.fit_worker import classifier as tiny_classifier
-from tests.fit_worker import data as worker_data
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run_worker(*arguments, env=None, timeout=300):
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.fit_worker", *map(str, arguments)], cwd=ROOT,
-        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+from tests.helpers import TINY
+from tests.helpers.fit_worker import classifier as tiny_classifier
+from tests.helpers.fit_worker import data as worker_data
+from tests.helpers.fit_worker import finish
+from tests.helpers.fit_worker import start as run_worker
 
 
-def finish(process, timeout=300):
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-3000:]
-    return output
-
-
+@pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_gives_the_one_device_update(tmp_path):
     finish(run_worker("mirrored", tmp_path))
     results = np.load(tmp_path / "mirrored.npz")
@@ -60,6 +44,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_trains_identically_on_two_worker_processes(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
@@ -149,6 +134,7 @@ def test_mixed_precision_forward_matches_float32(precision, tolerance):
     assert np.abs(logits - reference).max() > 0  # it did compute in half precision
 
 
+@pytest.mark.slow
 def test_float16_training_makes_progress_and_leaves_a_float32_classifier():
     classifier = tiny_classifier()
     images, labels = worker_data()

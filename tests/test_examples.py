@@ -7,6 +7,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# Each runs a whole program or builds and installs a wheel in a process of its own.
+pytestmark = pytest.mark.slow
+
 
 def test_transfer_digits_example_fine_tunes_the_shipped_model(tmp_path):
     result = subprocess.run(

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bitkeras import BiTBackbone, BiTClassifier
 from bitkeras.io import export
-from tests.conftest import COLORS, TINY
+from tests.helpers import COLORS, TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,7 @@ def test_bytes_signature_decodes_uploads_and_names_the_class(exported):
     assert labels == list(COLORS)
 
 
+@pytest.mark.slow
 def test_keras2_users_fine_tune_the_export_with_hub_keras_layer(exported):
     pytest.importorskip("tf_keras")
     script = f"""

@@ -2,7 +2,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import matplotlib
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from bitkeras import BiTBackbone, BiTClassifier, files, load_model, save_npz
-from tests.conftest import TINY
+from tests.helpers import TINY, wait_for_line
 
 matplotlib.use("Agg")
 
@@ -75,25 +74,43 @@ def test_a_figure_is_saved_atomically(tmp_path):
 
 
 _SAVER = """
-import sys
+import os, sys, threading, zipfile
 import numpy as np
 from bitkeras import BiTBackbone, BiTClassifier
+
+target, moment = sys.argv[1:]
 classifier = BiTClassifier(BiTBackbone((1, 1, 1, 1), 0.5), 3)
-print("ready", flush=True)
-while True:
-    classifier.head.bias.assign(np.random.default_rng().normal(size=3).astype("float32"))
-    classifier.save(sys.argv[1])
+classifier.head.bias.assign(np.array([1.0, 2.0, 3.0], "float32"))
+classifier.save(target)
+print("saved", flush=True)
+
+
+def hold(*args, **kwargs):  # the test kills the process here, in the middle of a save
+    print("holding", flush=True)
+    threading.Event().wait()
+
+
+# "writing": the archive is begun, not finished; "replacing": written, not yet swapped in.
+if moment == "writing":
+    zipfile.ZipFile.writestr = hold
+else:
+    os.replace = hold
+classifier.head.bias.assign(np.array([7.0, 8.0, 9.0], "float32"))
+classifier.save(target)
 """
 
 
-def test_a_process_killed_while_saving_leaves_a_loadable_model(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["writing", "replacing"])
+def test_a_process_killed_while_saving_leaves_the_last_saved_model(tmp_path, moment):
     target = tmp_path / "model.keras"
-    BiTClassifier(BiTBackbone(**TINY), 3).save(target)
-    saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(target)],
-                             stdout=subprocess.PIPE, text=True)
-    assert saver.stdout.readline().strip() == "ready"
-    time.sleep(2.0)  # several saves in, killed at an arbitrary moment of one
+    saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(target), moment],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "saved" in wait_for_line(saver, "holding").split()
+    partial = [path.name for path in tmp_path.iterdir() if files.PARTIAL_MARK in path.name]
+    assert len(partial) == 1, partial  # killed in the middle of its second save
     saver.send_signal(signal.SIGKILL)
     saver.wait()
     saver.stdout.close()
-    assert load_model(target).num_classes == 3
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(load_model(target).head.bias),
+                                  [1.0, 2.0, 3.0])

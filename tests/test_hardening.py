@@ -14,9 +14,9 @@ from PIL import Image
 
 from bitkeras import BadImageError, BiTBackbone, BiTClassifier
 from bitkeras.finetuning import run_state, sources
-from tests.conftest import TINY
-from tests.fit_worker import classifier as tiny_classifier
-from tests.fit_worker import data as worker_data
+from tests.helpers import TINY
+from tests.helpers.fit_worker import classifier as tiny_classifier
+from tests.helpers.fit_worker import data as worker_data
 
 
 def _photo(seed, size=(24, 32)):
@@ -94,6 +94,7 @@ def test_truncated_images_are_skipped_by_name_everywhere_or_raise(tmp_path):
         classifier.predict([tmp_path / "a" / "0.png", tmp_path / "a" / "cut.jpg"])
 
 
+@pytest.mark.slow
 def test_a_folder_where_nothing_decodes_fails_at_once_instead_of_spinning(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

@@ -11,9 +11,8 @@ import pytest
 import bitkeras
 from bitkeras import BiTBackbone, BiTClassifier
 from bitkeras.io import hub
-from tests import reference
-from tests.conftest import TINY
-from tests.released_hub import write_released_module
+from tests.helpers import TINY, reference
+from tests.helpers.released_hub import write_released_module
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,7 @@ def test_released_classification_module_converts_with_its_head(released, images)
                                    classifier.backbone(images).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)

@@ -5,7 +5,11 @@ import tensorflow as tf
 
 from bitkeras.models import kernels, native
 from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
-from tests import reference
+from tests.helpers import reference
+from tests.helpers.numerics import (assert_training_gradients_match_float64,
+                                    float64_group_norm_gradients, float64_standardization,
+                                    op_types, random_group_norm, standardization_results,
+                                    training_gradients)
 
 
 def test_standardized_conv_standardizes_kernel_per_output_channel():
@@ -40,14 +44,6 @@ def test_group_normalization_has_bit_settings():
     np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
 
 
-def random_group_norm(rng, channels=64, dtype=None):
-    layer = group_normalization(dtype=dtype)
-    layer.build((None, None, None, channels))
-    layer.gamma.assign(rng.normal(1.0, 0.5, channels))
-    layer.beta.assign(rng.normal(0.0, 0.5, channels))
-    return layer, keras.ops.convert_to_numpy(layer.gamma), keras.ops.convert_to_numpy(layer.beta)
-
-
 def test_group_normalization_inference_matches_float64_on_both_paths(native_engine):
     rng = np.random.default_rng(1)
     layer, gamma, beta = random_group_norm(rng)
@@ -68,58 +64,6 @@ def test_group_normalization_inference_matches_float64_on_both_paths(native_engi
         np.testing.assert_allclose(computed, expected, atol=1e-5 * scale)
     # Ours (statistics summed per channel first) is no less exact than Keras's layer.
     assert np.abs(fused - expected).max() <= np.abs(keras_own - expected).max() * 1.5
-
-
-def float64_gradients(function, inputs, upstream):
-    """Gradients of sum(function(*inputs) * upstream) in float64, by TensorFlow's autodiff."""
-    inputs = [tf.constant(value, tf.float64) for value in inputs]
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        loss = tf.reduce_sum(function(*inputs) * upstream)
-    return [gradient.numpy() for gradient in tape.gradient(loss, inputs)]
-
-
-def standardization_results(kernel, upstream, standardize):
-    """(the standardized kernel, the kernel's gradient for `upstream`) by `standardize`."""
-    with tf.GradientTape() as tape:
-        weights = tf.constant(kernel, tf.float32)
-        tape.watch(weights)
-        standardized = standardize(weights)
-        loss = tf.reduce_sum(standardized * upstream)
-    return standardized.numpy(), tape.gradient(loss, weights).numpy()
-
-
-def float64_standardization(kernel, upstream):
-    """The same pair from float64 autodiff of the plain form."""
-    def standardize(value):
-        return kernels._standardize(keras.ops, value, 1e-10)
-    (gradient,) = float64_gradients(standardize, [kernel], upstream)
-    return standardize(tf.constant(kernel, tf.float64)).numpy(), gradient
-
-
-def training_gradients(layer, x, upstream, relu=False):
-    """Gradients of sum(layer(x, training=True) * upstream) for x, gamma and beta (float32)."""
-    with tf.GradientTape() as tape:
-        inputs = tf.constant(x, tf.float32)
-        tape.watch(inputs)
-        loss = tf.reduce_sum(layer(inputs, training=True, relu=relu) * upstream)
-    return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
-
-
-def float64_group_norm_gradients(x, gamma, beta, upstream):
-    """Float64 autodiff of the plain GroupNorm (32 groups): gradients for x, gamma, beta."""
-    return float64_gradients(lambda *values: kernels._group_norm(keras.ops, *values, 32, 1e-5),
-                             [x, gamma, beta], upstream)
-
-
-def assert_training_gradients_match_float64(rng, shape, mean, std):
-    """A random GroupNorm layer's training gradients, entry by entry within 1e-5 of the scale."""
-    layer, gamma, beta = random_group_norm(rng)
-    x = rng.normal(mean, std, shape)
-    upstream = rng.normal(size=x.shape)
-    computed = training_gradients(layer, x, upstream)
-    for got, want in zip(computed, float64_group_norm_gradients(x, gamma, beta, upstream)):
-        np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
 
 
 def test_closed_form_gradients_match_float64_autodiff(native_engine):
@@ -340,11 +284,6 @@ def test_pointwise_convolutions_run_as_matrix_products_outside_portable_only():
     strided = StandardizedConv2D(16, 1, strides=2)
     strided.build((None, None, None, 8))
     assert "Conv2D" in op_types(strided, spec)
-
-
-def op_types(function, *specs):
-    graph = tf.function(function).get_concrete_function(*specs).graph
-    return {operation.type for operation in graph.get_operations()}
 
 
 def xla_functions(function, *args):

@@ -127,3 +127,34 @@ def test_a_private_use_across_modules_is_found():
     assert sorted(_private_uses(source, "bitkeras.detection.data")) == [
         "bitkeras.detection.data imports bitkeras.data.glyphs._colours",
         "bitkeras.detection.data uses bitkeras.finetuning.sources._decodes"]
+
+
+TESTS = pathlib.Path(__file__).parent
+
+
+def _test_module_imports(source):
+    """The test modules (test_*, conftest) that `source` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name.startswith("tests.")
+                     and name.split(".")[1].startswith(("test_", "conftest")))
+    return found
+
+
+def test_no_test_module_imports_another():
+    # What tests share lives in tests/helpers; a test module imported by another runs
+    # its module-level code twice and ties the two together.
+    imports = {path.name: sorted(_test_module_imports(path.read_text()))
+               for path in sorted(TESTS.rglob("*.py"))}
+    assert {name: found for name, found in imports.items() if found} == {}
+    assert _test_module_imports("from tests.conftest import TINY\n"
+                                "from tests.test_layers import op_types\n"
+                                "from tests.helpers import reference\n") == {
+        "tests.conftest", "tests.conftest.TINY", "tests.test_layers",
+        "tests.test_layers.op_types"}

@@ -11,12 +11,12 @@ import tensorflow as tf
 
 from bitkeras import files
 from bitkeras.models import kernels, native
-from tests import reference
+from tests.helpers import reference
 from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D
-from tests.test_layers import (assert_training_gradients_match_float64,
-                               float64_group_norm_gradients, float64_standardization, op_types,
-                               random_group_norm, standardization_results,
-                               training_gradients)
+from tests.helpers.numerics import (assert_training_gradients_match_float64,
+                                    float64_group_norm_gradients, float64_standardization,
+                                    op_types, random_group_norm, standardization_results,
+                                    training_gradients)
 
 
 @pytest.fixture
@@ -153,6 +153,7 @@ np.savez(sys.argv[2], normalized=normalized, standardized=standardized, convolve
 """
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_thread_count(operations, tmp_path):
     """Every sum runs in one order whatever the threads: the same bits on 1 and on 2."""
     results = []
@@ -497,6 +498,7 @@ def test_empty_batch_gives_empty_outputs_and_zero_parameter_gradients(operations
     assert not np.any(d_gamma.numpy()) and not np.any(d_beta.numpy())
 
 
+@pytest.mark.slow
 def test_build_is_kept_and_reused(operations, tmp_path, monkeypatch):
     monkeypatch.setattr(native, "_compiler_version", lambda compiler: "a compiler")
     built = native.build(cache=tmp_path)

@@ -7,7 +7,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Each runs a whole program or builds and installs a wheel in a process of its own.
+pytestmark = pytest.mark.slow
 
 CHECK_INSTALLED = """
 import pathlib, sys

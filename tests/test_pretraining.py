@@ -4,7 +4,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from bitkeras import BiTBackbone, BiTClassifier
 from bitkeras.data import glyphs
 from bitkeras.finetuning import pretraining, run_state
-from tests.conftest import TINY
+from tests.helpers import TINY, paused_cli, wait_for_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -130,31 +129,32 @@ def test_a_head_of_the_wrong_size_is_refused(glyph_data):
         pretraining.pretrain(classifier, *glyph_data, epochs=1, batch_size=32, verbose=0)
 
 
-def kill_after_a_checkpoint_and_resume(command, out):
-    """Runs `command`, SIGKILLs it once it has written a checkpoint, and reruns it to the end."""
+def kill_after_a_checkpoint_and_resume(arguments, out):
+    """Runs `bitkeras ARGUMENTS`, SIGKILLs it once it has written a checkpoint (it waits there),
+    and runs the same command again to the end."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+    first = subprocess.Popen([sys.executable, "-m", "tests.helpers.paused_cli", *arguments],
+                             cwd=ROOT, env=environment, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_line(first, paused_cli.PAUSED)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-2000:]
+    first.stdout.close()
+    checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
     assert checkpoint.exists() and not (out / "model.npz").exists()
-    second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
+    second = subprocess.run([sys.executable, "-m", "bitkeras", *arguments], cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "Resuming at step" in second.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "bitkeras", "pretrain", "--out", str(out),
-               "--examples", "256", "--image-size", "16", "--epochs", "16", "--batch-size", "32",
-               "--checkpoint-every", "8", "--eval-examples", "122", "--verbose", "0"]
-    kill_after_a_checkpoint_and_resume(command, out)
+    arguments = ["pretrain", "--out", str(out), "--examples", "256", "--image-size", "16",
+                 "--epochs", "16", "--batch-size", "32", "--checkpoint-every", "8",
+                 "--eval-examples", "122", "--verbose", "0"]
+    kill_after_a_checkpoint_and_resume(arguments, out)
     record = json.loads((out / "upstream.json").read_text())
     assert record["recipe"]["steps"] == 16 * 256 // 32 == record["steps_completed"]
     assert 8 <= record["resumed_from_step"] < 128
@@ -167,16 +167,17 @@ def test_pretrain_command_is_killed_resumes_and_finishes_its_planned_steps(tmp_p
     load_npz(reloaded, out / "model.npz")
 
 
+@pytest.mark.slow
 def test_continued_pretraining_on_a_folder_resumes_after_a_kill_and_fine_tunes(tmp_path):
     from bitkeras.jobs import cli
-    from tests.conftest import COLORS, make_image_folder
+    from tests.helpers import COLORS, make_image_folder
 
     data = make_image_folder(tmp_path / "photos", per_class=8, extras=False)
     out = tmp_path / "continued"
-    command = [sys.executable, "-m", "bitkeras", "pretrain", "--model", "BiT-Glyphs-R14x0.5",
-               "--data", str(data), "--out", str(out), "--image-size", "32", "--epochs", "24",
-               "--batch-size", "8", "--checkpoint-every", "4", "--verbose", "0"]
-    kill_after_a_checkpoint_and_resume(command, out)
+    arguments = ["pretrain", "--model", "BiT-Glyphs-R14x0.5", "--data", str(data), "--out",
+                 str(out), "--image-size", "32", "--epochs", "24", "--batch-size", "8",
+                 "--checkpoint-every", "4", "--verbose", "0"]
+    kill_after_a_checkpoint_and_resume(arguments, out)
     record = json.loads((out / "upstream.json").read_text())
     assert record["started_from"] == "BiT-Glyphs-R14x0.5" and record["evaluation"] is None
     assert record["data"]["examples"] == 8 * len(COLORS)
@@ -199,7 +200,7 @@ def test_continued_pretraining_on_a_folder_resumes_after_a_kill_and_fine_tunes(t
 
 def test_multi_label_csv_data_and_refused_combinations(tmp_path):
     from bitkeras.jobs import cli, upstream_data
-    from tests.conftest import make_image_folder
+    from tests.helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "photos", per_class=2, extras=False)
     files = sorted(path for path in folder.rglob("*") if path.is_file())

@@ -11,8 +11,7 @@ from bitkeras.io.resnet_weights import from_bit_backbone
 from bitkeras.models import resnet_family
 from bitkeras.models.resnet_family import PRESETS, ResNetConfig
 from bitkeras.models.resnet_layers import InputScaling
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 PAPER_MULTIPLY_ADDS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 """He et al. 2015, Table 1: billions of multiply-adds at 224x224."""
@@ -54,6 +53,7 @@ def test_every_preset_counts_what_its_keras_model_holds():
                 == backbone.resnet_config.parameter_count(0)), changes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [50, 101, 152])
 def test_keras_application_twins_count_exactly(depth):
     for suffix, application in (("", f"ResNet{depth}"), ("V2", f"ResNet{depth}V2")):
@@ -145,6 +145,7 @@ def write_legacy_h5(model, path):
     ("ResNet50", keras.applications.resnet.preprocess_input, "legacy"),
     ("ResNet50V2", keras.applications.resnet_v2.preprocess_input, "keras3"),
 ])
+@pytest.mark.slow
 def test_keras_application_weights_give_the_same_logits(tmp_path, application, preprocess,
                                                         file_format):
     model = _randomized_application(application)

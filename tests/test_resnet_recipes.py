@@ -111,6 +111,7 @@ def test_layer_responses_are_taken_after_normalization_before_the_nonlinearity(c
     assert responses[pairs[1][0]] == pytest.approx(expected_std, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_degradation_experiment_runs_end_to_end(tmp_path):
     report = cli.run(["experiment", "degradation", "--out", str(tmp_path), "--steps", "4",
                       "--batch-size", "8", "--examples", "48", "--depths", "8", "14"])
@@ -126,6 +127,7 @@ def test_degradation_experiment_runs_end_to_end(tmp_path):
     assert (tmp_path / "report.png").stat().st_size and (tmp_path / "responses.png").stat().st_size
 
 
+@pytest.mark.slow
 def test_normalization_ablation_runs_end_to_end(tmp_path):
     report = experiments.normalization_ablation(
         tmp_path, upstream_steps=2, batch_size=4, device_batch_size=2, examples=32,

@@ -1,35 +1,32 @@
 import signal
-import time
 
 import keras
 import numpy as np
 import pytest
 
 from bitkeras.finetuning import run_state
-from tests.fit_worker import classifier as tiny_classifier
-from tests.fit_worker import data as worker_data
-from tests.test_distribute import finish, run_worker
+from tests.helpers import fit_worker, wait_for_line
+from tests.helpers.fit_worker import classifier as tiny_classifier
+from tests.helpers.fit_worker import data as worker_data
 
 
+@pytest.mark.slow
 def test_a_fit_killed_with_sigkill_resumes_and_ends_equal_to_an_uninterrupted_one(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
-    uninterrupted = run_worker("resume", straight, straight / "checkpoints")
-    victim = run_worker("resume", killed, killed / "checkpoints", 0.5)
-    checkpoint = killed / "checkpoints" / run_state.CHECKPOINT_FILE
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists():
-        assert victim.poll() is None, victim.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.05)
+    uninterrupted = fit_worker.start("resume", straight, straight / "checkpoints")
+    victim = fit_worker.start("resume", killed, killed / "checkpoints", "pause")
+    # It holds still once a checkpoint is written: killed mid-run, whatever the speed.
+    wait_for_line(victim, fit_worker.PAUSED)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    victim.stdout.close()
     assert not (killed / "final.npy").exists()
-    output = finish(run_worker("resume", killed, killed / "checkpoints"))
+    output = fit_worker.finish(fit_worker.start("resume", killed, killed / "checkpoints"))
     start = int(output.split("start_step ")[1].split()[0])
     assert 0 < start < 12 and start % 3 == 0  # resumed from a checkpoint, mid-run
     assert "optimizer_step 12" in output  # and finished at the planned step count
-    assert "optimizer_step 12" in finish(uninterrupted)
+    assert "optimizer_step 12" in fit_worker.finish(uninterrupted)
     np.testing.assert_allclose(np.load(killed / "final.npy"), np.load(straight / "final.npy"),
                                atol=1e-5)
 

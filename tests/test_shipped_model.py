@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from bitkeras import BiTBackbone, BiTClassifier
 from bitkeras.data import glyphs
@@ -24,6 +25,7 @@ def test_shipped_preset_loads_offline_with_its_glyph_head():
                                classifier.backbone(images).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_upstream_accuracy_on_fresh_glyphs_matches_the_model_card():
     record = json.loads((FOLDER / "upstream.json").read_text())
     card = (FOLDER / "MODEL_CARD.md").read_text()

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from bitkeras import BadImageError, DataUnavailableError
 from bitkeras.finetuning import sources
-from tests.conftest import make_image_folder
+from tests.helpers import make_image_folder
 
 
 def _decoded(source):
@@ -265,7 +265,7 @@ def test_a_failed_tfds_download_leaves_the_data_folder_as_it_was(monkeypatch, tm
 
 def test_tfds_source_reads_a_prepared_dataset(monkeypatch, tmp_path):
     pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
-    from tests.tiny_tfds import BitkerasTinyColours, prepare
+    from tests.helpers.tiny_tfds import BitkerasTinyColours, prepare
 
     prepare(BitkerasTinyColours, tmp_path, monkeypatch)
     train = sources.open_source("tfds:bitkeras_tiny_colours")

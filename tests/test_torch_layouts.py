@@ -17,8 +17,7 @@ from bitkeras import (
     WeightsUnavailableError,
     load_npz,
 )
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 LIBRARIES = ["timm", "transformers"]
 

@@ -9,7 +9,7 @@ import pytest
 import bitkeras
 from bitkeras import BiTBackbone, BiTClassifier, HyperRule
 from bitkeras.finetuning import training
-from tests.conftest import TINY, make_image_folder
+from tests.helpers import TINY, make_image_folder
 
 SMALL = dict(steps=24, batch_size=8, resize_size=40, crop_size=32, base_learning_rate=0.01)
 """Overrides that make the HyperRule tiny enough for tests."""
@@ -24,6 +24,7 @@ def _weights(layer):
     return [keras.ops.convert_to_numpy(w).copy() for w in layer.weights]
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path, capsys):
     classifier = _tiny_classifier()
     with pytest.warns(UserWarning, match="broken.jpg"):

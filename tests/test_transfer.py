@@ -7,7 +7,7 @@ from PIL import Image
 import bitkeras
 from bitkeras.data import datasets
 from bitkeras.jobs import cli, transfer
-from tests.conftest import COLORS, TINY
+from tests.helpers import COLORS, TINY
 
 
 def test_cpu_budget_rule_keeps_the_rule_shape_at_a_quarter_of_the_resolution():
@@ -22,6 +22,7 @@ def test_cpu_budget_rule_keeps_the_rule_shape_at_a_quarter_of_the_resolution():
     assert plain.steps == 50 and not plain.flip
 
 
+@pytest.mark.slow
 def test_default_finetune_job_shows_transfer_and_writes_a_valid_report(tmp_path, capsys):
     # The default job shortened (60 steps, one K, 40 steps a few-shot fit): the
     # transfer it shows must still clear the job's own bars. The full default
@@ -111,6 +112,7 @@ def test_scratch_and_pretrained_copies_share_architecture_and_start(tmp_path, ti
     assert again.backbone is not pretrained.backbone
 
 
+@pytest.mark.slow
 def test_finetune_starts_from_a_tf_hub_module(tmp_path, tiny_checkpoint, images):
     path, _ = tiny_checkpoint
     backbone = bitkeras.BiTBackbone(**TINY)

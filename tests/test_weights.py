@@ -2,16 +2,16 @@ import dataclasses
 import functools
 import hashlib
 import http.server
+import pathlib
 import threading
 
 import numpy as np
 import pytest
 
-from bitkeras import BiTBackbone, CorruptWeightsError, WeightsUnavailableError
+from bitkeras import BiTBackbone, CorruptWeightsError, WeightsUnavailableError, files
 from bitkeras.io import presets
 from bitkeras.models.architecture import Architecture
-from tests import reference
-from tests.conftest import TINY
+from tests.helpers import TINY, reference
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -130,3 +130,9 @@ def test_default_weights_load_shipped_presets_and_never_download(monkeypatch, tm
     monkeypatch.setattr(presets, "SAVED_MODELS", tmp_path)
     with pytest.raises(WeightsUnavailableError, match="pip install -e"):
         resolve_weights(shipped, "default")
+
+
+def test_the_tests_keep_a_cache_folder_of_their_own():
+    # conftest gives each session a new folder: no test reads or writes a user's cache.
+    folder = files.cache_dir()
+    assert folder.name.startswith("bitkeras-test-cache-") and folder.parent != pathlib.Path.home()

@@ -5,7 +5,7 @@ import pytest
 
 from bitkeras import BiTBackbone, BiTClassifier, HyperRule
 from bitkeras.finetuning import distribute, xla
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def _rule(steps):
@@ -31,6 +31,7 @@ def _timer(plain_seconds, xla_seconds, rounds=xla.CALIBRATION_ROUNDS):
     return lambda: next(clock)
 
 
+@pytest.mark.slow
 def test_calibration_runs_both_passes_and_picks_the_faster(classifier):
     # Real passes with and without XLA (they must compile and run on this CPU),
     # timed by a clock that makes the XLA pass the faster one.

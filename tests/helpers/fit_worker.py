@@ -1,17 +1,21 @@
 """Fits a tiny classifier in a fresh process, for the tests that need one.
 
-    python -m tests.fit_worker mirrored OUT        # 1 device vs 2 logical CPUs
-    python -m tests.fit_worker multi_worker OUT    # one worker of TF_CONFIG's cluster
-    python -m tests.fit_worker resume OUT CKPT [SLEEP]   # checkpointed fit (resumes)
+    python -m tests.helpers.fit_worker mirrored OUT       # 1 device vs 2 logical CPUs
+    python -m tests.helpers.fit_worker multi_worker OUT   # one worker of TF_CONFIG's cluster
+    python -m tests.helpers.fit_worker resume OUT CKPT [pause]  # checkpointed fit (resumes)
 
-Each writes its results under OUT (weights as .npy, models as .keras).
+Each writes its results under OUT (weights as .npy, models as .keras); `start`
+runs one and `finish` waits for it. With `pause`, the resumable fit stops
+still once it has written a checkpoint, prints PAUSED, and waits to be killed.
 Logical devices and multi-worker strategies can only be set up before
 TensorFlow runs anything, hence a process of their own.
 """
 
 import os
+import pathlib
+import subprocess
 import sys
-import time
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -76,21 +80,49 @@ def multi_worker(out):
     print(type(strategy).__name__, strategy.num_replicas_in_sync)
 
 
-class _Slow(keras.callbacks.Callback):
-    def __init__(self, seconds):
+PAUSED = "paused after a checkpoint"
+
+
+class _PauseAfterCheckpoint(keras.callbacks.Callback):
+    """Holds the fit still once a checkpoint exists, so a test can kill it mid-run."""
+
+    def __init__(self, checkpoint_dir):
         super().__init__()
-        self.seconds = seconds
+        from bitkeras.finetuning import run_state
+
+        self.checkpoint = pathlib.Path(checkpoint_dir) / run_state.CHECKPOINT_FILE
 
     def on_train_batch_end(self, batch, logs=None):
-        time.sleep(self.seconds)
+        if self.checkpoint.exists():
+            print(PAUSED, flush=True)
+            threading.Event().wait()
 
 
-def resume(out, checkpoint_dir, sleep=0.0):
+def resume(out, checkpoint_dir, pause=None):
     model = classifier()
+    callbacks = [_PauseAfterCheckpoint(checkpoint_dir)] if pause == "pause" else []
     history = model.fit(data(), steps=12, checkpoint_dir=checkpoint_dir, checkpoint_every=3,
-                        verbose=0, callbacks=[_Slow(float(sleep))], **RULE)
+                        verbose=0, callbacks=callbacks, **RULE)
     np.save(os.path.join(out, "final.npy"), weights_of(model))
     print("start_step", history.start_step, "optimizer_step", int(model.optimizer.iterations))
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def start(*arguments, env=None):
+    """This module, run as a process with `arguments`, its output (stdout and stderr) piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.fit_worker", *map(str, arguments)], cwd=ROOT,
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+
+
+def finish(process, timeout=300):
+    """The output of a `start`ed process, which must end well within `timeout` seconds."""
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
 
 
 if __name__ == "__main__":
