@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from bitkeras.models import kernels, native
-from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+from bitkeras.models.layers import (GroupNormalization, PreActBottleneck, StandardizedConv2D,
+                                     group_normalization)
 from tests.helpers import reference
 from tests.helpers.numerics import (assert_training_gradients_match_float64,
                                     float64_group_norm_gradients, float64_standardization,
@@ -103,12 +104,13 @@ def test_group_normalization_gradient_matches_float64(native_engine):
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 def test_group_normalization_with_relu_is_relu_of_its_output(native_engine, dtype):
-    """`layer(x, relu=True)`: the same values as `relu(layer(x))`, and its gradients."""
+    """`kernels.normalize(layer, x, relu=True)`: the values of `relu(layer(x))`, and its
+    gradients."""
     rng = np.random.default_rng(8)
     layer, gamma, beta = random_group_norm(rng, dtype=dtype)
     x = rng.normal(1.0, 2.0, (2, 4, 5, 64)).astype(np.float32)
     for training in (False, True):
-        fused = keras.ops.convert_to_numpy(layer(x, training=training, relu=True))
+        fused = keras.ops.convert_to_numpy(kernels.normalize(layer, x, training, relu=True))
         plain = keras.ops.convert_to_numpy(keras.ops.relu(layer(x, training=training)))
         np.testing.assert_array_equal(fused, plain)
     if dtype == "float32":
@@ -117,25 +119,25 @@ def test_group_normalization_with_relu_is_relu_of_its_output(native_engine, dtyp
         expected = float64_group_norm_gradients(x, gamma, beta, upstream * (normalized > 0))
         for got, want in zip(training_gradients(layer, x, upstream, relu=True), expected):
             np.testing.assert_allclose(got.numpy(), want, atol=1e-5 * np.abs(want).max())
-    # Inputs Keras's own layer computes (here 3-D) take the keyword too.
+    # Inputs Keras's own layer computes (here 3-D) take it too.
     flat, layer = x.reshape(2, 20, 64), group_normalization(dtype=dtype)
+    plain = keras.ops.convert_to_numpy(keras.ops.relu(layer(flat)))  # built by Keras's call
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(layer(flat, relu=True)),
-        keras.ops.convert_to_numpy(keras.ops.relu(layer(flat))))
+        keras.ops.convert_to_numpy(kernels.normalize(layer, flat, relu=True)), plain)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 def test_group_normalization_returning_its_inputs(native_engine, dtype):
-    """`layer(x, return_inputs=True)` is `(layer(x), x)`, and gradients reaching x both
-    ways add up, also for a graph built from keras.Input."""
+    """`kernels.normalize(layer, x, return_inputs=True)` is `(layer(x), x)`, and gradients
+    reaching x both ways add up."""
     rng = np.random.default_rng(9)
     layer, _, _ = random_group_norm(rng, dtype=dtype)
     x = tf.constant(rng.normal(1.0, 2.0, (2, 4, 5, 64)), tf.float32)
     for training in (False, True):
-        outputs, inputs = layer(x, training=training, relu=True, return_inputs=True)
+        outputs, inputs = kernels.normalize(layer, x, training, relu=True, return_inputs=True)
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(outputs),
                                       keras.ops.convert_to_numpy(
-                                          layer(x, training=training, relu=True)))
+                                          kernels.normalize(layer, x, training, relu=True)))
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(inputs), x.numpy())
     first, second = (rng.normal(size=x.shape).astype(np.float32) for _ in range(2))
 
@@ -143,7 +145,7 @@ def test_group_normalization_returning_its_inputs(native_engine, dtype):
         with tf.GradientTape() as tape:
             tape.watch(x)
             if return_inputs:
-                outputs, inputs = layer(x, training=True, return_inputs=True)
+                outputs, inputs = kernels.normalize(layer, x, True, return_inputs=True)
             else:
                 outputs, inputs = layer(x, training=True), x
             loss = (tf.reduce_sum(tf.cast(outputs, tf.float32) * first)
@@ -152,15 +154,10 @@ def test_group_normalization_returning_its_inputs(native_engine, dtype):
                 for gradient in tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])]
     for got, want in zip(gradients(True), gradients(False)):
         np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
-    symbolic = keras.Input((4, 5, 64))
-    outputs, inputs = layer(symbolic, return_inputs=True)
-    assert outputs.shape == inputs.shape == (None, 4, 5, 64)
-    model = keras.Model(symbolic, [outputs, inputs])
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)[1]), x.numpy())
 
 
 def test_group_normalization_padding_its_output(native_engine):
-    """`layer(x, pad=1)` is `layer(x)` zero-padded, with its gradients, also symbolically."""
+    """`kernels.normalize(layer, x, pad=1)` is `layer(x)` zero-padded, with its gradients."""
     rng = np.random.default_rng(10)
     layer, _, _ = random_group_norm(rng)
     x = tf.constant(rng.normal(1.0, 2.0, (2, 5, 4, 64)), tf.float32)
@@ -170,22 +167,36 @@ def test_group_normalization_padding_its_output(native_engine):
         with tf.GradientTape() as tape:
             tape.watch(x)
             if padded_by_layer:
-                outputs = layer(x, training=training, relu=True, pad=1)
+                outputs = kernels.normalize(layer, x, training, relu=True, pad=1)
             else:
-                outputs = kernels.pad_symmetric(layer(x, training=training, relu=True), 1)
+                outputs = kernels.pad_symmetric(
+                    kernels.normalize(layer, x, training, relu=True), 1)
             loss = tf.reduce_sum(outputs * upstream)
         gradients = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
         return [keras.ops.convert_to_numpy(value) for value in (outputs, *gradients)]
     for training in (False, True):
         for got, want in zip(results(True, training), results(False, training)):
             np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
-    symbolic = layer(keras.Input((5, None, 64)), pad=2)
-    assert symbolic.shape == (None, 9, None, 64)
     with pytest.raises(ValueError, match="pad=1 needs 4-D"):
-        group_normalization()(tf.zeros((2, 20, 64)), pad=1)
+        kernels.normalize(group_normalization(), tf.zeros((2, 20, 64)), pad=1)
     # Channels first, height and width are axes 2 and 3: padding axes 1 and 2 was wrong.
     with pytest.raises(ValueError, match="pad=1 needs .* axis=-1, .* axis=1"):
-        group_normalization(axis=1)(tf.zeros((2, 64, 5, 5)), pad=1)
+        kernels.normalize(group_normalization(axis=1), tf.zeros((2, 64, 5, 5)), pad=1)
+
+
+def test_the_layers_keep_keras_call_signatures():
+    # The fused forms are the kernel seam's (kernels.normalize), not keywords of a layer.
+    import inspect
+
+    for layer, keras_layer in ((GroupNormalization, keras.layers.GroupNormalization),
+                               (StandardizedConv2D, keras.layers.Conv2D)):
+        assert list(inspect.signature(layer.call).parameters) == ["self", "inputs", "training"]
+        assert set(inspect.signature(layer.call).parameters) >= set(
+            inspect.signature(keras_layer.call).parameters)
+    with pytest.raises(TypeError, match="relu"):
+        group_normalization()(tf.zeros((1, 2, 2, 32)), relu=True)
+    symbolic = group_normalization()(keras.Input((5, None, 64)))
+    assert symbolic.shape == (None, 5, None, 64)
 
 
 def test_mixed_precision_group_normalization_keeps_float32_statistics():

@@ -420,10 +420,11 @@ def test_strided_units_pad_in_the_op(operations):
     unit = PreActBottleneck(out_channels=128, mid_channels=32, strides=2, projection=True)
 
     def written_out(x):
-        preactivated = unit.norm_a(x, relu=True, training=True)
-        hidden = unit.norm_b(unit.conv_a(preactivated, training=True), relu=True, training=True)
+        preactivated = kernels.normalize(unit.norm_a, x, True, relu=True)
+        hidden = kernels.normalize(unit.norm_b, unit.conv_a(preactivated, training=True), True,
+                                   relu=True)
         hidden = unit.conv_b(kernels.pad_symmetric(hidden, 1), training=True)
-        hidden = unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True)
+        hidden = unit.conv_c(kernels.normalize(unit.norm_c, hidden, True, relu=True), training=True)
         return hidden + unit.proj(preactivated, training=True)
     assert_unit_trains_as_written_out(unit, written_out, (2, 6, 7, 64), "Pad")
 
@@ -434,9 +435,12 @@ def test_identity_units_add_the_shortcut_gradient_in_the_op(operations):
     unit = PreActBottleneck(out_channels=128, mid_channels=32)
 
     def written_out(x):
-        hidden = unit.conv_a(unit.norm_a(x, relu=True, training=True), training=True)
-        hidden = unit.conv_b(unit.norm_b(hidden, relu=True, training=True), training=True)
-        return unit.conv_c(unit.norm_c(hidden, relu=True, training=True), training=True) + x
+        hidden = unit.conv_a(kernels.normalize(unit.norm_a, x, True, relu=True), training=True)
+        hidden = unit.conv_b(kernels.normalize(unit.norm_b, hidden, True, relu=True),
+                             training=True)
+        hidden = unit.conv_c(kernels.normalize(unit.norm_c, hidden, True, relu=True),
+                             training=True)
+        return hidden + x
     assert_unit_trains_as_written_out(unit, written_out, (2, 5, 6, 128), "AddN")
 
 

@@ -142,8 +142,8 @@ def kill_after_a_checkpoint_and_resume(arguments, out):
     first.stdout.close()
     checkpoint = out / "checkpoints" / run_state.CHECKPOINT_FILE
     assert checkpoint.exists() and not (out / "model.npz").exists()
-    second = subprocess.run([sys.executable, "-m", "bitkeras", *arguments], cwd=ROOT, env=environment, capture_output=True, text=True,
-                            timeout=600)
+    second = subprocess.run([sys.executable, "-m", "bitkeras", *arguments], cwd=ROOT,
+                            env=environment, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "Resuming at step" in second.stdout
 

@@ -1,4 +1,11 @@
-"""The arithmetic of BiT's two non-standard layers, and the faster forms TensorFlow runs.
+"""The kernel seam: how GroupNorm, weight standardization and the convolutions compute.
+
+Layers keep Keras's signatures and ask this module, in one place, how to
+compute: `normalize(layer, inputs, training, ...)` for a GroupNorm layer (with
+the fusions BiT's units use: the ReLU after it, the padding before a strided
+convolution, a second use of its inputs) and `convolve(layer, inputs, kernel)`
+for a weight-standardized convolution. Which form runs is decided here and in
+`bitkeras.models.native` (whether its C++ ops can run), nowhere else.
 
 `standardize` (weight standardization) and `group_norm` are written in
 `keras.ops`, so they run under every Keras backend. Under the TensorFlow
@@ -160,6 +167,81 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_i
     return (outputs, original) if return_inputs else outputs
 
 
+def normalize(layer, inputs, training=None, relu=False, pad=0, return_inputs=False):
+    """`layer` (a Keras GroupNormalization) on `inputs`, in the form that runs fastest here.
+
+    The one entry point GroupNorm layers and units call. On 4-D channels-last
+    inputs with scale and centre (BiT's case) it is `group_norm` on the layer's
+    weights, in training or inference form (`training`), else Keras's own
+    layer. The fusions of BiT's units: `relu` returns `relu(layer(x))`, `pad`
+    zero-pads the result by `pad` pixels on each side of height and width, and
+    `return_inputs` returns `(layer(x), inputs)`, for a second use of the
+    inputs (a residual unit's identity shortcut): where bitkeras's C++ op runs,
+    all three happen in its one pass, and the gradient through that second
+    output joins GroupNorm's own in the gradient op. The result has the layer's
+    compute dtype.
+    """
+    bit_case = (len(inputs.shape) == 4 and layer.axis in (-1, 3) and layer.scale
+                and layer.center)
+    if pad and not (len(inputs.shape) == 4 and layer.axis in (-1, 3)):
+        raise ValueError(f"{layer.name}: pad={pad} needs 4-D (batch, height, width, "
+                         f"channels) inputs with axis=-1, got shape "
+                         f"{tuple(inputs.shape)} and axis={layer.axis}")
+    if not bit_case:
+        outputs = keras.layers.GroupNormalization.call(layer, inputs)
+        outputs = ops.relu(outputs) if relu else outputs
+        outputs = pad_symmetric(outputs, pad) if pad else outputs
+        return (outputs, inputs) if return_inputs else outputs
+    with calling(training):
+        outputs = group_norm(inputs, layer.gamma, layer.beta, layer.groups, layer.epsilon,
+                             relu=relu, pad=pad, return_inputs=return_inputs)
+    if return_inputs:
+        return ops.cast(outputs[0], layer.compute_dtype), outputs[1]
+    return ops.cast(outputs, layer.compute_dtype)
+
+
+def convolve(layer, inputs, kernel):
+    """`layer`'s convolution (a weight-standardized Keras Conv2D) of `inputs` by `kernel`.
+
+    The one entry point of `StandardizedConv2D`: the kernel standardized
+    (`standardized_kernel`) in float32 whatever the compute dtype (the
+    statistics of small kernels lose too much in half precision), then
+    convolved as Winograd's F(2x2, 3x3) where `winograd(layer)`, as a matrix
+    product for 1x1 at stride 1 where `pointwise_products()`, else by Keras's
+    convolution.
+    """
+    epsilon = layer.standardization_epsilon
+    if winograd(layer):
+        # R50x1's run 1.1-1.3x (AVX-512) and 1.3-1.7x (AVX2) faster so than on
+        # TensorFlow's convolutions (bitkeras.models.native.winograd_convolution).
+        return native.winograd_products(
+            inputs, standardized_kernel(layer, kernel, epsilon, winograd=True))
+    kernel = ops.cast(standardized_kernel(layer, kernel, epsilon), layer.compute_dtype)
+    if _stride_one(layer, (1, 1)) and pointwise_products():
+        # A 1x1 convolution at stride 1 is a product of the pixels (rows) with the
+        # kernel's (in, out) matrix: the same sums, which TensorFlow's matrix
+        # product runs about 8% faster than its convolution, gradients included,
+        # on R50's 1x1 shapes (2-core Xeon).
+        outputs = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])),
+                             ops.reshape(kernel, kernel.shape[2:]))
+        return ops.reshape(outputs, (*ops.shape(inputs)[:3], kernel.shape[3]))
+    return keras.layers.Conv2D.convolution_op(layer, inputs, kernel)
+
+
+def winograd(layer):
+    """Whether `layer`'s convolution runs as Winograd's F(2x2, 3x3) now: 3x3 at stride 1 with
+    "same" padding (channels last), in float32, where bitkeras's C++ ops run
+    (`winograd_convolutions`)."""
+    return (_stride_one(layer, (3, 3)) and layer.padding == "same"
+            and winograd_convolutions(layer.compute_dtype))
+
+
+def _stride_one(layer, kernel_size):
+    return (tuple(layer.kernel_size) == kernel_size and tuple(layer.strides) == (1, 1)
+            and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
+            and layer.data_format == "channels_last")
+
+
 def pad_symmetric(inputs, amount):
     """Zero-pads height and width by `amount` on every side (NHWC).
 
@@ -193,7 +275,7 @@ def standardized_once(layers):
     float32, half in bfloat16, where keeping float32 copies had every batch
     cast them again (a tenth of R50x1's mixed-bfloat16 inference at 128x128).
     A layer whose convolution runs as Winograd's products
-    (`StandardizedConv2D.winograd`) keeps its
+    (`winograd(layer)`) keeps its
     kernel transformed as well (16/9 of the memory), which every batch would
     otherwise transform again (for R50x1 at 128x128, batch 16, with oneDNN
     limited to AVX2, 2% of the ops' time, writing 56 MB per batch).
@@ -217,7 +299,7 @@ def standardized_once(layers):
             standardized = native.standardize(kernel, epsilon)
         else:
             standardized = _standardize(ops, kernel, epsilon)
-        if layer.winograd:
+        if winograd(layer):
             # Transformed too, as the layer's Winograd products read it.
             standardized = native.winograd_kernel(standardized)
         standardized = ops.cast(standardized, layer.compute_dtype)

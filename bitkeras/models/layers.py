@@ -5,9 +5,8 @@ registered as serializable so `.keras` files reload it.
 """
 
 import keras
-from keras import ops
 
-from bitkeras.models import kernels, native
+from bitkeras.models import kernels
 from bitkeras.models.architecture import GROUPS
 
 GROUP_NORM_EPSILON = 1e-5
@@ -48,46 +47,12 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return super().add_weight(*args, **kwargs)
 
     def call(self, inputs, training=None):
-        # Inference standardizes as an XLA cluster (or reads a copy standardized
-        # once per predict), training with a closed-form gradient: bitkeras.models.kernels.
         with kernels.calling(training):
             return super().call(inputs)
 
     def convolution_op(self, inputs, kernel):
-        if self.winograd:
-            # R50x1's run 1.1-1.3x (AVX-512) and 1.3-1.7x (AVX2) faster so than on
-            # TensorFlow's convolutions (bitkeras.models.native.winograd_convolution).
-            return native.winograd_products(inputs, kernels.standardized_kernel(
-                self, kernel, self.standardization_epsilon, winograd=True))
-        # Standardized in float32 whatever the compute dtype: the statistics of
-        # small kernels lose too much in half precision.
-        kernel = ops.cast(kernels.standardized_kernel(self, kernel, self.standardization_epsilon),
-                          self.compute_dtype)
-        if self._pointwise() and kernels.pointwise_products():
-            # A 1x1 convolution at stride 1 is a product of the pixels (rows) with
-            # the kernel's (in, out) matrix: the same sums, which TensorFlow's
-            # matrix product runs about 8% faster than its convolution, gradients
-            # included, on R50's 1x1 shapes (2-core Xeon).
-            outputs = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])),
-                                 ops.reshape(kernel, kernel.shape[2:]))
-            return ops.reshape(outputs, (*ops.shape(inputs)[:3], kernel.shape[3]))
-        return super().convolution_op(inputs, kernel)
-
-    @property
-    def winograd(self):
-        """Whether this convolution runs as Winograd's F(2x2, 3x3) now: 3x3 at stride 1 with
-        "same" padding (channels last), in float32, where bitkeras's C++ ops run
-        (`kernels.winograd_convolutions`)."""
-        return (self._stride_one((3, 3)) and self.padding == "same"
-                and kernels.winograd_convolutions(self.compute_dtype))
-
-    def _pointwise(self):
-        return self._stride_one((1, 1))
-
-    def _stride_one(self, kernel_size):
-        return (tuple(self.kernel_size) == kernel_size and tuple(self.strides) == (1, 1)
-                and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
-                and self.data_format == "channels_last")
+        # How it convolves (standardized how, and by which kernel) is bitkeras.models.kernels'.
+        return kernels.convolve(self, inputs, kernel)
 
     def get_config(self):
         config = super().get_config()
@@ -108,47 +73,13 @@ class GroupNormalization(keras.layers.GroupNormalization):
     false or unset) as one XLA cluster. Other inputs and settings run Keras's
     own layer.
 
-    `layer(x, relu=True)` returns `relu(layer(x))`, with the ReLU in the same
-    pass where bitkeras's C++ op runs (BiT follows every GroupNorm by a ReLU);
-    `layer(x, pad=p)` returns the result zero-padded by `p` pixels on each side
-    of height and width (4-D inputs; BiT pads so before a strided
-    convolution), in the same pass too;
-    `layer(x, return_inputs=True)` returns `(layer(x), x)`, for a second use
-    of `x` (a residual unit's identity shortcut): where the C++ op runs, the
-    gradient reaching `x` through that second output is added to GroupNorm's
-    own in the gradient op, not in a pass of its own. Three keywords Keras's
-    layer does not have, added.
+    `call` takes Keras's arguments only; the fused forms BiT's units use
+    (GroupNorm with the ReLU after it, the zero padding before a strided
+    convolution, a second use of the inputs) are `bitkeras.models.kernels.normalize`'s.
     """
 
-    def call(self, inputs, training=None, relu=False, pad=0, return_inputs=False):
-        if pad and (len(inputs.shape) != 4 or self.axis not in (-1, 3)):
-            raise ValueError(f"{self.name}: pad={pad} needs 4-D (batch, height, width, "
-                             f"channels) inputs with axis=-1, got shape "
-                             f"{tuple(inputs.shape)} and axis={self.axis}")
-        if not (len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
-                and self.center):
-            outputs = super().call(inputs)
-            outputs = ops.relu(outputs) if relu else outputs
-            outputs = kernels.pad_symmetric(outputs, pad) if pad else outputs
-            return (outputs, inputs) if return_inputs else outputs
-        with kernels.calling(training):
-            outputs = kernels.group_norm(inputs, self.gamma, self.beta, self.groups,
-                                         self.epsilon, relu=relu, pad=pad,
-                                         return_inputs=return_inputs)
-        if return_inputs:
-            return ops.cast(outputs[0], self.compute_dtype), outputs[1]
-        return ops.cast(outputs, self.compute_dtype)
-
-    def compute_output_spec(self, inputs, training=None, relu=False, pad=0,
-                            return_inputs=False):
-        shape = inputs.shape
-        if pad:
-            shape = (shape[0], *(None if size is None else size + 2 * pad
-                                 for size in shape[1:3]), *shape[3:])
-        outputs = keras.KerasTensor(shape, dtype=self.compute_dtype)
-        if return_inputs:
-            return outputs, keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
-        return outputs
+    def call(self, inputs, training=None):
+        return kernels.normalize(self, inputs, training)
 
 
 def group_normalization(name=None, **kwargs):
@@ -229,18 +160,22 @@ class PreActBottleneck(keras.layers.Layer):
         self.norm_c.build(mid_shape)
         self.conv_c.build(mid_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        # Each GroupNorm and the ReLU after it in one pass (kernels.normalize).
+        def norm_relu(layer, x, **fused):
+            return kernels.normalize(layer, x, training, relu=True, **fused)
+
         if self.proj is None:
-            # The shortcut's gradient joins GroupNorm's in its gradient op (see
-            # GroupNormalization): no separate sum of the two.
-            preactivated, shortcut = self.norm_a(inputs, relu=True, return_inputs=True)
+            # The shortcut's gradient joins GroupNorm's in its gradient op: no
+            # separate sum of the two.
+            preactivated, shortcut = norm_relu(self.norm_a, inputs, return_inputs=True)
         else:
-            preactivated = self.norm_a(inputs, relu=True)
+            preactivated = norm_relu(self.norm_a, inputs)
             shortcut = self.proj(preactivated)
         hidden = self.conv_a(preactivated)
         # Strided, BiT pads before conv_b; GroupNorm writes that padding too.
-        hidden = self.conv_b(self.norm_b(hidden, relu=True, pad=0 if self.strides == 1 else 1))
-        hidden = self.conv_c(self.norm_c(hidden, relu=True))
+        hidden = self.conv_b(norm_relu(self.norm_b, hidden, pad=0 if self.strides == 1 else 1))
+        hidden = self.conv_c(norm_relu(self.norm_c, hidden))
         return hidden + shortcut
 
     def compute_output_shape(self, input_shape):

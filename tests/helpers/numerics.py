@@ -51,7 +51,7 @@ def training_gradients(layer, x, upstream, relu=False):
     with tf.GradientTape() as tape:
         inputs = tf.constant(x, tf.float32)
         tape.watch(inputs)
-        loss = tf.reduce_sum(layer(inputs, training=True, relu=relu) * upstream)
+        loss = tf.reduce_sum(kernels.normalize(layer, inputs, True, relu=relu) * upstream)
     return tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
 
 

@@ -1,4 +1,4 @@
-"""`python -m tests.helpers.paused_cli ARGS`: the `bitkeras` command, held still after its first checkpoint.
+"""`python -m tests.helpers.paused_cli ARGS`: `bitkeras ARGS`, held still after a checkpoint.
 
 Once the run's first checkpoint is on disk it prints PAUSED and waits, so a
 test can kill it at a known moment: mid-run, with a checkpoint to resume from.
