@@ -18,7 +18,8 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         # 3.15 is what keras-hub 0.32 needs; the upper bound because bitkeras uses a few
-        # private Keras APIs, each marked where used and checked on 3.15.
+        # private Keras APIs, all in bitkeras/compat.py and checked on 3.15 (its
+        # KERAS_CHECKED; a test keeps this pin and that list in step).
         "keras>=3.15,<3.16",
         # Where Keras users find pretrained vision models: BiTBackbone is one of its
         # FeaturePyramidBackbones (presets, detection tasks); checked on 0.32.

@@ -158,3 +158,26 @@ def test_no_test_module_imports_another():
                                 "from tests.helpers import reference\n") == {
         "tests.conftest", "tests.conftest.TINY", "tests.test_layers",
         "tests.test_layers.op_types"}
+
+
+PRIVATE_APIS = ("_flatten_layers", "_loss_tracker", "_get_variable_index", "_track_variable",
+                "_use_cached_eval_dataset", "_maybe_symbolic_build", "_distribute_strategy",
+                "tensorflow.python", "tensorflow.core")
+"""Private Keras and TensorFlow names bitkeras has needed: compat.py's, and no other module's."""
+
+
+def test_private_keras_and_tensorflow_apis_are_used_only_in_compat():
+    uses = [f"{_module_name(path)}: {name}" for path in sorted(PACKAGE.rglob("*.py"))
+            if path.name != "compat.py" for name in PRIVATE_APIS if name in path.read_text()]
+    assert uses == []
+
+
+def test_the_pins_are_the_versions_compat_was_checked_on():
+    from bitkeras import compat
+
+    setup = (PACKAGE.parent / "setup.py").read_text()
+    for package, checked in (("keras", compat.KERAS_CHECKED),
+                             ("tensorflow", compat.TENSORFLOW_CHECKED)):
+        major, minor = checked[-1].split(".")
+        low, high = checked[0], f"{major}.{int(minor) + 1}"
+        assert f'"{package}>={low},<{high}"' in setup, (package, checked)

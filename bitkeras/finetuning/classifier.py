@@ -7,45 +7,23 @@ HyperRule and trains it through the one loop of `bitkeras.finetuning.training`;
 `evaluate` and `predict` run the classifier's preprocessor on it.
 """
 
-import contextlib
 import os
 import types
 import zipfile
 
 import keras
 
-from bitkeras.checks import check_positive_integer, check_seed
-from bitkeras.finetuning import distribute, pipeline, sources, training, xla
-from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE, HyperRule
+from bitkeras import compat
+from bitkeras.checks import check_positive_integer
+from bitkeras.finetuning import distribute, evaluation, fitting, training
+from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE
 from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
-from bitkeras.models import kernels
-from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.classifier import HeadClassifier
-from bitkeras.models.inference import (
-    MULTI_SCALE_SIDES,
-    MultiScaleAverage,
-    ViewAverage,
-    check_test_time_augmentation,
-)
-from bitkeras.models.layers import StandardizedConv2D
-from bitkeras.models.preprocessing import ten_crop_views
-from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
-
-EVAL_BATCH_SIZE = 32
-"""Images per batch in `evaluate` and `predict` (views, with ten-crop)."""
-
-STANDARDIZE_ONCE_MIN_BATCHES = 4
-"""`predict` and `evaluate` standardize kernels once per call from this many batches on.
-
-Standardizing R50x1's kernels outside the graph took about 0.1 s on a 2-core
-Xeon, and saved about 0.025 s in each batch after (128x128, batch 16); both
-scale with the kernels, not the images.
-"""
 
 
-class FineTuningClassifier(HeadClassifier):
+class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
     """A classifier that fine-tunes with the BiT-HyperRule, keeping Keras's calls.
 
     The fine-tuning shared by `BiTClassifier` and `bitkeras.ResNetClassifier`:
@@ -90,6 +68,11 @@ class FineTuningClassifier(HeadClassifier):
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
             batch_split=batch_split, **kwargs))
         self._compile_defaults(optimizer, loss, metrics, jit_compile, batch_split, **kwargs)
+
+    @property
+    def compile_request(self):
+        """What the user's own `compile()` asked for (empty until then): `fit` keeps it."""
+        return self._compile_request
 
     def _compile_defaults(self, optimizer="auto", loss="auto", metrics="auto",
                           jit_compile="auto", batch_split=1, **kwargs):
@@ -168,136 +151,42 @@ class FineTuningClassifier(HeadClassifier):
         `initial_epoch` are refused (the rule's pipeline has no per-example
         weights; resume with `checkpoint_dir`).
 
-        - `examples_per_class`, `seed`: few-shot training on K examples of each
-          class, drawn reproducibly; `seed` also seeds the augmentation.
-        - `trainable`: "all" (full fine-tuning), "head" (a linear probe on
-          frozen features) or "block1".."block4" (that block onwards).
-        - `batch_split`: accumulate gradients over this many micro-batches per
-          optimizer step (same update as the full batch, less memory; default:
-          the one given to `compile`, else 1).
-        - `on_bad_image`: "warn" skips unreadable files with one warning that
-          names them, "raise" stops.
-        - `strategy`: "auto" (see `bitkeras.finetuning.distribute`: TPU, several workers,
-          several GPUs, else one device), a name ("default", "mirrored",
-          "multi_worker", "tpu") or a `tf.distribute.Strategy`. The rule's
-          batch is the global batch, split across replicas. A classifier
-          built in a strategy's scope trains under that strategy; otherwise a
-          copy is built in the strategy's scope, trained, and its weights
-          copied back.
-        - `precision`: "float32", "mixed_bfloat16" or "mixed_float16" (with
-          loss scaling); GroupNorm statistics, weight standardization and the
-          head stay in float32. The classifier itself stays float32.
-        - `jit_compile`: "auto" (XLA on GPU and TPU; on a CPU, where this
-          machine measured it faster for this model: see
-          `bitkeras.finetuning.xla`), True or False.
-        - `checkpoint_dir`: write the training state (model, optimizer, step)
-          there every `checkpoint_every` steps (default: 20 per run); the
-          same call after a crash resumes from it and ends at the same step,
-          on the same batches. A NaN or Inf loss stops the run with
-          `NonFiniteLossError`, keeping the last good checkpoint.
+        The keywords bitkeras adds (`examples_per_class`, `trainable`, `strategy`,
+        `precision`, `checkpoint_dir`, ...) are described in `bitkeras.finetuning.fitting`.
         """
         if x is None:
             raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
                             "a dataset")
-        if sample_weight is not None:
-            raise ValueError(
-                "fit(sample_weight=...) is not supported: the HyperRule pipeline crops, flips "
-                "and mixes examples; use class_weight=, or keras.Model.fit on your own batches"
-            )
-        if initial_epoch:
-            raise ValueError(
-                f"fit(initial_epoch={initial_epoch!r}) is not supported: pass checkpoint_dir= "
-                f"and rerun the same call to resume a fit where it stopped"
-            )
-        check_seed(seed, "fit(seed=...)")
-        if epochs is not None and "steps" in overrides:
-            raise ValueError(
-                f"fit got both epochs={epochs!r} and steps={overrides['steps']!r}; give one"
-            )
-        data = sources.keras_data(x, y)
-        if validation_split and validation_data is None:
-            data, validation_data = sources.split_validation(data, validation_split)
-        if validation_data is not None:
-            sources.data_form(validation_data, "validation_data")  # fail before any work
+        fitting.check_keras_arguments(sample_weight, initial_epoch, seed, epochs, overrides)
         strategy = distribute.training_strategy(self, strategy)
-        if distribute.needs_replica(self, strategy, precision) and not isinstance(
-                self.backbone, (ResNetV2Backbone, ResNetFamilyBackbone)):
-            raise ValueError(
-                f"fit(strategy=..., precision={precision!r}) rebuilds the model for the "
-                f"strategy or precision, which needs a native backbone; this one is a "
-                f"{type(self.backbone).__name__}: convert it (from_hub(..., convert=True))"
-            )
-        source = sources.open_source(data, split=split, class_names=class_names,
-                                     on_bad_image=on_bad_image)
-        if examples_per_class is not None:
-            source = source.few_shot(examples_per_class, seed)
-        if batch_size is not None:
-            overrides["batch_size"] = batch_size
-        rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule,
-                                     variant, **overrides)
-        passes = training.keras_schedule(rule, source.num_examples, epochs, steps_per_epoch)
-        rule = passes.rule
-        request = self._compile_request
-        if batch_split is None:
-            batch_split = request.get("batch_split", 1)
-        training.check_batching(rule, source.num_examples, batch_split,
-                                strategy.num_replicas_in_sync)
-        training.check_trainable(trainable, self.backbone)
-        sparse_labels = training.wants_sparse_labels(request.get("loss", "auto"))
-        if sparse_labels and rule.mixup_alpha > 0:
-            raise ValueError(
-                f"the compiled loss takes class ids, but the rule mixes labels (MixUp, alpha "
-                f"{rule.mixup_alpha}): pass mixup_alpha=0 to fit, or compile with a loss on "
-                f"one-hot labels such as CategoricalCrossentropy(from_logits=True)"
-            )
+        fitting.check_strategy(self, strategy, precision)
+        source, validation_data = fitting.open_data(
+            x, y, validation_split, validation_data, split, class_names, on_bad_image,
+            examples_per_class, seed)
+        plan = fitting.plan(self, source, hyperrule, variant, batch_size, epochs,
+                            steps_per_epoch, batch_split, strategy, trainable, overrides)
         # Last of the checks: it may add the head, which nothing should do on bad input.
-        source = self._adopt_classes(source)
-        validation = None
-        if validation_data is not None:
-            validation_source = sources.open_source(
-                validation_data, class_names=self.class_names, on_bad_image=on_bad_image,
-                default_split="validation|test")
-            validation_source.check_labels(self.num_classes)
-            validation = pipeline.eval_dataset(
-                validation_source, validation_batch_size or rule.batch_size,
-                self._converter(rule.crop_size),
-                one_hot_classes=None if sparse_labels else self.num_classes)
+        source = fitting.adopt_classes(self, source)
+        validation = fitting.validation_dataset(self, validation_data, plan, on_bad_image,
+                                                validation_batch_size)
+        rule = plan.rule
         if verbose:
             print(rule.describe(source.num_examples))
-        run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
-               "classes": self.num_classes, "examples_per_class": examples_per_class,
-               "trainable": trainable, "batch_split": batch_split, "precision": precision,
-               **({"shuffle": False} if not shuffle else {})}
-        if checkpoint_dir is not None:  # only checkpoints need the data's identity
-            run["data"] = source.fingerprint()
-
-        def batches(start_step):
-            train = pipeline.train_dataset(source, rule, self.num_classes, rule.batch_size, seed,
-                                           start_step=start_step, shuffle=shuffle)
-            if sparse_labels:
-                train = train.map(lambda images, labels: (
-                    images, keras.ops.argmax(labels, axis=-1)))
-            return train
-
-        if jit_compile == "auto":
-            jit_compile = request.get("jit_compile", "auto")
-        jit_compile = xla.resolve(
-            jit_compile, strategy, self, rule,
-            rule.batch_size // (strategy.num_replicas_in_sync * batch_split), precision, verbose)
+        run = fitting.run_record(self, source, plan, seed, examples_per_class, trainable,
+                                 precision, shuffle, checkpoint_dir)
+        jit_compile = fitting.jit_compile(self, jit_compile, strategy, plan, precision, verbose)
         with training.on_strategy(self, strategy, precision) as model, \
                 training.trainable_from(model, trainable):
-            model.compile_for_rule(rule, batch_split, jit_compile, request)
+            model.compile_for_rule(rule, plan.batch_split, jit_compile, self.compile_request)
             history, start_step = training.train(
-                model, rule, batches, passes, run, checkpoint_dir=checkpoint_dir,
-                checkpoint_every=checkpoint_every, callbacks=callbacks, verbose=verbose,
-                validation_data=validation, class_weight=class_weight,
-                validation_steps=validation_steps, validation_freq=validation_freq)
+                model, rule, fitting.batches(self, source, plan, seed, shuffle), plan.passes,
+                run, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                callbacks=callbacks, verbose=verbose, validation_data=validation,
+                class_weight=class_weight, validation_steps=validation_steps,
+                validation_freq=validation_freq)
         self.hyperrule = rule
         self.preprocessor.image_converter.image_size = (rule.crop_size, rule.crop_size)
-        history.hyperrule = rule
-        history.start_step = start_step
-        history.params["hyperrule"] = rule.get_config()
-        return history
+        return fitting.annotated(history, rule, start_step)
 
     def train_step(self, data):
         if self.batch_split == 1:
@@ -308,18 +197,6 @@ class FineTuningClassifier(HeadClassifier):
 
     def test_step(self, data):
         return distribute.reducible_logs(super().test_step(data), distribute.model_strategy(self))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy Keras draws a batch to build the model symbolically
-        # and averages it across replicas, which fails under
-        # MultiWorkerMirroredStrategy (keras-team/keras#20585); the draw also
-        # starts an iterator, so training would begin on a reshuffled second
-        # pass. The build needs only shapes and dtypes: the dataset's spec.
-        # Private Keras API (_maybe_symbolic_build, data_adapter), checked on Keras 3.15.
-        if iterator is not None and data_batch is None and distribute.model_strategy(self):
-            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def compile_for_rule(self, rule, batch_split=1, jit_compile=False, request=None):
         """Compiles for training on `rule`: a fresh optimizer, the fit's loss and metrics.
@@ -347,28 +224,6 @@ class FineTuningClassifier(HeadClassifier):
             # Its slots now, not inside the first trace of the train step: a
             # tf.function that creates variables traces twice.
             self.optimizer.build(self.trainable_variables)
-
-    def _adopt_classes(self, source):
-        """Sizes a missing head from the data, or checks the data against the head."""
-        if source.num_classes < 2:
-            raise ValueError(
-                f"{source.description} has a single class; a classifier needs at least 2"
-            )
-        if self.head is None:
-            self.add_head(source.num_classes)
-            self.class_names = source.class_names
-            return source
-        if source.named and source.num_classes != self.num_classes:
-            raise ValueError(
-                f"{source.description} has {source.num_classes} classes but {self.name} has a "
-                f"{self.num_classes}-class head; build a new classifier (or "
-                f"from_preset(..., num_classes={source.num_classes})) for this data"
-            )
-        if self.class_names is None:
-            self.class_names = source.class_names if source.named else tuple(
-                str(i) for i in range(self.num_classes))
-        source.check_labels(self.num_classes)
-        return source.relabel(self.class_names)
 
     def _fit_metrics(self, sparse_labels=False):
         """Accuracy, and top-5 where it means something, on the labels fit feeds."""
@@ -408,12 +263,12 @@ class FineTuningClassifier(HeadClassifier):
         `batch_size` (default 32 images), `verbose`,
         `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
-        if kwargs.pop("_use_cached_eval_dataset", False):
+        if kwargs.pop(compat.KERAS_FIT_VALIDATION, False):
             # Keras's own validation inside fit: its plain loop on our dataset.
             return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict,
-                                    _use_cached_eval_dataset=True, **kwargs)
+                                    **{compat.KERAS_FIT_VALIDATION: True}, **kwargs)
         if kwargs:
             raise TypeError(f"unknown evaluate argument(s) {sorted(kwargs)}")
         if sample_weight is not None:
@@ -422,18 +277,9 @@ class FineTuningClassifier(HeadClassifier):
         self.require_head()
         if not self.compiled:
             self._compile_defaults()
-        source = sources.open_source(sources.keras_data(x, y), split=split,
-                                     class_names=self.class_names, on_bad_image=on_bad_image,
-                                     default_split="test|validation")
-        source.check_labels(self.num_classes)
-        sparse_labels = training.wants_sparse_labels(self.loss)
-        model, dataset = self._inference(source, test_time_augmentation, image_size,
-                                         batch_size, None if sparse_labels else self.num_classes)
-        if model is not self:
-            model.compile(**training.loss_and_metrics(self))
-        with self._standardized_once(model, dataset, steps):
-            return keras.Model.evaluate(model, dataset, verbose=verbose, steps=steps,
-                                        callbacks=callbacks, return_dict=return_dict)
+        return evaluation.evaluate(self, x, y, batch_size, verbose, steps, callbacks,
+                                   return_dict, split, image_size, test_time_augmentation,
+                                   on_bad_image)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
                 image_size=None, test_time_augmentation=None):
@@ -449,73 +295,8 @@ class FineTuningClassifier(HeadClassifier):
         ids, probabilities and names instead.
         """
         self.require_head()
-        model, dataset = self._inference(sources.open_images(x), test_time_augmentation,
-                                         image_size, batch_size)
-        with self._standardized_once(model, dataset, steps):
-            return keras.Model.predict(model, dataset.map(lambda images, labels: images),
-                                       verbose=verbose, steps=steps, callbacks=callbacks)
-
-    @contextlib.contextmanager
-    def _standardized_once(self, model, dataset, steps):
-        """Within the block, `model`'s inference standardizes each kernel once, not per batch.
-
-        See `kernels.standardized_once`: the weights must not change within
-        the block. Only for calls of at least `STANDARDIZE_ONCE_MIN_BATCHES`
-        batches (or of unknown length), and not under a distribution strategy
-        (the copies would be one device's variables).
-        """
-        batches = int(dataset.cardinality())  # negative: unknown or endless
-        if steps is not None:
-            batches = steps if batches < 0 else min(batches, steps)
-        if (0 <= batches < STANDARDIZE_ONCE_MIN_BATCHES
-                or not distribute.is_default(self.distribute_strategy)):
-            yield
-            return
-        # Private Keras API (_flatten_layers: nested layers), checked on Keras 3.15.
-        convolutions = [layer for layer in self._flatten_layers()
-                        if isinstance(layer, StandardizedConv2D)]
-        with kernels.standardized_once(convolutions) as new:
-            if new:  # functions traced before the copies existed do not read them
-                model.predict_function = model.test_function = None
-            yield
-
-    def _inference(self, source, test_time_augmentation, image_size, batch_size,
-                   one_hot_classes=None):
-        """(the model to run, batches of (images, labels)) for `source`, preprocessed."""
-        check_test_time_augmentation(test_time_augmentation)
-        if test_time_augmentation == "multi_scale" and image_size is not None:
-            raise ValueError("image_size does not apply to test_time_augmentation="
-                             "'multi_scale', which sees each image whole at several "
-                             "scales; leave image_size out")
-        rule = self.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
-        crop_size = image_size or self.image_size or rule.crop_size
-        if test_time_augmentation == "multi_scale":
-            # ResNet's sides are for 224-pixel training crops: scaled to this classifier's.
-            sides = [max(1, round(side * crop_size / 224)) for side in MULTI_SCALE_SIDES]
-            # Each image's views at every scale; sizes differ, so one image a batch.
-            dataset = pipeline.eval_dataset(
-                source, 1, lambda image: pipeline.multi_scale_views(image, sides),
-                one_hot_classes=one_hot_classes)
-            return MultiScaleAverage(self), dataset
-        ten_crop = test_time_augmentation == "ten_crop"
-        views = 10 if ten_crop else 1
-        if ten_crop:
-            # Resized as the rule resizes for its crops (160 for 128, 448 for 384, ...).
-            resize_size = max(crop_size, round(crop_size * rule.resize_size / rule.crop_size))
-            converter = self._converter(resize_size)
-        else:
-            converter = self._converter(crop_size)
-        dataset = pipeline.eval_dataset(
-            source, max(1, (batch_size or EVAL_BATCH_SIZE) // views), converter,
-            one_hot_classes=one_hot_classes,
-            views=(lambda image: ten_crop_views(image, crop_size)) if ten_crop else None)
-        return (ViewAverage(self) if ten_crop else self), dataset
-
-    def _converter(self, image_size):
-        """The preprocessor's image converter, resizing to an `image_size` square."""
-        converter = self.preprocessor.image_converter
-        return type(converter).from_config(
-            {**converter.get_config(), "image_size": (image_size, image_size)})
+        return evaluation.predict(self, x, batch_size, verbose, steps, callbacks, image_size,
+                                  test_time_augmentation)
 
     def get_config(self):
         config = super().get_config()

@@ -24,6 +24,8 @@ import os
 import keras
 import tensorflow as tf
 
+from bitkeras import compat
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
@@ -191,7 +193,7 @@ def replicate(model, strategy, precision):
 
 def model_strategy(model):
     """The strategy `model`'s variables were made under, or None for plain variables."""
-    return getattr(model, "_distribute_strategy", None)
+    return compat.model_strategy(model)
 
 
 def broadcast_from_first_replica(strategy, variables):

@@ -12,6 +12,8 @@ against Keras's).
 
 import keras
 
+from bitkeras import compat
+
 
 @keras.saving.register_keras_serializable(package="bitkeras")
 class SGD(keras.optimizers.SGD):
@@ -27,7 +29,7 @@ class SGD(keras.optimizers.SGD):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
-        momentum = self.momentums[self._get_variable_index(variable)]
+        momentum = self.momentums[compat.variable_index(self, variable)]
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=variable.handle, accum=momentum.handle,
             lr=tf.cast(learning_rate, variable.dtype), grad=tf.cast(gradient, variable.dtype),

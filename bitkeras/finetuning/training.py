@@ -13,6 +13,7 @@ import math
 
 import keras
 
+from bitkeras import compat
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning import distribute, run_state
 from bitkeras.finetuning.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
@@ -121,9 +122,8 @@ def accumulated_train_step(model, data, micro_batches):
                 predictions = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=True)
                 # As Keras's own train step: the logged loss, undoing the 1/replicas
-                # that compute_loss applies for the all-reduce (a sum). Private Keras
-                # API (the tracker of the logged loss), checked on Keras 3.15.
-                model._loss_tracker.update_state(loss * replicas, sample_weight=size)
+                # that compute_loss applies for the all-reduce (a sum).
+                compat.loss_tracker(model).update_state(loss * replicas, sample_weight=size)
                 scaled = model.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, variables)
         total = [sum_ + gradient for sum_, gradient in zip(total, gradients)]
@@ -275,24 +275,8 @@ def without_graph_rewrites(strategy):
     if distribute.on_accelerator(strategy):
         yield
         return
-    # Private TensorFlow API (the thread's function-call options, which
-    # tf.experimental.function_executor_type sets the same way), checked on TF 2.21.
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow.python.eager import context
-
-    eager = context.context()
-    before = eager.function_call_options
-    config = config_pb2.ConfigProto()
-    if before.config_proto_serialized:
-        config.ParseFromString(before.config_proto_serialized)
-    for name in GRAPH_REWRITES_OFF:
-        setattr(config.graph_options.rewrite_options, name, rewriter_config_pb2.RewriterConfig.OFF)
-    eager.function_call_options = context.FunctionCallOptions(
-        executor_type=before.executor_type, config_proto=config)
-    try:
+    with compat.graph_rewrites_off(GRAPH_REWRITES_OFF):
         yield
-    finally:
-        eager.function_call_options = before
 
 
 class StopAfterSteps(keras.callbacks.Callback):

@@ -27,7 +27,7 @@ import urllib.request
 import keras
 import tensorflow as tf
 
-from bitkeras import files
+from bitkeras import compat, files
 from bitkeras.io import checkpoint
 
 CACHE_ENV = "TFHUB_CACHE_DIR"
@@ -230,13 +230,9 @@ class HubModule(keras.layers.TFSMLayer):
         self.output_size = int(probe.shape[-1])
 
     def _add_existing_weight(self, weight):
-        # As TFSMLayer does, minus the ":0" that TF variable names end with,
-        # which Keras optimizers cannot put in their slot variables' names.
-        # Private Keras API (TFSMLayer's hook, _track_variable), checked on Keras 3.15.
-        variable = keras.Variable(initializer=weight, trainable=weight.trainable,
-                                  dtype=weight.dtype, shape=weight.shape,
-                                  name=weight.name.split(":")[0].replace("/", "_"))
-        self._track_variable(variable)
+        # As TFSMLayer does, minus the ":0" that TF variable names end with, which
+        # Keras optimizers cannot put in their slot variables' names.
+        compat.add_tracked_weight(self, weight, keras.Variable)
 
     def call(self, inputs, training=False):
         training = bool(training)

@@ -42,21 +42,7 @@ def run(args):
     if not (out / "checkpoints" / run_state.CHECKPOINT_FILE).exists():
         print(f"Starting a new run (no checkpoint in {out / 'checkpoints'} to resume from)")
     started = time.perf_counter()
-    if args.data is None:
-        examples = glyphs.DEFAULT_EXAMPLES if args.examples is None else args.examples
-        print(f"Rendering {examples} glyph images ({glyphs.NUM_CLASSES} classes, "
-              f"{args.image_size}px, seed {args.seed})", flush=True)
-        images, labels = glyphs.make_glyphs(examples, args.seed, args.image_size)
-        class_names = glyphs.CLASS_NAMES
-        data = {"name": "glyphs", "examples": examples, "image_size": args.image_size,
-                "seed": args.seed, "num_classes": glyphs.NUM_CLASSES}
-    else:
-        print(f"Reading {args.data} at {args.image_size}px", flush=True)
-        images, labels, class_names, description = upstream_data.load(
-            args.data, args.image_size, args.multi_label)
-        data = {"name": args.data, "description": description, "examples": len(images),
-                "image_size": args.image_size, "num_classes": len(class_names),
-                "multi_label": args.multi_label}
+    images, labels, class_names, data = _load_data(args)
     render_seconds = time.perf_counter() - started
 
     keras.utils.set_random_seed(args.seed)
@@ -117,6 +103,25 @@ def run(args):
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     print(f"Wrote {out / 'model.npz'}, {out / 'upstream.json'}, {out / 'MODEL_CARD.md'}")
     return record
+
+
+def _load_data(args):
+    """(images, labels, class names, a description for upstream.json) of the run's data."""
+    if args.data is None:
+        examples = glyphs.DEFAULT_EXAMPLES if args.examples is None else args.examples
+        print(f"Rendering {examples} glyph images ({glyphs.NUM_CLASSES} classes, "
+              f"{args.image_size}px, seed {args.seed})", flush=True)
+        images, labels = glyphs.make_glyphs(examples, args.seed, args.image_size)
+        data = {"name": "glyphs", "examples": examples, "image_size": args.image_size,
+                "seed": args.seed, "num_classes": glyphs.NUM_CLASSES}
+        return images, labels, glyphs.CLASS_NAMES, data
+    print(f"Reading {args.data} at {args.image_size}px", flush=True)
+    images, labels, class_names, description = upstream_data.load(
+        args.data, args.image_size, args.multi_label)
+    data = {"name": args.data, "description": description, "examples": len(images),
+            "image_size": args.image_size, "num_classes": len(class_names),
+            "multi_label": args.multi_label}
+    return images, labels, class_names, data
 
 
 def _check_arguments(args):

@@ -53,6 +53,7 @@ import weakref
 import keras
 from keras import ops
 
+from bitkeras import compat
 from bitkeras.models import native
 
 _PORTABLE = contextvars.ContextVar("bitkeras_portable_kernels", default=False)
@@ -87,10 +88,8 @@ def _tensorflow():
 def _saving_tensorflow_graph():
     """Whether `tf.saved_model.save` is tracing now: a SavedModel written so, directly
     and not through bitkeras's exports, gets the plain form too, which any TensorFlow
-    loads (TensorFlow's private `save_context`, checked on TF 2.21)."""
-    from tensorflow.python.saved_model import save_context
-
-    return save_context.in_save_context()
+    loads."""
+    return compat.in_save_context()
 
 
 def _native():

@@ -57,7 +57,7 @@ import subprocess
 import sys
 import warnings
 
-from bitkeras import files
+from bitkeras import compat, files
 
 SOURCE = pathlib.Path(__file__).with_name("native_ops.cc")
 ENABLE_ENV = "BITKERAS_NATIVE"
@@ -341,15 +341,6 @@ def _locked(path):
 
 
 def _in_xla_compilation(tf):
-    """Whether the graph being traced now is compiled by XLA (`jit_compile=True`).
-
-    XLA has no kernel for a custom op. TensorFlow marks the graphs it traces
-    for XLA with a control-flow context; the public API does not expose it, so
-    this reads TensorFlow's private `control_flow_util` (checked on TF 2.21).
-    """
-    from tensorflow.python.framework import ops as framework_ops
-    from tensorflow.python.ops import control_flow_util
-
-    if tf.executing_eagerly():
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(framework_ops.get_default_graph())
+    """Whether the graph being traced now is compiled by XLA (`jit_compile=True`): XLA has
+    no kernel for a custom op."""
+    return compat.in_xla_compilation(tf)
