@@ -14,6 +14,7 @@ from bitkeras.finetuning.resnet_recipes import (
     RecipeLearningRate,
     ResNetRecipe,
 )
+from bitkeras.finetuning import run_state
 from bitkeras.jobs import cli, experiments
 from bitkeras.models import resnet_family
 from bitkeras.models.augmentation import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
@@ -139,3 +140,21 @@ def test_normalization_ablation_runs_end_to_end(tmp_path):
     assert (tmp_path / "report.png").stat().st_size
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["per_device_batch"] == 2 and saved["upstream_rule"]["batch_size"] == 4
+
+
+def test_the_recipes_train_through_the_one_loop_and_its_nan_stop():
+    # The experiments' recipes run where every rule runs (training.train): a loss that
+    # turns NaN stops the run by name, with the model put back as it started.
+    recipe = CIFAR_RECIPE.scaled(steps=6, batch_size=8)
+    backbone = ResNetBackbone(**resnet_family.cifar(8, shortcut="A").replace(
+        width_factor=0.25).get_config())
+    model = experiments._classifier(backbone, 3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(16) % 3
+    head = model.get_layer("head")
+    poisoned = [np.full_like(head.kernel.numpy(), np.nan), head.bias.numpy()]
+    head.set_weights(poisoned)
+    with pytest.raises(run_state.NonFiniteLossError, match="loss became nan at step 1"):
+        experiments._train(model, recipe, (images, labels), (images, labels), 0, 0, "test")
+    np.testing.assert_array_equal(head.kernel.numpy(), poisoned[0])  # as it started

@@ -142,7 +142,7 @@ class KerasSchedule:
     one pass over the data (`steps_per_epoch`, if given, sets the round).
     """
 
-    rule: object  # a HyperRule or an UpstreamRecipe
+    rule: object  # any rule with `steps`: HyperRule, UpstreamRecipe, ResNetRecipe, DetectionRule
     steps_per_pass: int
     epochs: int | None = None
     steps_per_epoch: int | None = None
@@ -212,7 +212,11 @@ def on_strategy(classifier, strategy, precision):
 
 def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoint_every=None,
           callbacks=None, verbose="auto", validation_data=None, **keras_arguments):
-    """The one training loop of fine-tuning and pre-training; returns (History, start step).
+    """The one training loop of every rule; returns (History, start step).
+
+    Fine-tuning (`fit`), pre-training (`pretrain`), the ResNet papers' recipes
+    and detection's rule (`bitkeras experiment`, `bitkeras detect`) all train
+    here, so each gets the same resume, NaN stop and checkpoints.
 
     Runs the compiled `model` through Keras's `fit` for the `rule.steps`
     optimizer steps not yet done: with a `checkpoint_dir` (held by this run

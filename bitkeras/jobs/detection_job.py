@@ -31,7 +31,7 @@ from bitkeras.checks import check_positive_integer
 from bitkeras.detection import data as detection_data
 from bitkeras.detection import scenes
 from bitkeras.detection.detector import BiTDetector, COCOEvaluation, DetectionRule
-from bitkeras.finetuning import sources
+from bitkeras.finetuning import sources, training
 from bitkeras.jobs.transfer import staged_run
 
 OUTPUTS = ("report.json", "report.png", "detector.keras", "serving")
@@ -106,9 +106,14 @@ def _run(args, out):
             weights="default" if side_name == "pretrained" else None)
         detector.compile(optimizer=rule.optimizer())
         scores = COCOEvaluation(test, batch_size=rule.batch_size, at_steps=at_steps)
-        detector.fit(detector.batches(train, rule.batch_size, training=True),
-                     steps_per_epoch=rule.steps, verbose=args.verbose, shuffle=False,
-                     callbacks=[scores])
+        # The one training loop, as every rule trains (its NaN stop; resumable).
+        training.train(
+            detector, rule,
+            lambda start_step: detector.batches(train, rule.batch_size, training=True).skip(
+                start_step),
+            training.KerasSchedule(rule, rule.steps, 1, rule.steps),
+            {"rule": dataclasses.asdict(rule), "side": side_name, "seed": args.seed},
+            callbacks=[scores], verbose=args.verbose)
         curves[side_name] = {name: [figures[name] for _, figures in scores.results]
                              for name in ("AP", "AP50")}
         final[side_name] = scores.results[-1][1]

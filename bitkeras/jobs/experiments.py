@@ -14,6 +14,7 @@ the papers' settings are larger (see README.md, "The ResNet family").
 """
 
 import json
+import math
 import pathlib
 import time
 
@@ -21,6 +22,7 @@ import keras
 
 from bitkeras import files
 from bitkeras.data import datasets, glyphs
+from bitkeras.finetuning import training
 from bitkeras.finetuning.resnet_classifier import ResNetClassifier
 from bitkeras.finetuning.resnet_recipes import CIFAR_RECIPE
 from bitkeras.finetuning.upstream import UpstreamRecipe
@@ -189,14 +191,18 @@ def _train(model, recipe, train, test, seed, verbose, name):
     """Trains `model` with `recipe`; returns its curve, final training and test errors."""
     recipe.compile(model)
     window = max(1, recipe.steps // CURVE_POINTS)
-    # Each Keras epoch is one window of the curve: its running accuracy, reset per epoch.
-    history = model.fit(recipe.dataset(*train, seed=seed), epochs=recipe.steps // window,
-                        steps_per_epoch=window, callbacks=recipe.callbacks(), shuffle=False,
-                        verbose=0)
+    # The one training loop (its NaN stop; resumable as every rule is). Each Keras epoch is
+    # one window of the curve: its running accuracy, reset per epoch.
+    schedule = training.KerasSchedule(recipe, window, math.ceil(recipe.steps / window), window)
+    history, _ = training.train(
+        model, recipe, lambda start_step: recipe.dataset(*train, seed=seed).skip(start_step),
+        schedule, {"recipe": _fields(recipe), "seed": seed}, callbacks=recipe.callbacks(),
+        verbose=0)
     errors = [1.0 - accuracy for accuracy in history.history["accuracy"]]
     test_images = test[0].astype("float32") / 255.0
     _, test_accuracy = model.evaluate(test_images, test[1], batch_size=256, verbose=0)
-    result = {"curve": {"steps": [window * (epoch + 1) for epoch in history.epoch],
+    result = {"curve": {"steps": [min(recipe.steps, window * (epoch + 1))
+                                  for epoch in history.epoch],
                         "train_error": errors},
               "final_train_error": errors[-1], "test_error": 1.0 - float(test_accuracy)}
     if verbose:
