@@ -68,6 +68,9 @@ setup(
             "tensorboard",
             # Property-based tests of the data sources (random files and arrays).
             "hypothesis>=6",
+            # keras-hub's published test harness (keras_hub.src.tests.test_case), which the
+            # tests run on bitkeras's backbones as keras-hub runs it on its own, imports it.
+            "grain",
         ],
     },
     entry_points={"console_scripts": ["bitkeras = bitkeras.jobs.cli:main"]},

@@ -34,7 +34,6 @@ class ResNetClassifier(ExportableClassifier, FineTuningClassifier):
 
     def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None,
                  preprocessor=None, **kwargs):
-        kwargs.setdefault("name", "resnet_classifier")
         super().__init__(backbone, num_classes, class_names, hyperrule, preprocessor, **kwargs)
 
     @classmethod

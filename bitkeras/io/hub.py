@@ -275,7 +275,6 @@ class HubBackbone(keras.Model):
             # Through Keras's deserialization, so its safe_mode rule for SavedModel layers holds.
             module = keras.saving.deserialize_keras_object(module)
         images = keras.Input(shape=(None, None, 3), name="images")
-        kwargs.setdefault("name", "hub_backbone")
         super().__init__(inputs=images, outputs=module(images), **kwargs)
         self.module = module
         self.handle = module.handle

@@ -65,7 +65,6 @@ class ResNetV2Backbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         x = group_normalization(name="final_norm", dtype=dtype)(x)
         x = keras.layers.ReLU(name="final_relu", dtype=dtype)(x)
         features = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
-        kwargs.setdefault("name", "bit_backbone")
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
         self.architecture = architecture
         self.block_units = architecture.block_units

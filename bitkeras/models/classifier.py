@@ -41,7 +41,6 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
 
     def __init__(self, backbone, num_classes=None, class_names=None, preprocessor=None,
                  **kwargs):
-        kwargs.setdefault("name", "bit_classifier")
         # keras-hub's Task, not ImageClassifier's functional build: the head is
         # BiT's zero-initialised float32 Dense, and it can come later, from the
         # data. Not compiled here.

@@ -47,7 +47,6 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         builder = _Builder(config, dtype)
         images = keras.Input(shape=(None, None, 3), name="images")
         features = builder.network(images)
-        kwargs.setdefault("name", "resnet_backbone")
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
         self.resnet_config = config
         self.pyramid_outputs = builder.pyramid
