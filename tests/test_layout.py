@@ -181,3 +181,13 @@ def test_the_pins_are_the_versions_compat_was_checked_on():
         major, minor = checked[-1].split(".")
         low, high = checked[0], f"{major}.{int(minor) + 1}"
         assert f'"{package}>={low},<{high}"' in setup, (package, checked)
+
+
+def test_the_readme_module_map_names_every_module_and_only_those():
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(bitkeras(?:\.\w+)+)` \|", readme, re.M))
+    modules = {_module_name(path) for path in PACKAGE.rglob("*.py")
+               if path.stem not in ("__init__", "__main__")}
+    assert (sorted(modules - listed), sorted(listed - modules)) == ([], [])
