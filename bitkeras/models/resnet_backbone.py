@@ -8,6 +8,7 @@ Random weights: `bitkeras.ResNetBackbone` adds presets and weight files.
 """
 
 import dataclasses
+import itertools
 
 import keras
 import keras_hub
@@ -21,6 +22,18 @@ CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ResNetConfig))
 
 BATCH_NORM_MOMENTUM = 0.9
 """Moving-average momentum of BatchNorm statistics (the papers' Torch and PyTorch setting)."""
+
+NESTED_ABOVE_UNITS = 100
+"""Networks of more units are laid out as sub-models of `UNITS_PER_PART` units at most.
+
+Keras walks a functional graph recursively (`keras.src.ops.function`), one Python
+frame per layer in a chain: a plain network of 1202 layers (3600 in a chain)
+exceeds Python's recursion limit. Sub-models keep each walk to a part's depth.
+Layers inside a part are not found by the outer model's `get_layer`; no network
+that deep has published weights to map by name.
+"""
+
+UNITS_PER_PART = 50
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
@@ -83,9 +96,11 @@ class _Builder:
         self.stage_layers = {}  # stage -> names of its layers with weights (0: the stem)
         self.stage = 0
         self.stride = 1
+        self.recording = True  # names of layers with weights go to stage_layers
 
     def layer(self, layer, *inputs):
-        self.stage_layers.setdefault(self.stage, []).append(layer.name)
+        if self.recording:
+            self.stage_layers.setdefault(self.stage, []).append(layer.name)
         return layer(*inputs)
 
     def network(self, images):
@@ -93,15 +108,43 @@ class _Builder:
         x = self.layer(InputScaling(config.input_scaling, name="input_scaling",
                                     dtype=self.dtype), images)
         x = self.stem(x)
-        for unit in config.units():
-            self.stage = unit.stage
-            x = self.unit(x, unit)
-            self.stride *= unit.stride
-            self.pyramid[f"P{self.stride.bit_length() - 1}"] = x
+        units = list(config.units())
+        nested = len(units) > NESTED_ABOVE_UNITS
+        for _, stage_units in itertools.groupby(units, key=lambda unit: unit.stage):
+            stage_units = list(stage_units)
+            size = UNITS_PER_PART if nested else len(stage_units)
+            for start in range(0, len(stage_units), size):
+                x = self.units(x, stage_units[start:start + size], nested)
         if config.preactivation:
             x = self.norm(x, "post")
             x = self.relu(x, "post_relu")
         return keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=self.dtype)(x)
+
+    def units(self, x, units, nested):
+        """`units` (of one stage) on `x`; with `nested`, as one functional sub-model."""
+        self.stage = units[0].stage
+        if not nested:
+            for unit in units:
+                x = self.unit(x, unit)
+                self._advance(unit, x)
+            return x
+        inputs = keras.Input(x.shape[1:], dtype=x.dtype)
+        recorded, self.recording = self.recording, False
+        y = inputs
+        for unit in units:
+            y = self.unit(y, unit)
+        self.recording = recorded
+        first, last = units[0], units[-1]
+        part = keras.Model(inputs, y, name=f"conv{first.stage + 1}_block{first.index}_to_"
+                                             f"block{last.index}")
+        x = self.layer(part, x)
+        for unit in units:
+            self._advance(unit, x)
+        return x
+
+    def _advance(self, unit, x):
+        self.stride *= unit.stride
+        self.pyramid[f"P{self.stride.bit_length() - 1}"] = x
 
     def stem(self, x):
         config = self.config
