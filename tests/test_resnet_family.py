@@ -302,3 +302,28 @@ def test_every_preset_builds_runs_forward_and_trains_a_step(name):
     assert np.isfinite(results).all()
     assert not np.array_equal(
         keras.ops.convert_to_numpy(classifier.backbone.trainable_weights[0]), first)
+
+
+def test_a_nested_network_computes_saves_reloads_and_freezes_as_a_flat_one(tmp_path,
+                                                                          monkeypatch):
+    # ResNet20 laid out in sub-models of 2 units, as the deepest networks are.
+    from bitkeras.models import resnet_backbone
+
+    config = resnet_family.cifar(20).replace(width_factor=0.5).get_config()
+    keras.utils.set_random_seed(0)
+    flat = ResNetBackbone(**config)
+    monkeypatch.setattr(resnet_backbone, "NESTED_ABOVE_UNITS", 2)
+    monkeypatch.setattr(resnet_backbone, "UNITS_PER_PART", 2)
+    keras.utils.set_random_seed(0)
+    nested = ResNetBackbone(**config)
+    assert len(nested.layers) < len(flat.layers) and nested.count_params() == flat.count_params()
+    assert nested.layers_before(2)[-1] == "conv2_block3_to_block3"
+    assert sorted(nested.pyramid_outputs) == sorted(flat.pyramid_outputs)
+    nested.set_weights(flat.get_weights())
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(nested(images), flat(images), rtol=1e-5, atol=1e-5)
+    classifier = ResNetClassifier(nested, num_classes=2)
+    classifier.save(tmp_path / "nested.keras")
+    reloaded = keras.saving.load_model(tmp_path / "nested.keras")
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0),
+                                  classifier.predict(images, verbose=0))
