@@ -44,12 +44,13 @@ def in_save_context():
     return save_context.in_save_context()
 
 
-def in_xla_compilation(tf):
+def in_xla_compilation():
     """Whether the graph being traced now is compiled by XLA (`jit_compile=True`).
 
     TensorFlow marks the graphs it traces for XLA with a control-flow context that
     the public API does not expose (`control_flow_util`).
     """
+    import tensorflow as tf
     from tensorflow.python.framework import ops as framework_ops
     from tensorflow.python.ops import control_flow_util
 

@@ -81,15 +81,10 @@ def portable():
 
 
 def _tensorflow():
+    # A SavedModel that `tf.saved_model.save` writes directly, not through bitkeras's
+    # exports, gets the plain form too, which any TensorFlow loads.
     return (keras.backend.backend() == "tensorflow" and not _PORTABLE.get()
-            and not _saving_tensorflow_graph())
-
-
-def _saving_tensorflow_graph():
-    """Whether `tf.saved_model.save` is tracing now: a SavedModel written so, directly
-    and not through bitkeras's exports, gets the plain form too, which any TensorFlow
-    loads."""
-    return compat.in_save_context()
+            and not compat.in_save_context())
 
 
 def _native():
@@ -180,13 +175,12 @@ def normalize(layer, inputs, training=None, relu=False, pad=0, return_inputs=Fal
     output joins GroupNorm's own in the gradient op. The result has the layer's
     compute dtype.
     """
-    bit_case = (len(inputs.shape) == 4 and layer.axis in (-1, 3) and layer.scale
-                and layer.center)
-    if pad and not (len(inputs.shape) == 4 and layer.axis in (-1, 3)):
+    images = len(inputs.shape) == 4 and layer.axis in (-1, 3)  # NHWC
+    if pad and not images:
         raise ValueError(f"{layer.name}: pad={pad} needs 4-D (batch, height, width, "
                          f"channels) inputs with axis=-1, got shape "
                          f"{tuple(inputs.shape)} and axis={layer.axis}")
-    if not bit_case:
+    if not (images and layer.scale and layer.center):  # not BiT's case
         outputs = keras.layers.GroupNormalization.call(layer, inputs)
         outputs = ops.relu(outputs) if relu else outputs
         outputs = pad_symmetric(outputs, pad) if pad else outputs

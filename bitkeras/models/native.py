@@ -82,7 +82,7 @@ def usable():
 
     if any(device.device_type != "CPU" for device in tf.config.list_logical_devices()):
         return False
-    if _in_xla_compilation(tf):
+    if compat.in_xla_compilation():  # XLA has no kernel for a custom op
         return False
     return library() is not None
 
@@ -338,9 +338,3 @@ def _locked(path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _in_xla_compilation(tf):
-    """Whether the graph being traced now is compiled by XLA (`jit_compile=True`): XLA has
-    no kernel for a custom op."""
-    return compat.in_xla_compilation(tf)

@@ -129,11 +129,11 @@ class _Builder:
                 self._advance(unit, x)
             return x
         inputs = keras.Input(x.shape[1:], dtype=x.dtype)
-        recorded, self.recording = self.recording, False
+        self.recording = False  # the part is recorded, not what is inside it
         y = inputs
         for unit in units:
             y = self.unit(y, unit)
-        self.recording = recorded
+        self.recording = True
         first, last = units[0], units[-1]
         part = keras.Model(inputs, y, name=f"conv{first.stage + 1}_block{first.index}_to_"
                                              f"block{last.index}")
