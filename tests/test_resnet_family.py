@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from bitkeras import BiTBackbone, ResNetBackbone, ResNetClassifier, WeightsUnavailableError
-from bitkeras.io.resnet_weights import from_bit_backbone
 from bitkeras.models import resnet_family
 from bitkeras.models.resnet_family import PRESETS, ResNetConfig
 from bitkeras.models.resnet_layers import InputScaling
@@ -196,15 +195,27 @@ def test_weights_errors_name_the_fix(tmp_path):
         resnet_family.cifar(21)
 
 
-def test_the_bit_configuration_equals_the_released_checkpoint(tiny_checkpoint, images):
+def test_bit_is_the_family_network_of_its_configuration(tiny_checkpoint, images):
+    """One builder: the family's bit_config network is BiT's, layer for layer, and takes
+    a released checkpoint as it is."""
     path, arrays = tiny_checkpoint
     bit = BiTBackbone.from_preset(path)
-    family = from_bit_backbone(bit)
-    assert family.resnet_config == resnet_family.bit_config(**TINY)
+    config = resnet_family.bit_config(**TINY)
+    assert bit.resnet_config == config and config.bit_layout
+    family = ResNetBackbone(**config.get_config())
+    assert [(layer.name, type(layer)) for layer in family.layers] == [
+        (layer.name, type(layer)) for layer in bit.layers]
+    family.set_weights(bit.get_weights())
     expected, _, _ = reference.forward(arrays, images, TINY["block_units"])
-    np.testing.assert_allclose(family(images), expected, rtol=1e-4,
-                               atol=1e-4 * np.abs(expected).max())
-    assert family.resnet_config.parameter_count(0) == bit.count_params()
+    for network in (bit, family):
+        np.testing.assert_allclose(network(images), expected, rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected).max())
+    assert config.parameter_count(0) == bit.count_params()
+    assert bit.layers_before(2) == ["root_conv", "block1_unit01"]
+    # Another field makes another network of the family, in its own layout.
+    other = config.replace(conv_bias="outputs")
+    assert not other.bit_layout
+    assert ResNetBackbone(**other.get_config()).get_layer("conv2_block1_1_conv")
 
 
 def test_classifier_fine_tunes_saves_and_freezes_by_stage(tmp_path):

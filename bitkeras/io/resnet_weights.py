@@ -17,9 +17,8 @@ import keras
 
 from bitkeras.io import presets
 from bitkeras.io.weights import WeightsUnavailableError
-from bitkeras.models.architecture import unit_name
 from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
-from bitkeras.models.resnet_family import PRESETS, bit_config, get_family_preset
+from bitkeras.models.resnet_family import PRESETS, get_family_preset
 
 KERAS_ARGUMENTS = {"name", "trainable", "dtype"}
 """What a backbone takes besides its configuration."""
@@ -65,35 +64,6 @@ class ResNetBackbone(ResNetFamilyBackbone):
         if weights not in (None, "default"):
             load_application_weights(backbone, name, weights, changes)
         return backbone
-
-
-def from_bit_backbone(bit_backbone):
-    """The family's `bit_config` network with the weights of a `bitkeras.BiTBackbone`.
-
-    The same function as `bit_backbone` (BiT's units, layer for layer), as a
-    configuration of the family whose fields can then be changed.
-    """
-    architecture = bit_backbone.architecture
-    backbone = ResNetBackbone(**bit_config(architecture.block_units,
-                                           architecture.width_factor).get_config(),
-                              name=f"{bit_backbone.name}_family")
-    pairs = [("conv1_conv", bit_backbone.get_layer("root_conv")),
-             ("post_gn", bit_backbone.get_layer("final_norm"))]
-    for block, unit, *_, projection in architecture.units():
-        layer = bit_backbone.get_layer(unit_name(block, unit))
-        prefix = f"conv{block + 1}_block{unit}"
-        pairs += [(f"{prefix}_preact_gn", layer.norm_a), (f"{prefix}_1_conv", layer.conv_a),
-                  (f"{prefix}_1_gn", layer.norm_b), (f"{prefix}_2_conv", layer.conv_b),
-                  (f"{prefix}_2_gn", layer.norm_c), (f"{prefix}_3_conv", layer.conv_c)]
-        if projection:
-            pairs.append((f"{prefix}_0_conv", layer.proj))
-    with_weights = {layer.name for layer in backbone.layers if layer.weights}
-    if with_weights != {name for name, _ in pairs}:  # the two layouts drifted apart
-        raise RuntimeError(f"BiT's layers and bit_config's differ at "
-                           f"{sorted({n for n, _ in pairs} ^ with_weights)}")
-    for name, source in pairs:
-        backbone.get_layer(name).set_weights(source.get_weights())
-    return backbone
 
 
 def family_config(name, changes):

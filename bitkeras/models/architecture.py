@@ -1,20 +1,18 @@
-"""The BiT ResNet-v2 architecture as pure data: channel plan and compute cost.
+"""BiT's ResNet-v2 by its two published numbers: units per block and a width factor.
 
-No framework import: these rules are shared by the Keras model, the checkpoint
-reader (which infers an architecture from a file) and the benchmarks.
+An `Architecture` is BiT's short name for one configuration of the ResNet
+family (`bitkeras.models.resnet_family.bit_config`): its `config` is the
+`ResNetConfig` every count and the Keras model come from. No framework import:
+the checkpoint reader infers an architecture from a file, and the benchmarks
+count with it.
 """
 
 import dataclasses
-import math
 
-GROUPS = 32
-"""GroupNorm groups in every BiT normalisation layer."""
+from bitkeras.models.resnet_family import GROUPS, bit_config
 
 ROOT_CHANNELS = 64
 """Root convolution filters at width factor 1."""
-
-STAGE_STRIDES = (1, 2, 2, 2)
-"""Stride of the first unit of block1..block4."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +47,17 @@ class Architecture:
             )
 
     @property
+    def config(self):
+        """The family's `ResNetConfig` of this network (`bit_config`)."""
+        return bit_config(self.block_units, self.width_factor)
+
+    @property
     def root_channels(self):
-        return int(ROOT_CHANNELS * self.width_factor)
+        return self.config.stem_channels
 
     def mid_channels(self, block):
         """Bottleneck channels of block 1..4: 64 * w * 2**(block - 1)."""
-        return self.root_channels * 2 ** (block - 1)
+        return self.config.stage_mid_channels(block)
 
     def out_channels(self, block):
         return 4 * self.mid_channels(block)
@@ -62,17 +65,13 @@ class Architecture:
     @property
     def feature_channels(self):
         """Size of the pooled pre-logits features: 2048 * w."""
-        return self.out_channels(4)
+        return self.config.feature_channels
 
     def units(self):
         """Yields (block, unit, in_channels, mid_channels, out_channels, stride, projection)."""
-        in_channels = self.root_channels
-        for block, count in enumerate(self.block_units, start=1):
-            mid, out = self.mid_channels(block), self.out_channels(block)
-            for unit in range(1, count + 1):
-                stride = STAGE_STRIDES[block - 1] if unit == 1 else 1
-                yield block, unit, in_channels, mid, out, stride, unit == 1
-                in_channels = out
+        for unit in self.config.units():
+            yield (unit.stage, unit.index, unit.in_channels, unit.mid_channels,
+                   unit.out_channels, unit.stride, unit.shortcut == "projection")
 
     def layers_before(self, block):
         """Names of the layers with weights that come before `block` (1..4): root and units."""
@@ -82,23 +81,12 @@ class Architecture:
                                     if b < block]
 
     def convolutions(self, image_size):
-        """Yields (input size, in channels, out channels, kernel, stride, padding) of every conv.
+        """(input size, in channels, out channels, kernel, stride, padding) of every conv.
 
-        For a square image of `image_size`, in the order the forward pass runs
-        them: the root, then per unit conv a (1x1), the projection if any
-        (1x1, strided), conv b (3x3, strided) and conv c (1x1). Each pads its
-        input by `padding` on every side and convolves VALID.
+        See `ResNetConfig.convolutions`: the root, then per unit its 1x1, 3x3
+        (strided, padded by 1) and 1x1 convolutions and its projection if any.
         """
-        yield image_size, 3, self.root_channels, 7, 2, 3
-        size = conv_size(conv_size(image_size, 7, 2, 3), 3, 2, 1)  # root conv, max-pool
-        for _, _, cin, mid, out, stride, projection in self.units():
-            out_size = conv_size(size, 3, stride, 1)
-            yield size, cin, mid, 1, 1, 0
-            if projection:
-                yield size, cin, out, 1, stride, 0
-            yield size, mid, mid, 3, stride, 1
-            yield out_size, mid, out, 1, 1, 0
-            size = out_size
+        return self.config.convolutions(image_size)
 
     def multiply_adds(self, image_size, num_classes=0):
         """Multiply-accumulates of one forward pass on a square image.
@@ -106,7 +94,7 @@ class Architecture:
         Counts the convolutions and the head (the work a FLOP count is made of);
         normalisation, activations and pooling are left out, as is customary.
         """
-        return multiply_adds(self.convolutions(image_size), self.feature_channels, num_classes)
+        return self.config.multiply_adds(image_size, num_classes)
 
 
 ROOT_LAYER_NAME = "root_conv"
@@ -116,25 +104,6 @@ ROOT_LAYER_NAME = "root_conv"
 def unit_name(block, unit):
     """Layer name of a bottleneck unit, mirroring the checkpoint's `block1/unit01`."""
     return f"block{block}_unit{unit:02d}"
-
-
-def conv_size(size, kernel, stride, padding=0):
-    """Output side of a convolution or pooling whose input is padded by `padding` on every side."""
-    return math.floor((size + 2 * padding - kernel) / stride) + 1
-
-
-def multiply_adds(convolutions, feature_channels, num_classes):
-    """Multiply-accumulates of `convolutions` and a dense head.
-
-    `convolutions`: (input size, in channels, out channels, kernel, stride,
-    padding) tuples, as `Architecture.convolutions` yields them; the head
-    maps `feature_channels` to `num_classes`.
-    """
-    total = 0
-    for size, cin, cout, kernel, stride, padding in convolutions:
-        out_size = conv_size(size, kernel, stride, padding)
-        total += out_size * out_size * kernel * kernel * cin * cout
-    return total + feature_channels * num_classes
 
 
 ARCHITECTURES = {

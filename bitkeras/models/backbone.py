@@ -5,18 +5,19 @@ weights (presets, released checkpoints, TF-Hub modules) and export.
 """
 
 import keras
-import keras_hub
 
-from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
-from bitkeras.models.images import ImageModel
-from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
+from bitkeras.models.architecture import Architecture
+from bitkeras.models.resnet_backbone import CONFIG_FIELDS, ResNetFamilyBackbone
 
 
 @keras.saving.register_keras_serializable(package="bitkeras")
-class ResNetV2Backbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
+class ResNetV2Backbone(ResNetFamilyBackbone):
     """BiT's ResNet-v2 feature extractor (GroupNorm + Weight Standardization), weights random.
 
-    Takes NHWC RGB images of any size, float in [0, 1] or uint8 (see
+    The ResNet family's network of BiT's configuration (`Architecture(block_units,
+    width_factor).config`), built as every family network is
+    (`ResNetFamilyBackbone`), and described by BiT's two numbers. Takes NHWC
+    RGB images of any size, float in [0, 1] or uint8 (see
     `bitkeras.models.images`), rescales them to [-1, 1] itself (the input contract
     of BiT's TF-Hub modules), and returns the pooled pre-logits features,
     shape (batch, 2048 * width_factor).
@@ -41,46 +42,13 @@ class ResNetV2Backbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
 
     def __init__(self, block_units=(3, 4, 6, 3), width_factor=1, dtype=None, **kwargs):
         architecture = Architecture(tuple(block_units), width_factor)
-        images = keras.Input(shape=(None, None, 3), name="images")
-        # The released weights expect x / 127.5 - 1 on 0..255 pixels.
-        x = keras.layers.Rescaling(scale=2.0, offset=-1.0, name="rescale", dtype=dtype)(images)
-        x = keras.layers.ZeroPadding2D(3, name="root_pad", dtype=dtype)(x)
-        x = StandardizedConv2D(
-            architecture.root_channels, 7, strides=2, name=ROOT_LAYER_NAME, dtype=dtype
-        )(x)
-        x = keras.layers.ZeroPadding2D(1, name="root_pool_pad", dtype=dtype)(x)
-        x = keras.layers.MaxPooling2D(3, strides=2, name="root_pool", dtype=dtype)(x)
-        pyramid_outputs = {}
-        for block, unit, _, mid, out, stride, projection in architecture.units():
-            x = PreActBottleneck(
-                out_channels=out,
-                mid_channels=mid,
-                strides=stride,
-                projection=projection,
-                name=unit_name(block, unit),
-                dtype=dtype,
-            )(x)
-            # Block b halves the resolution b + 1 times: level P(b + 1).
-            pyramid_outputs[f"P{block + 1}"] = x
-        x = group_normalization(name="final_norm", dtype=dtype)(x)
-        x = keras.layers.ReLU(name="final_relu", dtype=dtype)(x)
-        features = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
-        super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
+        super().__init__(dtype=dtype, **architecture.config.get_config(), **kwargs)
         self.architecture = architecture
         self.block_units = architecture.block_units
         self.width_factor = width_factor
-        self.pyramid_outputs = pyramid_outputs
-
-    @property
-    def feature_channels(self):
-        """Size of the pooled features: 2048 * width_factor."""
-        return self.architecture.feature_channels
-
-    def layers_before(self, block):
-        """Names of the layers with weights before `block` (1..4): the root and earlier units."""
-        return self.architecture.layers_before(block)
 
     def get_config(self):
-        config = super().get_config()  # keras-hub's: name, trainable, dtype
+        # BiT's two numbers stand for the family's fields.
+        config = {k: v for k, v in super().get_config().items() if k not in CONFIG_FIELDS}
         config.update(block_units=list(self.block_units), width_factor=self.width_factor)
         return config

@@ -7,7 +7,7 @@ registered as serializable so `.keras` files reload it.
 import keras
 
 from bitkeras.models import kernels
-from bitkeras.models.architecture import GROUPS
+from bitkeras.models.resnet_family import GROUPS
 
 GROUP_NORM_EPSILON = 1e-5
 """BiT's GroupNorm epsilon (Keras's own layer defaults to 1e-3)."""

@@ -1,10 +1,14 @@
-"""ResNetBackbone: any network of the ResNet family, images in [0, 1] -> pooled features.
+"""ResNetFamilyBackbone: any network of the ResNet family, images in [0, 1] -> pooled features.
 
-Built from a `ResNetConfig` (`bitkeras.models.resnet_family`) as Keras
-layers named as `keras.applications` names them (`conv1_conv`,
-`conv2_block1_1_conv`, `conv2_block1_preact_bn`, `post_bn`, ...; GroupNorm
-layers end in `_gn`), so the application twins' weights map layer by layer.
-Random weights: `bitkeras.ResNetBackbone` adds presets and weight files.
+The one builder of every network bitkeras makes, BiT's included. From a
+`ResNetConfig` (`bitkeras.models.resnet_family`) it lays out Keras layers
+named as `keras.applications` names them (`conv1_conv`, `conv2_block1_1_conv`,
+`conv2_block1_preact_bn`, `post_bn`, ...; GroupNorm layers end in `_gn`), so
+the application twins' weights map layer by layer; BiT's configuration
+(`ResNetConfig.bit_layout`) is laid out as BiT's fused units
+(`PreActBottleneck`) under the names of BiT's checkpoints (`root_conv`,
+`block1_unit01`, `final_norm`). Random weights: `bitkeras.ResNetBackbone` and
+`bitkeras.BiTBackbone` add presets and weight files.
 """
 
 import dataclasses
@@ -13,8 +17,13 @@ import itertools
 import keras
 import keras_hub
 
+from bitkeras.models.architecture import ROOT_LAYER_NAME, unit_name
 from bitkeras.models.images import ImageModel
-from bitkeras.models.layers import GroupNormalization, StandardizedConv2D
+from bitkeras.models.layers import (
+    GroupNormalization,
+    PreActBottleneck,
+    StandardizedConv2D,
+)
 from bitkeras.models.resnet_family import ResNetConfig, groups_for
 from bitkeras.models.resnet_layers import InputScaling, ZeroPadShortcut
 
@@ -86,12 +95,27 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         return config
 
 
+APPLICATION_NAMES = {"stem_pad": "conv1_pad", "stem_conv": "conv1_conv",
+                     "pool_pad": "pool1_pad", "pool": "pool1_pool", "final_norm": None,
+                     "final_relu": "post_relu", "features": "avg_pool"}
+"""Names of the layers outside units, as keras.applications names them (None: the
+normalization's own, "post_bn" or "post_gn")."""
+
+BIT_NAMES = {"stem_pad": "root_pad", "stem_conv": ROOT_LAYER_NAME, "pool_pad": "root_pool_pad",
+             "pool": "root_pool", "final_norm": "final_norm", "final_relu": "final_relu",
+             "features": "pool"}
+"""Names of the layers outside units in BiT's layout (its checkpoints' `root_block`,
+`pre_logits` normalization)."""
+
+
 class _Builder:
     """Lays the layers of one configuration out on a Keras tensor."""
 
     def __init__(self, config, dtype):
         self.config = config
         self.dtype = dtype
+        self.bit = config.bit_layout
+        self.names = BIT_NAMES if self.bit else APPLICATION_NAMES
         self.pyramid = {}
         self.stage_layers = {}  # stage -> names of its layers with weights (0: the stem)
         self.stage = 0
@@ -99,9 +123,10 @@ class _Builder:
         self.recording = True  # names of layers with weights go to stage_layers
 
     def layer(self, layer, *inputs):
-        if self.recording:
+        outputs = layer(*inputs)
+        if self.recording and layer.weights:
             self.stage_layers.setdefault(self.stage, []).append(layer.name)
-        return layer(*inputs)
+        return outputs
 
     def network(self, images):
         config = self.config
@@ -116,9 +141,10 @@ class _Builder:
             for start in range(0, len(stage_units), size):
                 x = self.units(x, stage_units[start:start + size], nested)
         if config.preactivation:
-            x = self.norm(x, "post")
-            x = self.relu(x, "post_relu")
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=self.dtype)(x)
+            x = self.norm(x, "post", name=self.names["final_norm"])
+            x = self.relu(x, self.names["final_relu"])
+        return keras.layers.GlobalAveragePooling2D(name=self.names["features"],
+                                                   dtype=self.dtype)(x)
 
     def units(self, x, units, nested):
         """`units` (of one stage) on `x`; with `nested`, as one functional sub-model."""
@@ -150,18 +176,24 @@ class _Builder:
         config = self.config
         imagenet = config.stem == "imagenet"
         kernel, stride = (7, 2) if imagenet else (3, 1)
-        x = self.pad(x, kernel // 2, "conv1_pad")
-        x = self.conv(x, config.stem_channels, kernel, stride, "conv1_conv",
+        x = self.pad(x, kernel // 2, self.names["stem_pad"])
+        x = self.conv(x, config.stem_channels, kernel, stride, self.names["stem_conv"],
                       bias=config.conv_bias != "none")
         if not config.preactivation:
             x = self.relu(self.norm(x, "conv1"), "conv1_relu")
         if imagenet:
-            x = self.pad(x, 1, "pool1_pad")
-            x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool", dtype=self.dtype)(x)
+            x = self.pad(x, 1, self.names["pool_pad"])
+            x = keras.layers.MaxPooling2D(3, strides=2, name=self.names["pool"],
+                                          dtype=self.dtype)(x)
         self.stride = 4 if imagenet else 1
         return x
 
     def unit(self, x, unit):
+        if self.bit:  # BiT's unit, with its fused GroupNorm paths (bitkeras.models.kernels)
+            return self.layer(PreActBottleneck(
+                out_channels=unit.out_channels, mid_channels=unit.mid_channels,
+                strides=unit.stride, projection=unit.shortcut == "projection",
+                name=unit_name(unit.stage, unit.index), dtype=self.dtype), x)
         config = self.config
         name = f"conv{unit.stage + 1}_block{unit.index}"
         inputs = x
@@ -215,22 +247,25 @@ class _Builder:
     def conv(self, x, filters, kernel, stride, name, bias):
         convolution = (StandardizedConv2D if self.config.weight_standardization
                        else keras.layers.Conv2D)
+        # BiT's root starts as its units' convolutions do, from Keras's default.
+        initializer = "glorot_uniform" if self.bit else "he_normal"
         return self.layer(convolution(filters, kernel, strides=stride, use_bias=bias,
-                                      kernel_initializer="he_normal", name=name,
+                                      kernel_initializer=initializer, name=name,
                                       dtype=self.dtype), x)
 
-    def norm(self, x, prefix):
+    def norm(self, x, prefix, name=None):
+        """The configured normalization, named `name` or after `prefix` ("conv1" -> "conv1_bn")."""
         normalization = self.config.normalization
         if normalization == "none":
             return x
         epsilon = self.config.norm_epsilon
         if normalization == "batch":
             layer = keras.layers.BatchNormalization(
-                epsilon=epsilon, momentum=BATCH_NORM_MOMENTUM, name=f"{prefix}_bn",
+                epsilon=epsilon, momentum=BATCH_NORM_MOMENTUM, name=name or f"{prefix}_bn",
                 dtype=self.dtype)
         else:
             layer = GroupNormalization(groups=groups_for(x.shape[-1]), epsilon=epsilon,
-                                       name=f"{prefix}_gn", dtype=self.dtype)
+                                       name=name or f"{prefix}_gn", dtype=self.dtype)
         return self.layer(layer, x)
 
     def relu(self, x, name):

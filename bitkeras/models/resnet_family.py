@@ -13,8 +13,10 @@ is built from the same `units()`.
 """
 
 import dataclasses
+import math
 
-from bitkeras.models.architecture import GROUPS, conv_size, multiply_adds
+GROUPS = 32
+"""GroupNorm groups of every normalization layer with at least as many channels (BiT's)."""
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("imagenet", "cifar")
@@ -24,6 +26,25 @@ STRIDE_POSITIONS = ("first_1x1", "3x3")
 DOWNSAMPLE_UNITS = ("first", "last")
 CONV_BIASES = ("none", "all", "outputs")
 INPUT_SCALINGS = ("tf", "caffe", "torch", "pixel_mean")
+
+
+def conv_size(size, kernel, stride, padding=0):
+    """Output side of a convolution or pooling whose input is padded by `padding` on every side."""
+    return math.floor((size + 2 * padding - kernel) / stride) + 1
+
+
+def multiply_adds(convolutions, feature_channels, num_classes):
+    """Multiply-accumulates of `convolutions` and a dense head.
+
+    `convolutions`: (input size, in channels, out channels, kernel, stride,
+    padding) tuples, as `ResNetConfig.convolutions` yields them; the head
+    maps `feature_channels` to `num_classes`.
+    """
+    total = 0
+    for size, cin, cout, kernel, stride, padding in convolutions:
+        out_size = conv_size(size, kernel, stride, padding)
+        total += out_size * out_size * kernel * kernel * cin * cout
+    return total + feature_channels * num_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +168,18 @@ class ResNetConfig:
         """Layers with weights counted as the papers count them: convs on the main path + head."""
         per_unit = 3 if self.block == "bottleneck" else 2
         return per_unit * sum(self.stage_units) + 2
+
+    @property
+    def bit_layout(self):
+        """Whether this is BiT's ResNet-v2 (`bit_config`, any units and width factor).
+
+        Such a network is built from BiT's fused units (`PreActBottleneck`)
+        under the layer names BiT's checkpoints use (`root_conv`,
+        `block1_unit01`, ..., `final_norm`), so released weights map by name.
+        Its channel counts must divide into the 32 GroupNorm groups.
+        """
+        return (self.stages == 4 and self.stem_channels % GROUPS == 0
+                and self == bit_config(self.stage_units, self.width_factor))
 
     def units(self):
         """The `Unit`s in forward order."""
