@@ -13,7 +13,7 @@ from bitkeras.io.checkpoint import CheckpointMismatchError, load_npz, save_npz
 from bitkeras.io.hub import HubUnavailableError
 from bitkeras.io.presets import list_presets
 from bitkeras.io.pretrained import BiTBackbone
-from bitkeras.io.resnet_weights import ResNetBackbone
+from bitkeras.io.pretrained import ResNetBackbone
 from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError
 from bitkeras.models.architecture import ARCHITECTURES, Architecture
 from bitkeras.models.backbone import ResNetV2Backbone

@@ -31,7 +31,8 @@ def _tiny_preset(monkeypatch, path):
     from bitkeras.io import presets
     from bitkeras.models.architecture import Architecture
 
-    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY), "BiT-T-tiny.npz", "test model")
+    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY).config, "BiT-T-tiny.npz",
+                            "test model")
     monkeypatch.setitem(presets.PRESETS, preset.name, preset)
     return preset.name
 
@@ -54,9 +55,11 @@ def test_from_preset_with_num_classes_adds_a_zero_head(monkeypatch, tiny_checkpo
     np.testing.assert_allclose(classifier.backbone(images), expected_features, rtol=1e-4, atol=1e-4)
 
 
-def test_from_preset_without_weights_needs_num_classes():
-    with pytest.raises(ValueError, match="needs num_classes"):
-        BiTClassifier.from_preset("R50x1")
+def test_from_preset_without_weights_has_no_head_until_fit(monkeypatch, tiny_checkpoint):
+    classifier = BiTClassifier.from_preset(_tiny_preset(monkeypatch, tiny_checkpoint[0]))
+    assert classifier.head is None
+    with pytest.raises(ValueError, match="has no head yet: fit it first, or pass num_classes"):
+        classifier.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0)
 
 
 def _bright_and_dark(count=48, seed=0):
@@ -196,11 +199,13 @@ def test_compiled_classifier_reloads_compiled(tmp_path, images):
     assert int(restored.optimizer.iterations) == 1
 
 
-def test_from_preset_keeping_a_head_needs_one_in_the_file(monkeypatch, tmp_path):
+def test_from_preset_of_a_headless_file_loads_the_backbone_and_waits_for_fit(monkeypatch, tmp_path):
     arrays = reference.checkpoint_arrays(TINY["block_units"], TINY["width_factor"])
     path = reference.write_checkpoint(tmp_path / "headless.npz", arrays)
-    with pytest.raises(ValueError, match="has no head: pass num_classes"):
-        BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path)
+    classifier = BiTClassifier.from_preset(_tiny_preset(monkeypatch, path), weights=path)
+    assert classifier.head is None  # sized by fit from the data
+    np.testing.assert_array_equal(classifier.backbone.get_layer("root_conv").kernel,
+                                  arrays["resnet/root_block/standardized_conv2d/kernel"])
 
 
 def test_a_repeated_fit_starts_its_optimizer_afresh():

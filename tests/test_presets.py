@@ -21,7 +21,7 @@ def test_file_names_are_aliases():
 
 
 def test_unknown_name_suggests_close_ones():
-    with pytest.raises(ValueError, match=r"unknown BiT preset 'BiT-M-R50X1'.*'BiT-M-R50x1'"):
+    with pytest.raises(ValueError, match=r"unknown preset 'BiT-M-R50X1'.*'BiT-M-R50x1'"):
         get_preset("BiT-M-R50X1")
 
 
@@ -32,13 +32,20 @@ def test_the_table_records_each_models_training_resolution():
     assert get_preset("BiT-M-R50x1-distilled-160").resolution == 160
     assert get_preset("BiT-Glyphs-R14x0.5").resolution == 32
     assert get_preset("R50x1").resolution is None and get_preset("R50x1").url is None
-    assert len(list_presets()) == 6 + 3 * 6 + 2 + 1
+    family = 4 + 2 * 3 + 2 * 6  # ResNet/Plain 18 and 34, 50..152 and V2, CIFAR and plain
+    assert len(list_presets()) == 6 + 3 * 6 + 2 + 1 + family
+    assert list_presets()[-family:][:2] == ["ResNet18", "Plain18"]  # the family comes last
+    assert get_preset("ResNet50").resolution == 224  # keras.applications' heads
+    assert get_preset("ResNet50").architecture is None
+    assert get_preset("BiT-M-R50x1").architecture == get_preset("R50x1").architecture
 
 
 def test_each_preset_says_where_its_weights_come_from():
     sources = list_presets(sources=True)
     assert list(sources) == list_presets()
-    assert sources["R50x1"] == {}
+    assert sources["R50x1"] == sources["ResNet18"] == {}
+    assert sources["ResNet50V2"] == {
+        "keras": "keras.applications.ResNet50V2(weights='imagenet')"}
     assert sources["BiT-M-R101x3"] == {
         "file": BUCKET_URL + "BiT-M-R101x3.npz",
         "hf": "hf://timm/resnetv2_101x3_bit.goog_in21k",

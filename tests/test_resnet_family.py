@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from bitkeras import BiTBackbone, ResNetBackbone, ResNetClassifier, WeightsUnavailableError
 from bitkeras.models import resnet_family
-from bitkeras.models.resnet_family import PRESETS, ResNetConfig
+from bitkeras.io.presets import PRESETS
+from bitkeras.models.resnet_family import ResNetConfig
 from bitkeras.models.resnet_layers import InputScaling
 from tests.helpers import TINY, reference
 
@@ -183,7 +184,7 @@ def test_weights_errors_name_the_fix(tmp_path):
     (tmp_path / "bad.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="not an HDF5 weight file"):
         ResNetBackbone.from_preset("ResNet50", weights=str(tmp_path / "bad.h5"))
-    with pytest.raises(ValueError, match="ResNet20-CIFAR"):
+    with pytest.raises(ValueError, match="unknown preset 'ResNet21'"):
         ResNetBackbone.from_preset("ResNet21")
     with pytest.raises(TypeError, match="unknown argument.*shortcuts"):
         ResNetBackbone.from_preset("ResNet20-CIFAR", shortcuts="A")
@@ -277,9 +278,40 @@ def test_imagenet_weights_offline_say_what_to_download_and_where(tmp_path, monke
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(socket, "getaddrinfo", offline)
-    with pytest.raises(WeightsUnavailableError, match="resnet50|ResNet50.*keras") as caught:
-        ResNetBackbone.from_preset("ResNet50", weights="imagenet")
-    assert str(tmp_path / "keras" / "models") in str(caught.value)
+    for weights in ("imagenet", "auto"):  # "auto": a twin's own weights are Keras's file
+        with pytest.raises(WeightsUnavailableError, match="resnet50|ResNet50.*keras") as caught:
+            ResNetBackbone.from_preset("ResNet50", weights=weights)
+        assert str(tmp_path / "keras" / "models") in str(caught.value)
+
+
+def test_one_table_and_one_meaning_of_weights_for_every_backbone(
+        monkeypatch, tiny_checkpoint, images):
+    from bitkeras.io import presets
+    from bitkeras.models.architecture import Architecture
+
+    path, arrays = tiny_checkpoint
+    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY).config, "tiny.npz", "test")
+    monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+    expected, logits, _ = reference.forward(arrays, images, TINY["block_units"])
+    # A BiT preset through the family's class: the same network, the same released file.
+    family = ResNetBackbone.from_preset("BiT-T-tiny", weights=path)
+    np.testing.assert_allclose(family(images), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    assert family.architecture == Architecture(**TINY)
+    classifier = ResNetClassifier.from_preset("BiT-T-tiny", weights=path)  # the head kept
+    np.testing.assert_allclose(classifier(images), logits, rtol=1e-4,
+                               atol=1e-4 * np.abs(logits).max())
+    # BiT's class builds BiT's networks only, and says which class builds the rest.
+    with pytest.raises(ValueError, match="another network of the ResNet family.*ResNetBackbone"):
+        BiTBackbone.from_preset("ResNet20-CIFAR")
+    with pytest.raises(ValueError, match="weights='auto'"):
+        BiTBackbone.from_preset("BiT-T-tiny", weights="imagenet")
+    # Weights and a changed network do not go together, for either kind of preset.
+    for name, weights in (("BiT-T-tiny", path), ("ResNet50", "imagenet")):
+        with pytest.raises(ValueError, match=r"changes \['width_factor'\] make another"):
+            ResNetBackbone.from_preset(name, weights=weights, width_factor=2)
+    assert ResNetBackbone.from_preset("BiT-T-tiny", weights=None, width_factor=1).architecture \
+        == Architecture(TINY["block_units"], 1)
 
 
 DEEPEST = ("ResNet1202-CIFAR", "Plain1202-CIFAR")
@@ -289,7 +321,8 @@ Xeon): they build and run forward here (with batch statistics: at inference a fr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(name for name, preset in PRESETS.items()
+                                         if preset.weights_file is None))
 def test_every_preset_builds_runs_forward_and_trains_a_step(name):
     keras.utils.set_random_seed(0)
     classifier = ResNetClassifier.from_preset(name, weights=None, num_classes=2)

@@ -87,7 +87,7 @@ def test_stratified_split_holds_out_each_class():
 @pytest.mark.parametrize("model, error, message", [
     ("R50x1", ValueError, "bare architecture"),
     ("missing.npz", FileNotFoundError, "no such file"),
-    ("BiT-M-R5x1", ValueError, "unknown BiT preset"),
+    ("BiT-M-R5x1", ValueError, "unknown preset"),
 ])
 def test_finetune_refuses_models_it_cannot_start_from(model, error, message):
     with pytest.raises(error, match=message):

@@ -47,7 +47,7 @@ def bucket(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(presets, "BUCKET_URL", f"http://127.0.0.1:{server.server_port}/")
     monkeypatch.setenv("BITKERAS_CACHE_DIR", str(tmp_path / "cache"))
-    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY), "test/tiny.npz", "test")
+    preset = presets.Preset("BiT-T-tiny", Architecture(**TINY).config, "test/tiny.npz", "test")
     monkeypatch.setitem(presets.PRESETS, preset.name, preset)
     yield arrays
     server.shutdown()
@@ -80,7 +80,7 @@ def test_a_published_sha256_is_checked_before_the_file_enters_the_cache(
         bucket, tmp_path, monkeypatch):
     served = tmp_path / "bucket" / "test" / "tiny.npz"
     right = hashlib.sha256(served.read_bytes()).hexdigest()
-    wrong = presets.Preset("BiT-T-tiny", Architecture(**TINY), "test/tiny.npz", "test",
+    wrong = presets.Preset("BiT-T-tiny", Architecture(**TINY).config, "test/tiny.npz", "test",
                            sha256="0" * 64)
     monkeypatch.setitem(presets.PRESETS, wrong.name, wrong)
     with pytest.raises(CorruptWeightsError, match=f"SHA-256 {right}, not the published 0000"):

@@ -95,7 +95,7 @@ class PreActivationPyramid(keras_hub.models.FeaturePyramidBackbone):
         outputs = {}
         for level in levels:
             x = encoder.pyramid_outputs[f"P{level}"]
-            if hasattr(encoder, "architecture"):
+            if getattr(encoder, "architecture", None) is not None:
                 if f"P{level + 1}" in encoder.pyramid_outputs:
                     source = encoder.get_layer(unit_name(level, 1)).norm_a
                     norm = group_normalization(name=f"P{level}_norm", dtype=encoder.dtype_policy)

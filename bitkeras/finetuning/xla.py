@@ -64,7 +64,7 @@ def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0
     """
     jit_compile = _overridden(jit_compile)
     chosen = distribute.jit_compile_for(jit_compile, strategy)
-    if jit_compile != "auto" or chosen or not hasattr(model.backbone, "architecture"):
+    if jit_compile != "auto" or chosen or getattr(model.backbone, "architecture", None) is None:
         return chosen
     key = calibration_key(model, rule.crop_size, batch_size, precision)
     kept = read_cache().get(key)

@@ -131,6 +131,18 @@ def describe_arrays(arrays):
     return architecture, classes
 
 
+def head_arrays(arrays):
+    """The checkpoint's head as a Dense layer's [kernel (features, classes), bias], or None."""
+    kernel, bias = (arrays.get(f"{HEAD_PREFIX}conv2d/{part}") for part in ("kernel", "bias"))
+    if kernel is None or bias is None:
+        return None
+    if kernel.ndim != 4 or kernel.shape[:2] != (1, 1) or kernel.shape[-1] != bias.shape[0]:
+        raise CheckpointMismatchError(
+            f"the checkpoint's head kernel has shape {kernel.shape} for {bias.shape[0]} "
+            f"classes; BiT's head is a 1x1 convolution (1, 1, features, classes)")
+    return [kernel.reshape(kernel.shape[2:]), bias]
+
+
 def describe(architecture, classes):
     """Readable name of an architecture and head, e.g. 'R50x1 with a 1000-class head'."""
     if architecture is None:

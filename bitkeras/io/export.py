@@ -55,7 +55,7 @@ class _BiTModule(tf.__internal__.tracking.AutoTrackable):
         self.variables = list(self._network.variables)
         self.trainable_variables = list(self._network.trainable_variables)
         self.regularization_losses = []
-        if hasattr(backbone, "architecture"):  # native: record the released names
+        if getattr(backbone, "architecture", None) is not None:  # native: record the released names
             entries = checkpoint.model_variables(self._network if output == "logits" else backbone)
             self.checkpoint_variables = [variable for variable, _ in entries.values()]
             keys_path = folder / KEYS_FILE

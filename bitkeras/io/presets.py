@@ -1,8 +1,10 @@
-"""Presets: a table from a name to an architecture and where its weights live.
+"""Presets: one table from a name to a network of the ResNet family and where its weights live.
 
-Pure data. Architecture names ("R50x1", ...) have no weights; the released
-models ("BiT-S-R50x1", "BiT-M-R50x1", "BiT-M-R50x1-ILSVRC2012", the distilled
-R50x1 students) name their file in the public bucket. A file's head size is
+Pure data. BiT's architecture names ("R50x1", ...) have no weights; the
+released models ("BiT-S-R50x1", "BiT-M-R50x1", "BiT-M-R50x1-ILSVRC2012", the
+distilled R50x1 students) name their file in the public bucket; the family's
+networks ("ResNet50", "ResNet50V2", "ResNet20-CIFAR", "Plain56-CIFAR", ...)
+name their keras.applications twin where they have one. A file's head size is
 always read from the file itself.
 """
 
@@ -13,7 +15,9 @@ import json
 import pathlib
 
 from bitkeras.data import glyphs
+from bitkeras.models import resnet_family
 from bitkeras.models.architecture import ARCHITECTURES, Architecture
+from bitkeras.models.resnet_family import ResNetConfig
 
 BUCKET_URL = "https://storage.googleapis.com/bit_models/"
 """Where the released `.npz` files live; a preset's file is relative to it."""
@@ -25,10 +29,12 @@ as the package data `bitkeras.saved_models` (in a clone, an editable install or 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A named architecture and where its weights are.
+    """A named network of the ResNet family and where its weights are.
 
-    `weights_file`: relative to `BUCKET_URL` (released BiT models, downloaded
-    on request), or, with `shipped=True`, to `SAVED_MODELS` (no network).
+    `config`: the network (`ResNetConfig`; BiT's are `Architecture(...).config`).
+    `weights_file`: BiT weights, relative to `BUCKET_URL` (released BiT
+    models, downloaded on request), or, with `shipped=True`, to
+    `SAVED_MODELS` (no network).
     `resolution`: the image side the weights were trained (or fine-tuned) at.
     `sha256`: the file's published SHA-256, checked after a download (None
     where none is published: the bucket publishes none).
@@ -36,10 +42,12 @@ class Preset:
     `hf_handle`, `kaggle_handle`: where else the same weights are published:
     timm's copy on the Hugging Face Hub (`from_preset` takes the handle) and
     the TF2 SavedModel on Kaggle Models, formerly tfhub.dev (`from_hub` takes it).
+    `keras_application`: the `keras.applications` model with the same network
+    ("ResNet50"), whose weight files load into this preset.
     """
 
     name: str
-    architecture: Architecture
+    config: ResNetConfig
     weights_file: str | None
     description: str
     resolution: int | None = None
@@ -48,6 +56,15 @@ class Preset:
     class_names: tuple | None = None
     hf_handle: str | None = None
     kaggle_handle: str | None = None
+    keras_application: str | None = None
+
+    @property
+    def architecture(self):
+        """BiT's `Architecture` of this network, or None for a network that is not BiT's."""
+        config = self.config
+        if not config.bit_layout:
+            return None
+        return Architecture(config.stage_units, config.width_factor)
 
     @property
     def url(self):
@@ -59,10 +76,13 @@ class Preset:
     def sources(self):
         """Where the weights can come from: {"file": URL or shipped path, "hf": ..., "kaggle": ...}.
 
-        Only the sources this preset has are keys; an architecture has none.
+        Only the sources this preset has are keys; an architecture has none; a
+        keras.applications twin has "keras" (Keras's released ImageNet file).
         """
+        keras_file = (f"keras.applications.{self.keras_application}(weights='imagenet')"
+                      if self.keras_application else None)
         found = {"file": str(self.shipped_path) if self.shipped else self.url,
-                 "hf": self.hf_handle, "kaggle": self.kaggle_handle}
+                 "hf": self.hf_handle, "kaggle": self.kaggle_handle, "keras": keras_file}
         return {kind: where for kind, where in found.items() if where is not None}
 
     @property
@@ -96,36 +116,74 @@ def _released(family, name, architecture):
     file, what, resolution, timm_tag, kaggle = RELEASED_FAMILIES[family]
     size = name.removeprefix("R")  # "R50x1" -> "50x1"
     return Preset(
-        family.format(name), architecture, file.format(name), f"{name} {what}", resolution,
+        family.format(name), architecture.config, file.format(name), f"{name} {what}",
+        resolution,
         hf_handle=HF_TIMM.format(size, timm_tag) if timm_tag else None,
         kaggle_handle=KAGGLE_BIT.format(kaggle.format(name.lower())))
 
 
+APPLICATION_RESOLUTION = 224
+"""The resolution keras.applications' ImageNet heads were trained at."""
+
+
+def _family():
+    """The ResNet family's named networks (He et al. 2015 and 2016), and their plain twins."""
+    table = []
+    for depth in (18, 34):
+        table += [(f"ResNet{depth}", resnet_family.imagenet_v1(depth),
+                   f"ResNet-{depth} (He et al. 2015), ImageNet", None),
+                  (f"Plain{depth}", resnet_family.imagenet_v1(depth, shortcut="none"),
+                   f"plain-{depth}: ResNet-{depth}'s stack without shortcuts", None)]
+    for depth in (50, 101, 152):
+        table += [(f"ResNet{depth}", resnet_family.keras_application_v1(depth),
+                   f"ResNet-{depth} (He et al. 2015) as keras.applications.ResNet{depth}",
+                   f"ResNet{depth}"),
+                  (f"ResNet{depth}V2", resnet_family.keras_application_v2(depth),
+                   f"ResNet-{depth} v2 (He et al. 2016) as keras.applications.ResNet{depth}V2",
+                   f"ResNet{depth}V2")]
+    for depth in resnet_family.CIFAR_DEPTHS:
+        table += [(f"ResNet{depth}-CIFAR", resnet_family.cifar(depth),
+                   f"ResNet-{depth} for CIFAR-10, option A", None),
+                  (f"Plain{depth}-CIFAR", resnet_family.cifar(depth, shortcut="none"),
+                   f"plain-{depth} for CIFAR-10: ResNet-{depth}'s stack without shortcuts",
+                   None)]
+    return {name: Preset(name, config, None, description,
+                         resolution=APPLICATION_RESOLUTION if twin else None,
+                         keras_application=twin)
+            for name, config, description, twin in table}
+
+
 PRESETS = {
-    **{name: Preset(name, architecture, None, f"{name}, random initialisation")
+    **{name: Preset(name, architecture.config, None, f"BiT {name}, random initialisation")
        for name, architecture in ARCHITECTURES.items()},
     **{family.format(name): _released(family, name, architecture)
        for family in RELEASED_FAMILIES for name, architecture in ARCHITECTURES.items()},
     **{f"BiT-M-R50x1-distilled-{side}": Preset(
-        f"BiT-M-R50x1-distilled-{side}", ARCHITECTURES["R50x1"], f"distill/R50x1_{side}.npz",
+        f"BiT-M-R50x1-distilled-{side}", ARCHITECTURES["R50x1"].config,
+        f"distill/R50x1_{side}.npz",
         f"R50x1 student distilled from BiT-M-R152x2 on ILSVRC-2012 at {side}px", side,
         hf_handle=HF_TIMM.format("50x1", "goog_distilled_in1k") if side == 224 else None)
        for side in (224, 160)},
     "BiT-Glyphs-R14x0.5": Preset(
-        "BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5), "BiT-Glyphs-R14x0.5/model.npz",
+        "BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5).config,
+        "BiT-Glyphs-R14x0.5/model.npz",
         "a small BiT pre-trained by bitkeras on its generated glyphs (ships with bitkeras; "
         "see saved_models/BiT-Glyphs-R14x0.5/MODEL_CARD.md)",
         resolution=32, shipped=True, class_names=glyphs.CLASS_NAMES),
+    **_family(),
 }
-"""Every preset by name: architectures, released models, and the models bitkeras ships."""
+"""Every preset by name: BiT's architectures, its released models, the models bitkeras
+ships, and the rest of the ResNet family (ResNet18..152, ResNet50V2..152V2,
+ResNet20-CIFAR..ResNet1202-CIFAR, their plain twins Plain18, Plain20-CIFAR, ...)."""
 
 
 def list_presets(sources=False):
-    """Names of every preset, architectures first.
+    """Names of every preset: BiT's architectures first, then its released and shipped
+    models, then the rest of the ResNet family.
 
     `sources=True`: a dict instead, each name -> where its weights can come from
     (`Preset.sources`: the released or shipped file, timm's Hugging Face handle,
-    the Kaggle Models handle).
+    the Kaggle Models handle, Keras's file of a keras.applications twin).
 
     >>> list_presets(sources=True)["BiT-M-R50x1"]["hf"]
     'hf://timm/resnetv2_50x1_bit.goog_in21k'
@@ -164,6 +222,8 @@ def get_preset(name):
     close = difflib.get_close_matches(str(name), PRESETS, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown BiT preset {name!r}.{hint} Known presets: bitkeras.list_presets() "
-        f"(architectures {', '.join(ARCHITECTURES)}; released models like 'BiT-M-R50x1')."
+        f"unknown preset {name!r}.{hint} Known presets: bitkeras.list_presets() "
+        f"(BiT's architectures {', '.join(ARCHITECTURES)}; released models like "
+        f"'BiT-M-R50x1'; the ResNet family's networks like 'ResNet50' or 'ResNet20-CIFAR'); "
+        f"or build any configuration: ResNetBackbone(**ResNetConfig(...).get_config())."
     )

@@ -1,84 +1,182 @@
-"""BiT's weights on the networks: `BiTBackbone`, and the classifier's loading and export.
+"""Weights on the ResNet family's networks: presets, released checkpoints, hubs, export.
 
-`BiTBackbone` is `ResNetV2Backbone` with the ways in of BiT's weights
-(presets by name, released `.npz` checkpoints, TF-Hub modules) and the
-TF-Hub style export. `PretrainedClassifier` gives a classifier class the
-same (`bitkeras.BiTClassifier` is one), plus keras-hub presets with a model
-card.
+`BiTBackbone` and `ResNetBackbone` load any preset of the one table
+(`bitkeras.io.presets`) with one meaning of `weights=` (`PresetBackbone`);
+`BiTBackbone` adds TF-Hub modules and the TF-Hub style export.
+`PretrainedClassifier` gives a classifier class the same (`bitkeras.BiTClassifier`
+and `bitkeras.ResNetClassifier` are two), plus keras-hub presets with a model card.
 """
 
 import contextlib
+import dataclasses
 import pathlib
 import warnings
 
 import keras
 
 from bitkeras import files
-from bitkeras.io import checkpoint, export, hub, presets, torch_layouts
+from bitkeras.io import checkpoint, export, hub, presets, resnet_weights, torch_layouts
 from bitkeras.io.weights import resolve_weights
 from bitkeras.models.backbone import ResNetV2Backbone
+from bitkeras.models.resnet_backbone import CONFIG_FIELDS, ResNetFamilyBackbone
+
+KERAS_ARGUMENTS = {"name", "trainable", "dtype"}
+"""What a backbone's `from_preset` takes besides `ResNetConfig` fields."""
 
 
-@keras.saving.register_keras_serializable(package="bitkeras")
-class BiTBackbone(ResNetV2Backbone):
-    """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
+@dataclasses.dataclass(frozen=True)
+class PresetWeights:
+    """What a preset's weights say besides the backbone's arrays.
 
-    `ResNetV2Backbone` (see there for the input contract, `pyramid_outputs`
-    and `dtype`) with BiT's weights: `from_preset` by name or keras-hub
-    preset folder, `from_hub` for TF-Hub modules, and `export` to a TF-Hub
-    style feature-vector SavedModel.
-
-    >>> backbone = BiTBackbone.from_preset("R50x1")  # an architecture: random weights
-    >>> backbone.feature_channels
-    2048
+    `head`: the file's head as [kernel (features, classes), bias], None where
+    the file has none or no weights were loaded. `head_classes`: the size of
+    the file's head, where a file was read (also without loading it).
+    `class_names`, `resolution`: of that head, where known.
     """
+
+    head: list | None = None
+    head_classes: int | None = None
+    class_names: tuple | None = None
+    resolution: int | None = None
+
+
+class PresetBackbone:
+    """`from_preset` for a backbone class of the ResNet family: one table, one `weights=`."""
 
     @classmethod
     def from_preset(cls, name, weights="default", **kwargs):
-        """A backbone of a named architecture or released model.
+        """A backbone of a named network, released model, weights file or preset folder.
 
-        `name`: an architecture ("R50x1", ...) or a released model
-        ("BiT-M-R50x1", "BiT-S-R101x3", "BiT-M-R50x1-ILSVRC2012",
-        "BiT-M-R50x1-distilled-224", ...; see `bitkeras.list_presets()`),
-        or a keras-hub preset folder written by `save_to_preset` (its weights
-        loaded unless `weights=None`).
-        `name` may also be BiT weights as the PyTorch libraries publish them
+        `name`: a preset of `bitkeras.list_presets()`: BiT's architectures
+        ("R50x1", ...) and released models ("BiT-M-R50x1", "BiT-S-R101x3",
+        "BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1-distilled-224", ...), the model
+        bitkeras ships ("BiT-Glyphs-R14x0.5"), the ResNet family ("ResNet50",
+        "ResNet50V2", "ResNet18", "ResNet20-CIFAR", "Plain56-CIFAR", ...); or
+        BiT weights as the PyTorch libraries publish them
         (`bitkeras.io.torch_layouts`): a Hugging Face handle
-        ("hf://timm/resnetv2_50x1_bit.goog_in21k", "hf://google/bit-50"), or a
+        ("hf://timm/resnetv2_50x1_bit.goog_in21k", "hf://google/bit-50"), a
         local timm or transformers folder or `.safetensors` file, or a
-        released-format `.npz` file; the architecture is read from the tensors.
-        `weights`: None (random initialisation), a path to weights in the
-        released `.npz` format or a timm or transformers `.safetensors` file
-        (checked against the named architecture), "auto" (the preset's own
-        file: shipped with bitkeras, or released, from the cache or
-        downloaded), or "default" ("auto" for the presets bitkeras ships, such
-        as "BiT-Glyphs-R14x0.5", and for handles and paths, None for the rest,
-        so nothing is downloaded unasked). The file's head, if any, is not part
-        of a backbone.
+        released-format `.npz` file (the architecture read from the tensors);
+        or a keras-hub preset folder written by `save_to_preset`.
+
+        `weights`, the same for every preset:
+        - None: random initialisation;
+        - "auto": the preset's own weights: its released BiT file (from the
+          cache, else downloaded and verified) or shipped file, or for a
+          keras.applications twin Keras's released ImageNet file (from Keras's
+          cache, else downloaded; `"imagenet"`, Keras's name, is the same);
+        - a path: weights in the preset's format: BiT's `.npz` or a timm or
+          transformers `.safetensors` file for BiT's networks, a file
+          `keras.applications.<twin>(weights=PATH)` takes for a twin;
+        - "default": "auto" where nothing is downloaded (the presets bitkeras
+          ships, handles, files and preset folders), None for the rest.
+        A file's head, if any, is not part of a backbone.
+
+        `kwargs`: `ResNetConfig` fields that change the network
+        (`shortcut="B"`, `normalization="group"`, `width_factor=2`; with no
+        weights, which would not fit it) and Keras's `name`, `trainable`, `dtype`.
         """
         name = _local(name)
         if presets.is_keras_hub_preset(name):
             with _preset_errors(name):
                 return super().from_preset(str(name), load_weights=weights is not None,
                                            **kwargs)
+        return cls.preset_parts(name, weights, **kwargs)[0]
+
+    @classmethod
+    def preset_parts(cls, name, weights="default", **kwargs):
+        """(backbone, `PresetWeights`) of a named preset or a weights file (see `from_preset`)."""
+        changes = {field: kwargs.pop(field) for field in CONFIG_FIELDS if field in kwargs}
+        unknown = sorted(set(kwargs) - KERAS_ARGUMENTS)
+        if unknown:
+            raise TypeError(
+                f"unknown argument(s) {unknown} for preset {str(name)!r}: from_preset takes "
+                f"the ResNetConfig fields {sorted(CONFIG_FIELDS)} and Keras's "
+                f"{sorted(KERAS_ARGUMENTS)}")
         if _is_weights_path(name):
-            arrays, source, _ = _read_path_preset(name, weights)
-            architecture, _ = _described(arrays, source)
-            backbone = cls(architecture.block_units, architecture.width_factor, **kwargs)
-            if weights is not None:
+            arrays, source, config = _read_path_preset(name, weights)
+            architecture, head_classes = _described(arrays, source)
+            loads = weights is not None
+            backbone = cls.from_resnet_config(
+                _configured(architecture.config, changes, loads, str(name)), **kwargs)
+            if loads:
                 checkpoint.load_arrays(backbone, arrays, source)
-            return backbone
+            known = head_classes is not None
+            return backbone, PresetWeights(
+                checkpoint.head_arrays(arrays) if loads else None, head_classes,
+                torch_layouts.class_names(config, head_classes) if known else None,
+                torch_layouts.image_size(config) if known else None)
         preset = presets.get_preset(name)
-        backbone = cls(
-            block_units=preset.architecture.block_units,
-            width_factor=preset.architecture.width_factor,
-            **kwargs,
-        )
-        path = resolve_weights(preset, weights)
-        if path is not None:
-            arrays, source, _ = torch_layouts.read_weights(path)
-            checkpoint.load_arrays(backbone, arrays, source)
-        return backbone
+        if weights == "default":
+            weights = "auto" if preset.shipped else None
+        config = _configured(preset.config, changes, weights is not None, preset.name)
+        backbone = cls.from_resnet_config(config, **kwargs)
+        head = _load_weights(backbone, preset, weights)
+        return backbone, PresetWeights(head, None if head is None else len(head[1]),
+                                       preset.class_names, preset.resolution)
+
+
+def _configured(config, changes, loads, source):
+    """`config` with `changes`; changes that make another network refuse weights."""
+    changed = config.replace(**changes)
+    differing = sorted(field for field in changes
+                       if getattr(changed, field) != getattr(config, field))
+    if loads and differing:
+        raise ValueError(
+            f"the weights of {source!r} are for its own network; the configuration changes "
+            f"{differing} make another one: drop them, or pass weights=None")
+    return changed
+
+
+def _load_weights(backbone, preset, weights):
+    """Loads what `weights` names for `preset` into `backbone`; returns the file's head or None."""
+    if weights is None:
+        return None
+    if preset.keras_application or not preset.config.bit_layout:
+        # keras.applications' files (a network without a twin has no weight files at all)
+        return resnet_weights.load_application_weights(
+            backbone, preset, "imagenet" if weights == "auto" else weights)
+    if weights == "imagenet":
+        raise ValueError(
+            f"weights='imagenet' names Keras's released files of keras.applications' "
+            f"models; {preset.name!r} is BiT's: pass weights='auto' for its own weights")
+    arrays, source, _ = torch_layouts.read_weights(resolve_weights(preset, weights))
+    checkpoint.load_arrays(backbone, arrays, source)
+    return checkpoint.head_arrays(arrays)
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class ResNetBackbone(PresetBackbone, ResNetFamilyBackbone):
+    """A network of the ResNet family with presets: ResNet18..152, V2, CIFAR, plain, BiT.
+
+    `ResNetFamilyBackbone` (the network; see there for the input contract
+    and `pyramid_outputs`) with `from_preset` (`PresetBackbone`). Any
+    configuration can also be built directly from `ResNetConfig` fields:
+    `ResNetBackbone(**bitkeras.models.resnet_family.cifar(20).get_config())`.
+
+    >>> backbone = ResNetBackbone.from_preset("ResNet20-CIFAR")
+    >>> backbone.feature_channels, backbone.resnet_config.parameter_count(10, statistics=False)
+    (64, 269722)
+    >>> ResNetBackbone.from_preset("ResNet20-CIFAR", shortcut="B").resnet_config.shortcut
+    'B'
+    """
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class BiTBackbone(PresetBackbone, ResNetV2Backbone):
+    """The BiT ResNet-v2 feature extractor (GroupNorm + Weight Standardization).
+
+    `ResNetV2Backbone` (see there for the input contract, `pyramid_outputs`
+    and `dtype`) with BiT's weights: `from_preset` (`PresetBackbone`: BiT's
+    presets, released checkpoints and the PyTorch libraries' files, keras-hub
+    preset folders), `from_hub` for TF-Hub modules, and `export` to a TF-Hub
+    style feature-vector SavedModel. The family's other networks are
+    `ResNetBackbone`'s.
+
+    >>> backbone = BiTBackbone.from_preset("R50x1")  # an architecture: random weights
+    >>> backbone.feature_channels
+    2048
+    """
 
     @classmethod
     def from_hub(cls, handle, trainable=True, convert=False):
@@ -138,24 +236,29 @@ class PretrainedClassifier(ExportableClassifier):
         back with the same weights, class names, preprocessing and rule.
         """
         self.require_head()
-        if not isinstance(self.backbone, ResNetV2Backbone):
+        if not isinstance(self.backbone, ResNetFamilyBackbone):
             raise ValueError(
-                f"save_to_preset needs a native BiTBackbone; this one is a "
-                f"{type(self.backbone).__name__}: convert it (from_hub(..., convert=True))"
+                f"save_to_preset needs a native backbone (BiTBackbone, ResNetBackbone); this "
+                f"one is a {type(self.backbone).__name__}: convert it "
+                f"(from_hub(..., convert=True))"
             )
         super().save_to_preset(str(preset_dir), max_shard_size=max_shard_size)
         files.write_text(pathlib.Path(preset_dir) / "MODEL_CARD.md", model_card(self))
 
     @classmethod
     def from_preset(cls, name, weights="default", num_classes=None, **kwargs):
-        """A classifier of a named architecture or released model.
+        """A classifier of a named network, released model, weights file or preset folder.
 
-        `weights` as in `BiTBackbone.from_preset`. With `num_classes=None` the
-        checkpoint's own head is kept (its size read from the file: 21843 for
-        BiT-M, 1000 for BiT-S and the ILSVRC-2012 models), with the preset's
-        class names where known; with a number, the backbone is loaded and a
-        new zero-initialised head of that size added. A kept head comes with
-        the preset's resolution as the preprocessor's image size.
+        `name` and `weights` as in `PresetBackbone.from_preset` (the backbone
+        class is `backbone_cls`). With `num_classes=None` the weights' own head
+        is kept (its size read from the file: 21843 for BiT-M, 1000 for BiT-S,
+        the ILSVRC-2012 models and keras.applications' files), with the
+        preset's class names where known and its resolution as the
+        preprocessor's image size; weights without a head, or none, leave the
+        classifier without a head until `fit` sizes it from the data. With a
+        number, a new zero-initialised head of that size. `kwargs`:
+        `ResNetConfig` fields for the backbone, the rest for the classifier
+        (`class_names`, `preprocessor`, `name`, ...).
 
         >>> from bitkeras import BiTClassifier
         >>> glyphs = BiTClassifier.from_preset("BiT-Glyphs-R14x0.5")  # shipped, offline
@@ -170,44 +273,21 @@ class PretrainedClassifier(ExportableClassifier):
             with _preset_errors(name):
                 return super().from_preset(str(name), load_weights=weights is not None,
                                            **kwargs)
-        if _is_weights_path(name):
-            arrays, source, config = _read_path_preset(name, weights)
-            architecture, head_classes = _described(arrays, source)
-            class_names = resolution = None
-            if head_classes is not None:
-                class_names = torch_layouts.class_names(config, head_classes)
-                resolution = torch_layouts.image_size(config)
-            if weights is None:  # the file's shapes, randomly initialised
-                if num_classes is None:
-                    num_classes = head_classes
-                arrays = None
-        else:
-            preset = presets.get_preset(name)
-            path = resolve_weights(preset, weights)
-            arrays, source, _ = (None, None, None) if path is None else (
-                torch_layouts.read_weights(path))
-            head_classes = None if arrays is None else checkpoint.describe_arrays(arrays)[1]
-            architecture, class_names, resolution = (
-                preset.architecture, preset.class_names, preset.resolution)
+        changes = {field: kwargs.pop(field) for field in CONFIG_FIELDS if field in kwargs}
+        backbone, found = cls.backbone_cls.preset_parts(name, weights, **changes)
         keep_head = num_classes is None
         if keep_head:
-            if arrays is None:
-                raise ValueError(
-                    f"{cls.__name__}.from_preset({str(name)!r}) without weights needs "
-                    f"num_classes")
-            num_classes = head_classes
-            if num_classes is None:
-                raise ValueError(
-                    f"checkpoint {source!r} has no head: pass num_classes to add a new one")
-            if class_names is not None and len(class_names) == num_classes:
-                kwargs.setdefault("class_names", class_names)
-        backbone = BiTBackbone(architecture.block_units, architecture.width_factor)
+            num_classes = found.head_classes
+            names = found.class_names
+            if names is not None and num_classes is not None and len(names) == num_classes:
+                kwargs.setdefault("class_names", names)
         classifier = cls(backbone, num_classes, **kwargs)
-        if keep_head and resolution is not None and "preprocessor" not in kwargs:
-            # The head as trained: at its resolution.
-            classifier.preprocessor.image_converter.image_size = (resolution,) * 2
-        if arrays is not None:
-            checkpoint.load_arrays(classifier if keep_head else backbone, arrays, source)
+        if keep_head and num_classes is not None:
+            if found.head is not None:
+                classifier.head.set_weights(found.head)
+            if found.resolution is not None and "preprocessor" not in kwargs:
+                # The head as trained: at its resolution.
+                classifier.preprocessor.image_converter.image_size = (found.resolution,) * 2
         return classifier
 
     @classmethod
@@ -291,6 +371,12 @@ def _preset_errors(folder):
 def model_card(classifier):
     """A short model card (Markdown) for a classifier saved as a preset."""
     backbone = classifier.backbone
+    architecture = backbone.architecture
+    network = ("A BiT image classifier (ResNet-v2 with GroupNorm and Weight Standardization)"
+               if architecture else "An image classifier of the ResNet family")
+    layout = (f"block units {architecture.block_units}, width factor "
+              f"{architecture.width_factor}" if architecture
+              else f"ResNetConfig {backbone.resnet_config.get_config()}")
     names = classifier.names()
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     rule = getattr(classifier, "hyperrule", None)
@@ -298,19 +384,18 @@ def model_card(classifier):
     lines = [
         f"# {classifier.name}",
         "",
-        "A BiT image classifier (ResNet-v2 with GroupNorm and Weight Standardization) "
-        "saved by bitkeras as a keras-hub preset.",
+        f"{network} saved by bitkeras as a keras-hub preset.",
         "",
-        f"- Architecture: block units {tuple(backbone.block_units)}, width factor "
-        f"{backbone.width_factor}, {classifier.count_params():,} parameters.",
+        f"- Architecture: {layout}, {classifier.count_params():,} parameters.",
         f"- Classes: {classifier.num_classes} ({shown}).",
-        "- Input: RGB images of any size, float in [0, 1] or uint8; the model rescales "
-        "them to [-1, 1] itself. Output: logits.",
+        f"- Input: RGB images of any size, float in [0, 1] or uint8; the model scales "
+        f"them itself (input_scaling {backbone.resnet_config.input_scaling!r}). "
+        f"Output: logits.",
         f"- Preprocessing (predict, evaluate): resize to "
         f"{f'{size}x{size}' if size else 'no fixed size'}, ignoring the aspect ratio.",
         f"- Fine-tuning rule: {rule.get_config() if rule else 'none yet (not fine-tuned)'}.",
         "",
-        "Load with `bitkeras.BiTClassifier.from_preset(PATH)` or "
+        f"Load with `bitkeras.{type(classifier).__name__}.from_preset(PATH)` or "
         "`keras_hub.models.ImageClassifier.from_preset(PATH)` (import bitkeras first).",
         "",
     ]

@@ -1,4 +1,4 @@
-"""ResNet family weights: `ResNetBackbone` presets, and keras.applications weight files.
+"""keras.applications weight files, into the ResNet family's twins of those models.
 
 A file that `keras.applications.ResNet50(weights=PATH)` accepts (the
 released legacy `.h5` files, with or without the top, and the
@@ -17,86 +17,25 @@ import keras
 
 from bitkeras.io import presets
 from bitkeras.io.weights import WeightsUnavailableError
-from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
-from bitkeras.models.resnet_family import PRESETS, get_family_preset
-
-KERAS_ARGUMENTS = {"name", "trainable", "dtype"}
-"""What a backbone takes besides its configuration."""
 
 APPLICATION_HEAD = "predictions"
 """The name of keras.applications' classification layer."""
 
 
-@keras.saving.register_keras_serializable(package="bitkeras")
-class ResNetBackbone(ResNetFamilyBackbone):
-    """A network of the ResNet family with presets: ResNet18..152, V2, CIFAR, plain, BiT.
+def load_application_weights(backbone, preset, weights):
+    """Loads a keras.applications weight file of `preset`'s twin into `backbone`.
 
-    `ResNetFamilyBackbone` (the network; see there for the input contract
-    and `pyramid_outputs`) with `from_preset`. Any configuration can also be
-    built directly from `ResNetConfig` fields:
-    `ResNetBackbone(**bitkeras.models.resnet_family.cifar(20).get_config())`.
-
-    >>> backbone = ResNetBackbone.from_preset("ResNet20-CIFAR")
-    >>> backbone.feature_channels, backbone.resnet_config.parameter_count(10, statistics=False)
-    (64, 269722)
-    >>> ResNetBackbone.from_preset("ResNet20-CIFAR", shortcut="B").resnet_config.shortcut
-    'B'
+    `weights`: "imagenet" (Keras's released file) or the path of a file
+    `keras.applications.<twin>(weights=PATH)` accepts. Strict: every layer
+    with weights in the backbone must be in the file with the same shapes, and
+    the file may hold nothing else but the application's head. Returns the
+    head's [kernel, bias] arrays, or None for a file without.
     """
-
-    @classmethod
-    def from_preset(cls, name, weights="default", **changes):
-        """A backbone of a named network, its configuration changed by `changes`.
-
-        `name`: a preset of `bitkeras.models.resnet_family.PRESETS` ("ResNet50",
-        "ResNet50V2", "ResNet18", "ResNet20-CIFAR", "Plain56-CIFAR", ...), or a
-        keras-hub preset folder (`save_to_preset`). `changes`: `ResNetConfig`
-        fields, e.g. `shortcut="A"|"B"|"C"|"none"`, `normalization="group"`,
-        `weight_standardization=True`, `width_factor=2`. `weights`: None
-        (random, He initialisation), "imagenet" (Keras's released weights of a
-        keras.applications twin), a path to a weight file
-        `keras.applications.<twin>(weights=PATH)` accepts (a head in the file
-        is not part of a backbone), or "default": a preset folder's own
-        weights, None for a named network (nothing is downloaded unasked).
-        """
-        if presets.is_keras_hub_preset(name):
-            return super().from_preset(str(name), load_weights=weights is not None, **changes)
-        backbone = cls(**family_config(name, changes))
-        if weights not in (None, "default"):
-            load_application_weights(backbone, name, weights, changes)
-        return backbone
-
-
-def family_config(name, changes):
-    """The fields of preset `name`'s `ResNetConfig` with `changes`, and Keras's name/dtype."""
-    preset = get_family_preset(name)
-    fields = set(preset.config.get_config())
-    keras_arguments = {k: v for k, v in changes.items() if k not in fields}
-    unknown = sorted(set(keras_arguments) - KERAS_ARGUMENTS)
-    if unknown:
-        raise TypeError(f"unknown argument(s) {unknown} for ResNet preset {name!r}: it takes "
-                        f"the ResNetConfig fields {sorted(fields)} and {sorted(KERAS_ARGUMENTS)}")
-    config = preset.config.replace(**{k: v for k, v in changes.items() if k in fields})
-    return {"name": name.lower().replace("-", "_"), **keras_arguments, **config.get_config()}
-
-
-def load_application_weights(backbone, name, weights, changes=None):
-    """Loads a keras.applications weight file of preset `name` into `backbone`.
-
-    Strict: every layer with weights in the backbone must be in the file with
-    the same shapes, and the file may hold nothing else but the application's
-    head. Returns the head's [kernel, bias] arrays, or None for a file without.
-    """
-    preset = get_family_preset(name)
     if preset.keras_application is None:
         raise ValueError(
-            f"{name!r} has no keras.applications twin, so no Keras weight file fits it; the "
-            f"presets with one are "
+            f"{preset.name!r} has no keras.applications twin, so no Keras weight file fits "
+            f"it; the presets with one are "
             f"{sorted(p.name for p in _application_presets())}: use weights=None")
-    if changes and set(changes) & set(preset.config.get_config()):
-        raise ValueError(
-            f"weights={weights!r} are {preset.keras_application}'s; the configuration changes "
-            f"{sorted(set(changes) & set(preset.config.get_config()))} make another network: "
-            f"drop them, or use weights=None")
     application = _application(preset.keras_application, weights)
     arrays = {layer.name: layer.get_weights() for layer in application.layers if layer.weights}
     head_arrays = arrays.pop(APPLICATION_HEAD, None)
@@ -117,7 +56,7 @@ def load_application_weights(backbone, name, weights, changes=None):
 
 
 def _application_presets():
-    return [preset for preset in PRESETS.values() if preset.keras_application]
+    return [preset for preset in presets.PRESETS.values() if preset.keras_application]
 
 
 def _application(application_name, weights):

@@ -26,7 +26,7 @@ from bitkeras.finetuning import training
 from bitkeras.finetuning.resnet_classifier import ResNetClassifier
 from bitkeras.finetuning.resnet_recipes import CIFAR_RECIPE
 from bitkeras.finetuning.upstream import UpstreamRecipe
-from bitkeras.io.resnet_weights import ResNetBackbone
+from bitkeras.io.pretrained import ResNetBackbone
 from bitkeras.models import resnet_family
 from bitkeras.models.responses import layer_responses
 

@@ -43,9 +43,19 @@ class ResNetV2Backbone(ResNetFamilyBackbone):
     def __init__(self, block_units=(3, 4, 6, 3), width_factor=1, dtype=None, **kwargs):
         architecture = Architecture(tuple(block_units), width_factor)
         super().__init__(dtype=dtype, **architecture.config.get_config(), **kwargs)
-        self.architecture = architecture
         self.block_units = architecture.block_units
         self.width_factor = width_factor
+
+    @classmethod
+    def from_resnet_config(cls, config, **kwargs):
+        """The network of a `ResNetConfig` that is BiT's (`config.bit_layout`)."""
+        if not config.bit_layout:
+            raise ValueError(
+                f"{cls.__name__} builds BiT's networks (bit_config: pre-activation bottlenecks, "
+                f"GroupNorm + weight standardization, 32-group channel counts); this "
+                f"configuration is another network of the ResNet family: build it with "
+                f"bitkeras.ResNetBackbone")
+        return cls(config.stage_units, config.width_factor, **kwargs)
 
     def get_config(self):
         # BiT's two numbers stand for the family's fields.

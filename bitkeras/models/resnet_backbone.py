@@ -17,7 +17,7 @@ import itertools
 import keras
 import keras_hub
 
-from bitkeras.models.architecture import ROOT_LAYER_NAME, unit_name
+from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
 from bitkeras.models.images import ImageModel
 from bitkeras.models.layers import (
     GroupNormalization,
@@ -73,6 +73,17 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         self.resnet_config = config
         self.pyramid_outputs = builder.pyramid
         self._stage_layers = builder.stage_layers
+
+    @classmethod
+    def from_resnet_config(cls, config, **kwargs):
+        """The network of a `ResNetConfig`, with Keras's arguments (`name`, `dtype`, ...)."""
+        return cls(**config.get_config(), **kwargs)
+
+    @property
+    def architecture(self):
+        """BiT's `Architecture` of this network, or None for a network that is not BiT's."""
+        config = self.resnet_config
+        return Architecture(config.stage_units, config.width_factor) if config.bit_layout else None
 
     @property
     def feature_channels(self):

@@ -4,8 +4,9 @@ ResNet v1 (He et al. 2015, post-activation) and v2 (He et al. 2016,
 pre-activation), basic and bottleneck units, ImageNet and CIFAR stems, the
 shortcut options A/B/C and plain networks without shortcuts, BatchNorm,
 GroupNorm or no normalization, weight standardization, width factors: BiT
-is the configuration v2 + GroupNorm + WS (`bit_config`). `PRESETS` names
-the papers' networks and the `keras.applications` twins.
+is the configuration v2 + GroupNorm + WS (`bit_config`). The papers' networks
+and the `keras.applications` twins are made by the functions below and named in
+the one preset table, `bitkeras.io.presets.PRESETS`.
 
 No framework import: counts of parameters and multiply-adds come from the
 configuration alone, and the Keras model (`bitkeras.models.resnet_backbone`)
@@ -358,51 +359,3 @@ def bit_config(block_units, width_factor=1):
         block="bottleneck", stage_units=tuple(block_units), preactivation=True,
         normalization="group", weight_standardization=True, input_scaling="tf",
         width_factor=width_factor)
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyPreset:
-    """A named network of the family: its configuration, and the Keras application twin if any."""
-
-    name: str
-    config: ResNetConfig
-    description: str
-    keras_application: str = None  # e.g. "ResNet50" in keras.applications
-
-
-def _presets():
-    table = {}
-
-    def add(name, config, description, keras_application=None):
-        table[name] = FamilyPreset(name, config, description, keras_application)
-
-    for depth in (18, 34):
-        add(f"ResNet{depth}", imagenet_v1(depth), f"ResNet-{depth} (He et al. 2015), ImageNet")
-        add(f"Plain{depth}", imagenet_v1(depth, shortcut="none"),
-            f"plain-{depth}: ResNet-{depth}'s stack without shortcuts")
-    for depth in (50, 101, 152):
-        add(f"ResNet{depth}", keras_application_v1(depth),
-            f"ResNet-{depth} (He et al. 2015) as keras.applications.ResNet{depth}",
-            f"ResNet{depth}")
-        add(f"ResNet{depth}V2", keras_application_v2(depth),
-            f"ResNet-{depth} v2 (He et al. 2016) as keras.applications.ResNet{depth}V2",
-            f"ResNet{depth}V2")
-    for depth in CIFAR_DEPTHS:
-        add(f"ResNet{depth}-CIFAR", cifar(depth), f"ResNet-{depth} for CIFAR-10, option A")
-        add(f"Plain{depth}-CIFAR", cifar(depth, shortcut="none"),
-            f"plain-{depth} for CIFAR-10: ResNet-{depth}'s stack without shortcuts")
-    return table
-
-
-PRESETS = _presets()
-"""The family's named networks: ResNet18..152, ResNet50V2..152V2, ResNet20-CIFAR..1202,
-their plain twins (Plain18, Plain34, Plain20-CIFAR, ...)."""
-
-
-def get_family_preset(name):
-    """The `FamilyPreset` of `name`, or a ValueError listing the names."""
-    if name not in PRESETS:
-        raise ValueError(f"no ResNet preset {name!r}; the presets are {sorted(PRESETS)} (or "
-                         f"build any configuration: ResNetBackbone(**ResNetConfig(...)"
-                         f".get_config()))")
-    return PRESETS[name]
