@@ -25,6 +25,19 @@ def all_layers(model):
     return list(model._flatten_layers())
 
 
+def rebuild_functional(model, outputs):
+    """Makes functional `model` compute `outputs` from its inputs instead (a head added on
+    its symbolic features), keeping its name, compile state and tracked layers.
+
+    Keras's `Functional.__init__`, run again on the model: there is no public way to
+    change a functional model's outputs in place, and a classifier's head may come
+    after it was made (from the data its `fit` reads).
+    """
+    from keras.src.models import functional
+
+    functional.Functional.__init__(model, model.inputs[0], outputs, name=model.name)
+
+
 def loss_tracker(model):
     """The metric `model`'s logs report as "loss" (`Trainer._loss_tracker`): a train step
     written outside Keras's own updates it as Keras's does."""

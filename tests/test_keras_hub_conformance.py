@@ -1,14 +1,23 @@
 """keras-hub's own test harness (keras_hub.src.tests.test_case.TestCase), run on bitkeras's
-backbones as keras-hub runs it on its own families: config round trips, saving, mixed
-precision, quantization, the feature pyramid.
+backbones and tasks as keras-hub runs it on its own families: config round trips, saving,
+mixed precision, quantization, the feature pyramid, the task's predict and fit.
 """
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+import tree
 from keras_hub.src.tests.test_case import TestCase
 
-from bitkeras import BiTBackbone, ResNetBackbone, ResNetV2Backbone
+from bitkeras import (
+    BiTBackbone,
+    BiTClassifier,
+    HeadClassifier,
+    ResNetBackbone,
+    ResNetClassifier,
+    ResNetV2Backbone,
+)
 from bitkeras.models import resnet_family
 from tests.helpers import TINY
 
@@ -43,3 +52,51 @@ class BackboneConformance(TestCase):
     def test_saved_backbones(self):
         for cls in (ResNetV2Backbone, BiTBackbone):
             self.run_model_saving_test(cls=cls, init_kwargs=dict(TINY), input_data=IMAGES)
+
+
+class TaskConformance(TestCase):
+    """keras-hub's task harness: config round trip, predict with and without the
+    preprocessor, fit on arrays and datasets, and fit refused without compile when the
+    task was made with compile=False."""
+
+    def _run(self, cls, backbone):
+        labels = np.array([0, 1])
+        self.run_task_test(cls=cls, init_kwargs={"backbone": backbone, "num_classes": 2},
+                           train_data=(IMAGES[:, :32, :32], labels),
+                           expected_output_shape=(2, 2))
+
+    def test_head_classifier(self):
+        self._run(HeadClassifier, ResNetV2Backbone(**TINY))
+
+    def test_fine_tuning_classifiers(self):
+        """The harness's checks but its fits, which on these classifiers run the HyperRule's
+        schedule (128,000 steps for its two images; fit's defaults are the rule's): its
+        serialization test, predict through the preprocessor and split from it, fit with
+        Keras's epoch arguments on arrays and datasets, and fit refused without compile
+        after compile=False."""
+        images, labels = IMAGES[:, :32, :32], np.array([0, 1])
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+        family = resnet_family.cifar(8).replace(width_factor=0.5).get_config()
+        for cls, backbone in ((BiTClassifier, BiTBackbone(**TINY)),
+                              (ResNetClassifier, ResNetBackbone(**family))):
+            task = cls(backbone=backbone, num_classes=2)
+            self.run_serialization_test(task)
+            preprocessor = task.preprocessor
+            tree.assert_same_structure(preprocessor(images, labels)[0], task._inputs_struct,
+                                       check_types=False)
+            kernel = task.head.kernel  # a head that is not zero, so outputs can differ
+            kernel.assign(np.random.default_rng(1).normal(0, 1, kernel.shape).astype("float32"))
+            task.preprocessor.image_converter.image_size = (24, 24)
+            output = task.predict(images, verbose=0)
+            self.assertEqual(output.shape, (2, 2))
+            self.assertAllClose(output, task.predict(dataset, verbose=0))
+            task.preprocessor = None
+            self.assertAllClose(output, task.predict(dataset.map(preprocessor), verbose=0))
+            task.preprocessor = preprocessor
+            for data in ((images, labels), (dataset,)):
+                task.fit(*data, epochs=1, steps_per_epoch=2, verbose=0)
+            task = cls(backbone=backbone, num_classes=2, compile=False)
+            with self.assertRaisesRegex(ValueError, "You must call `compile"):
+                task.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+            task.compile()
+            task.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)

@@ -33,8 +33,13 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
     """
 
     def __init__(self, backbone, num_classes=None, class_names=None, hyperrule=None,
-                 preprocessor=None, **kwargs):
-        super().__init__(backbone, num_classes, class_names, preprocessor, **kwargs)
+                 preprocessor=None, compile=True, **kwargs):
+        # keras-hub's `compile=True` compiles a task with its defaults; a fine-tuning
+        # classifier's defaults come from the HyperRule, so `fit` (or `evaluate`) compiles
+        # it then. compile=False leaves compiling to the user, as keras-hub's tasks do.
+        super().__init__(backbone, num_classes, class_names, preprocessor, compile=False,
+                         **kwargs)
+        self.compile_by_default = compile
         # What the user's own compile() asked for (empty until then); fit keeps it.
         # Read-only and not a dict, so Keras does not track what is in it as state.
         self._compile_request = types.MappingProxyType({})
@@ -68,6 +73,13 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
             batch_split=batch_split, **kwargs))
         self._compile_defaults(optimizer, loss, metrics, jit_compile, batch_split, **kwargs)
+
+    def _check_compiled(self, call):
+        if not (self.compiled or self.compile_by_default):
+            raise ValueError(
+                f"You must call `compile()` before `{call}()`: {self.name} was made with "
+                f"compile=False, which leaves compiling to you (compile() with no arguments "
+                f"takes bitkeras's defaults, and fit() then fills them from the HyperRule)")
 
     @property
     def compile_request(self):
@@ -157,6 +169,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         if x is None:
             raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
                             "a dataset")
+        self._check_compiled("fit")
         fitting.check_keras_arguments(sample_weight, initial_epoch, seed, epochs, overrides)
         strategy = distribute.training_strategy(self, strategy)
         fitting.check_strategy(self, strategy, precision)
@@ -185,7 +198,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
                 class_weight=class_weight, validation_steps=validation_steps,
                 validation_freq=validation_freq)
         self.hyperrule = rule
-        self.preprocessor.image_converter.image_size = (rule.crop_size, rule.crop_size)
+        if self.preprocessor is not None:
+            self.preprocessor.image_converter.image_size = (rule.crop_size, rule.crop_size)
         return fitting.annotated(history, rule, start_step)
 
     def train_step(self, data):
@@ -275,6 +289,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             raise ValueError("evaluate(sample_weight=...) is not supported by bitkeras's "
                              "evaluation pipeline; call keras.Model.evaluate on your own batches")
         self.require_head()
+        self._check_compiled("evaluate")
         if not self.compiled:
             self._compile_defaults()
         return evaluation.evaluate(self, x, y, batch_size, verbose, steps, callbacks,

@@ -119,6 +119,9 @@ def inference(classifier, source, test_time_augmentation, image_size, batch_size
 
 
 def converter(classifier, image_size):
-    """`classifier`'s image converter, resizing to an `image_size` square."""
+    """`classifier`'s image converter, resizing to an `image_size` square; without a
+    preprocessor (keras-hub's `preprocessor=None`), images as they come, as floats."""
+    if classifier.preprocessor is None:
+        return pipeline.float_image
     own = classifier.preprocessor.image_converter
     return type(own).from_config({**own.get_config(), "image_size": (image_size, image_size)})

@@ -8,6 +8,7 @@ BiT-HyperRule, BiT's weights and export.
 import keras
 import keras_hub
 
+from bitkeras import compat
 from bitkeras.checks import check_positive_integer
 from bitkeras.files import AtomicSaveMixin
 from bitkeras.models.backbone import ResNetV2Backbone
@@ -28,6 +29,11 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
     maps images to pooled features. `preprocessor`: a
     `BiTImageClassifierPreprocessor` (by default one that leaves the size of
     images alone), which keras-hub's `predict` and `evaluate` run on the data.
+    `compile`: keras-hub's, compile with the task's defaults now (True) or leave
+    compiling to the caller (False).
+
+    A functional Keras model, made as keras-hub makes its tasks (`Task.__init__`
+    on images -> backbone -> head); a head added later joins that graph.
 
     >>> backbone = ResNetV2Backbone(block_units=(1, 1, 1, 1), width_factor=0.5)
     >>> classifier = HeadClassifier(backbone, class_names=["cat", "dog"])
@@ -40,16 +46,7 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
     preprocessor_cls = BiTImageClassifierPreprocessor
 
     def __init__(self, backbone, num_classes=None, class_names=None, preprocessor=None,
-                 **kwargs):
-        # keras-hub's Task, not ImageClassifier's functional build: the head is
-        # BiT's zero-initialised float32 Dense, and it can come later, from the
-        # data. Not compiled here.
-        keras_hub.models.Task.__init__(self, compile=False, **kwargs)
-        self.backbone = backbone
-        self.preprocessor = preprocessor or BiTImageClassifierPreprocessor()
-        self.head = None
-        self.num_classes = None
-        self.class_names = None
+                 compile=True, **kwargs):
         if class_names is not None:
             class_names = tuple(str(name) for name in class_names)
             if num_classes is None:
@@ -58,21 +55,32 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
                 raise ValueError(
                     f"class_names has {len(class_names)} names for num_classes={num_classes}"
                 )
-            self.class_names = class_names
         if num_classes is not None:
-            self.add_head(num_classes)
+            check_positive_integer(num_classes, "num_classes")
+        # keras-hub's path for a task: its parts first, then the functional graph through
+        # Task.__init__ (which compiles with the task's defaults unless compile=False).
+        # Not ImageClassifier's own graph: it pools the backbone's output, which BiT's
+        # backbones have pooled already, and it cannot wait for the data to size the head.
+        self.backbone = backbone
+        self.preprocessor = preprocessor or BiTImageClassifierPreprocessor()
+        head = None if num_classes is None else _head(num_classes)
+        images = keras.Input(shape=(None, None, 3), name="images")
+        features = backbone(images)
+        keras_hub.models.Task.__init__(
+            self, inputs=images, outputs=features if head is None else head(features),
+            compile=compile, **kwargs)
+        self.head = head
+        self.num_classes = num_classes
+        self.class_names = class_names
 
     def add_head(self, num_classes):
-        """Adds the zero-initialised head of `num_classes` outputs (once)."""
+        """Adds the zero-initialised head of `num_classes` outputs (once), on the features."""
         if self.head is not None:
             raise ValueError(f"{self.name} already has a {self.num_classes}-class head")
         check_positive_integer(num_classes, "num_classes")
-        self.head = keras.layers.Dense(
-            num_classes, kernel_initializer="zeros", bias_initializer="zeros", name="head",
-            dtype="float32",
-        )
+        self.head = _head(num_classes)
+        compat.rebuild_functional(self, self.head(self.outputs[0]))
         self.num_classes = num_classes
-        self.build((None, None, None, 3))
 
     def require_head(self):
         """Raises a ValueError that says what to do unless the classifier has its head."""
@@ -81,19 +89,17 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
 
     @property
     def image_size(self):
-        """The square side the preprocessor resizes images to, or None (sizes kept)."""
+        """The square side the preprocessor resizes images to, or None (sizes kept, or no
+        preprocessor: keras-hub's `preprocessor=None`, images taken as they come)."""
+        if self.preprocessor is None:
+            return None
         size = self.preprocessor.image_converter.image_size
         return None if size is None else size[0]
 
-    def build(self, input_shape=None):
-        self.require_head()
-        self.head.build((None, self.backbone.feature_channels))
-        self.built = True
-
-    def call(self, images, training=None):
+    def call(self, images, training=None, mask=None):
         self.require_head()
         images = standardize_images(images, self.name)
-        return self.head(self.backbone(images, training=training))
+        return super().call(images, training=training, mask=mask)
 
     def classify(self, x, batch_size=None, verbose="auto", **predict_arguments):
         """Class ids, probabilities and class names for images: a `Predictions`.
@@ -115,7 +121,8 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "class_names": None if self.class_names is None else list(self.class_names),
-            "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
+            "preprocessor": (None if self.preprocessor is None
+                             else keras.saving.serialize_keras_object(self.preprocessor)),
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -127,3 +134,9 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _head(num_classes):
+    """BiT's head: a Dense of `num_classes` logits, zero-initialised, computed in float32."""
+    return keras.layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
+                              name="head", dtype="float32")
