@@ -320,9 +320,15 @@ Xeon): they build and run forward here (with batch statistics: at inference a fr
 1202-layer network's BatchNorm passes activations that overflow), and train in no test."""
 
 
+WIDEST = ("R101x3", "R152x4")
+"""BiT's widest architectures, left out: a training step of R152x4 held 12.7 GB (936 million
+parameters and their gradients; R101x3, 388 million) where CI runs two test workers in
+24 GiB. The same builder and units train in R50x3 (width 3) and R152x2 (depth 152)."""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(name for name, preset in PRESETS.items()
-                                         if preset.weights_file is None))
+                                         if preset.weights_file is None and name not in WIDEST))
 def test_every_preset_builds_runs_forward_and_trains_a_step(name):
     keras.utils.set_random_seed(0)
     classifier = ResNetClassifier.from_preset(name, weights=None, num_classes=2)

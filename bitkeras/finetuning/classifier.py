@@ -7,10 +7,15 @@ HyperRule and trains it through the one loop of `bitkeras.finetuning.training`;
 `evaluate` and `predict` run the classifier's preprocessor on it.
 """
 
+import io
+import json
 import os
+import re
+import tempfile
 import types
 import zipfile
 
+import h5py
 import keras
 
 from bitkeras import compat
@@ -378,11 +383,61 @@ def load_model(path, safe_mode=True):
             f"kind of file; save the model again"
         )
     try:
-        return keras.saving.load_model(path, safe_mode=safe_mode)
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        with tempfile.TemporaryDirectory() as folder:
+            return keras.saving.load_model(_functional_layout(path, folder),
+                                           safe_mode=safe_mode)
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
         raise ValueError(
             f"{path!r} cannot be loaded as a Keras model ({type(error).__name__}: {error}); "
             f"save the model again"
         ) from error
+
+
+WEIGHTS_FILE = "model.weights.h5"
+"""Where a `.keras` archive keeps the weights, by Keras's paths of the model's layers."""
+
+
+def _functional_layout(path, folder):
+    """`path`, or where in `folder` a copy is with its classifier's weights where Keras looks
+    for them now.
+
+    Classifiers saved before they became functional keras-hub tasks keep their weights
+    under their attributes (`backbone/`, `head/`); a functional model's are under its
+    layers, named by class (`layers/bi_t_backbone/`, `layers/dense/`), and BiT's input
+    scaling had another class (`rescaling`). Other files are returned as they are.
+    """
+    with zipfile.ZipFile(path) as archive:
+        with archive.open(WEIGHTS_FILE) as weights:
+            legacy = "backbone" in h5py.File(io.BytesIO(weights.read()), "r")
+        if not legacy:
+            return path
+        config = json.loads(archive.read("config.json"))
+        copy = os.path.join(folder, "model.keras")
+        with zipfile.ZipFile(copy, "w") as target:
+            for item in archive.infolist():
+                if item.filename != WEIGHTS_FILE:
+                    target.writestr(item, archive.read(item))
+            moved = os.path.join(folder, WEIGHTS_FILE)
+            with open(moved, "wb") as out:
+                out.write(archive.read(WEIGHTS_FILE))
+    backbone = _snake_case(config["config"]["backbone"]["class_name"])
+    with h5py.File(moved, "r+") as weights:
+        weights.move("backbone", f"layers/{backbone}")
+        if "head" in weights:
+            weights.move("head", "layers/dense")
+        inner = weights[f"layers/{backbone}/layers"]
+        if "rescaling" in inner:
+            inner.move("rescaling", "input_scaling")
+        weights.create_group("layers/input_layer/vars")
+    with zipfile.ZipFile(copy, "a") as target:
+        target.write(moved, WEIGHTS_FILE)
+    return copy
+
+
+def _snake_case(class_name):
+    """A class name as Keras names its object in a weights file ("BiTBackbone" ->
+    "bi_t_backbone")."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 

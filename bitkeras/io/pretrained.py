@@ -124,7 +124,7 @@ def _configured(config, changes, loads, source):
     if loads and differing:
         raise ValueError(
             f"the weights of {source!r} are for its own network; the configuration changes "
-            f"{differing} make another one: drop them, or pass weights=None")
+            f"{differing} make another network: drop them, or pass weights=None")
     return changed
 
 

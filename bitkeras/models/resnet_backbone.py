@@ -19,11 +19,7 @@ import keras_hub
 
 from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
 from bitkeras.models.images import ImageModel
-from bitkeras.models.layers import (
-    GroupNormalization,
-    PreActBottleneck,
-    StandardizedConv2D,
-)
+from bitkeras.models.layers import GroupNormalization, PreActBottleneck, StandardizedConv2D
 from bitkeras.models.resnet_family import ResNetConfig, groups_for
 from bitkeras.models.resnet_layers import InputScaling, ZeroPadShortcut
 
