@@ -171,11 +171,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         The keywords bitkeras adds (`examples_per_class`, `trainable`, `strategy`,
         `precision`, `checkpoint_dir`, ...) are described in `bitkeras.finetuning.fitting`.
         """
-        if x is None:
-            raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
-                            "a dataset")
+        fitting.check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, overrides)
         self._check_compiled("fit")
-        fitting.check_keras_arguments(sample_weight, initial_epoch, seed, epochs, overrides)
         strategy = distribute.training_strategy(self, strategy)
         fitting.check_strategy(self, strategy, precision)
         source, validation_data = fitting.open_data(

@@ -49,8 +49,11 @@ from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 
 
-def check_keras_arguments(sample_weight, initial_epoch, seed, epochs, overrides):
+def check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, overrides):
     """Refuses Keras arguments the HyperRule pipeline cannot honour, saying what to use."""
+    if x is None:
+        raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
+                        "a dataset")
     if sample_weight is not None:
         raise ValueError(
             "fit(sample_weight=...) is not supported: the HyperRule pipeline crops, flips "
