@@ -7,7 +7,6 @@ HyperRule and trains it through the one loop of `bitkeras.finetuning.training`;
 `evaluate` and `predict` run the classifier's preprocessor on it.
 """
 
-import io
 import json
 import os
 import re
@@ -404,8 +403,8 @@ def _functional_layout(path, folder):
     scaling had another class (`rescaling`). Other files are returned as they are.
     """
     with zipfile.ZipFile(path) as archive:
-        with archive.open(WEIGHTS_FILE) as weights:
-            legacy = "backbone" in h5py.File(io.BytesIO(weights.read()), "r")
+        with archive.open(WEIGHTS_FILE) as weights, h5py.File(weights, "r") as groups:
+            legacy = "backbone" in groups  # read from the file's index, not the weights
         if not legacy:
             return path
         config = json.loads(archive.read("config.json"))

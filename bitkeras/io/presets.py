@@ -16,7 +16,7 @@ import pathlib
 
 from bitkeras.data import glyphs
 from bitkeras.models import resnet_family
-from bitkeras.models.architecture import ARCHITECTURES, Architecture
+from bitkeras.models.architecture import ARCHITECTURES, Architecture, architecture_of
 from bitkeras.models.resnet_family import ResNetConfig
 
 BUCKET_URL = "https://storage.googleapis.com/bit_models/"
@@ -61,10 +61,7 @@ class Preset:
     @property
     def architecture(self):
         """BiT's `Architecture` of this network, or None for a network that is not BiT's."""
-        config = self.config
-        if not config.bit_layout:
-            return None
-        return Architecture(config.stage_units, config.width_factor)
+        return architecture_of(self.config)
 
     @property
     def url(self):

@@ -117,6 +117,13 @@ ARCHITECTURES = {
 """The published BiT architectures by name."""
 
 
+def architecture_of(config):
+    """BiT's `Architecture` of a `ResNetConfig`, or None for a network that is not BiT's."""
+    if not config.bit_layout:
+        return None
+    return Architecture(config.stage_units, config.width_factor)
+
+
 def architecture_name(architecture):
     """The published name ('R50x1', ...) of an architecture, or None."""
     for name, known in ARCHITECTURES.items():

@@ -17,7 +17,7 @@ import itertools
 import keras
 import keras_hub
 
-from bitkeras.models.architecture import ROOT_LAYER_NAME, Architecture, unit_name
+from bitkeras.models.architecture import ROOT_LAYER_NAME, architecture_of, unit_name
 from bitkeras.models.images import ImageModel
 from bitkeras.models.layers import GroupNormalization, PreActBottleneck, StandardizedConv2D
 from bitkeras.models.resnet_family import ResNetConfig, groups_for
@@ -78,8 +78,7 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     @property
     def architecture(self):
         """BiT's `Architecture` of this network, or None for a network that is not BiT's."""
-        config = self.resnet_config
-        return Architecture(config.stage_units, config.width_factor) if config.bit_layout else None
+        return architecture_of(self.resnet_config)
 
     @property
     def feature_channels(self):
