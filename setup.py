@@ -16,14 +16,16 @@ setup(
                   "bitkeras.models": ["*.cc"]},
     python_requires=">=3.11",
     install_requires=[
-        "tensorflow>=2.21,<2.22",
-        # 3.15 is what keras-hub 0.32 needs; the upper bound because bitkeras uses a few
+        # Checked on 2.20 and 2.21 (compat.TENSORFLOW_CHECKED: the whole suite passes on each).
+        "tensorflow>=2.20,<2.22",
+        # 3.15 is what keras-hub 0.31 and 0.32 need; the upper bound because bitkeras uses a few
         # private Keras APIs, all in bitkeras/compat.py and checked on 3.15 (its
         # KERAS_CHECKED; a test keeps this pin and that list in step).
         "keras>=3.15,<3.16",
         # Where Keras users find pretrained vision models: BiTBackbone is one of its
-        # FeaturePyramidBackbones (presets, detection tasks); checked on 0.32.
-        "keras-hub>=0.32,<0.33",
+        # FeaturePyramidBackbones (presets, detection tasks); the whole suite passes on
+        # 0.31 and 0.32.
+        "keras-hub>=0.31,<0.33",
         "numpy>=1.26",
         # keras.applications' weight files (legacy .h5 and .weights.h5) for the ResNet family.
         "h5py>=3.10",
@@ -57,7 +59,7 @@ setup(
             "importlib_resources",
             # The Keras 2 clients the exports are tested with (hub.load, hub.KerasLayer).
             "tensorflow-hub>=0.16",
-            "tf-keras>=2.21,<2.22",
+            "tf-keras>=2.20,<2.22",
             # tensorflow_hub 0.16.1 imports pkg_resources, gone in setuptools 82
             # (tensorflow/hub#934); only the tests import tensorflow_hub. 70.1 and later
             # build wheels without the wheel package (the packaging test builds one).
