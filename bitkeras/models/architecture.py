@@ -8,6 +8,7 @@ count with it.
 """
 
 import dataclasses
+import functools
 
 from bitkeras.models.resnet_family import GROUPS, bit_config
 
@@ -46,9 +47,9 @@ class Architecture:
                 f"factor that is a multiple of 0.5 (0.5, 1, 2, 3, 4, ...)"
             )
 
-    @property
+    @functools.cached_property
     def config(self):
-        """The family's `ResNetConfig` of this network (`bit_config`)."""
+        """The family's `ResNetConfig` of this network (`bit_config`), made once."""
         return bit_config(self.block_units, self.width_factor)
 
     @property
