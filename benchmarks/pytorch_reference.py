@@ -143,8 +143,10 @@ def measure(setting, rounds, warmup, compiled):
     classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes=NUM_CLASSES)
     training = Interleaved({name: runs[0] for name, runs in others.items()}, warmup)
     training.begin()
-    classifier.fit(images, labels, steps=steps, batch_size=batch, crop_size=size,
-                   resize_size=size, mixup_alpha=0.0, flip=False, verbose=0,
+    classifier.fit(images, labels,
+                   hyperrule=dict(steps=steps, crop_size=size, resize_size=size,
+                                  mixup_alpha=0.0, flip=False),
+                   batch_size=batch, verbose=0,
                    precision="mixed_bfloat16" if bfloat16 else "float32",
                    callbacks=[training])
     inference_model = classifier

@@ -73,6 +73,7 @@ def main():
     else:
         backbone = bitkeras.BiTBackbone.from_preset(args.preset, weights=args.weights)
     classifier = bitkeras.BiTClassifier(backbone)
+    classifier.compile(batch_split=args.batch_split)
 
     overrides = {name: value for name, value in (
         ("steps", args.steps), ("batch_size", args.batch_size),
@@ -81,8 +82,7 @@ def main():
     if args.crop_size:
         overrides.update(crop_size=args.crop_size, resize_size=args.crop_size * 7 // 6)
     classifier.fit(train, validation_data=test, examples_per_class=args.examples_per_class,
-                   batch_split=args.batch_split, trainable=args.trainable, verbose=2,
-                   **overrides)
+                   trainable=args.trainable, verbose=2, hyperrule=overrides)
     if test is not None:
         results = classifier.evaluate(test, verbose=0, return_dict=True)
         print("Test: " + ", ".join(f"{name} {value:.3f}" for name, value in results.items()))

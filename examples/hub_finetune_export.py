@@ -71,7 +71,7 @@ def main():
 
     classifier = bitkeras.BiTClassifier.from_hub(module, convert=args.convert)
     print(f"Backbone: {type(classifier.backbone).__name__} from {module}")
-    classifier.fit(train, verbose=2, **overrides)
+    classifier.fit(train, verbose=2, hyperrule=overrides)
     if test:
         print(f"Test: {classifier.evaluate(test, verbose=0, return_dict=True)}")
 

@@ -40,8 +40,8 @@ def main():
         # The HyperRule, shortened for a CPU: 40->32 px instead of 160->128 for
         # these 8x8 scans, a fixed number of steps, and no flips (they change digits).
         classifier.fit(train, examples_per_class=args.examples_per_class, seed=args.seed,
-                       steps=args.steps, base_learning_rate=0.01, resize_size=40,
-                       crop_size=32, flip=False, verbose=0)
+                       hyperrule=dict(steps=args.steps, base_learning_rate=0.01, resize_size=40,
+                                      crop_size=32, flip=False), verbose=0)
         accuracies[name] = classifier.evaluate(test, verbose=0, return_dict=True)["accuracy"]
         print(f"{name:>10}: test accuracy {accuracies[name]:.3f} "
               f"({args.examples_per_class} training scans per digit)")

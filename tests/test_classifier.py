@@ -79,7 +79,7 @@ def test_keras_style_fit_predict_and_evaluate():
     keras.utils.set_random_seed(0)
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     history = classifier.fit(images[:32], labels[:32], epochs=3, batch_size=16, verbose=0,
-                             validation_data=(images[32:], labels[32:]), **SMALL_RULE)
+                             validation_data=(images[32:], labels[32:]), hyperrule=SMALL_RULE)
     assert isinstance(history, keras.callbacks.History) and len(history.epoch) == 3
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -108,7 +108,7 @@ def test_keras_callbacks_and_validation_split_work_as_in_keras(tmp_path):
     history = classifier.fit(images, labels, epochs=5, batch_size=16, verbose=0,
                              validation_split=0.25, callbacks=[
                                  stop, keras.callbacks.ModelCheckpoint(
-                                     saved, save_weights_only=True)], **SMALL_RULE)
+                                     saved, save_weights_only=True)], hyperrule=SMALL_RULE)
     assert len(history.epoch) == 2 and stop.stopped_epoch == 1  # no epoch improves by 1e9
     assert history.hyperrule.steps == 5 * 3   # 48 training examples: 3 batches an epoch
     assert "val_loss" in history.history and saved.is_file()
@@ -119,19 +119,22 @@ def test_a_users_own_compile_is_respected():
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     optimizer = keras.optimizers.Adam(1e-3)
     classifier.compile(optimizer=optimizer, metrics=[keras.metrics.CategoricalAccuracy("hits")])
-    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0,
+                             hyperrule=SMALL_RULE)
     assert classifier.optimizer is optimizer and int(optimizer.iterations) == 3
     assert "hits" in history.history and "accuracy" not in history.history
 
     # A loss on class ids gets class ids (and the metrics with it).
     classifier.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=[keras.metrics.SparseCategoricalAccuracy("hits")])
-    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    history = classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0,
+                             hyperrule=SMALL_RULE)
     assert isinstance(classifier.optimizer, keras.optimizers.SGD)  # "auto": the rule's SGD
     assert history.history["loss"][0] > 0 and 0 <= history.history["hits"][0] <= 1
     assert classifier.evaluate(images, labels, verbose=0, return_dict=True)["hits"] >= 0
     with pytest.raises(ValueError, match="pass mixup_alpha=0"):
-        classifier.fit(images, labels, epochs=1, batch_size=16, mixup_alpha=0.1, verbose=0)
+        classifier.fit(images, labels, epochs=1, batch_size=16, hyperrule=dict(mixup_alpha=0.1),
+                       verbose=0)
 
 
 def test_keras_arguments_that_do_not_apply_are_refused_by_name():
@@ -143,13 +146,21 @@ def test_keras_arguments_that_do_not_apply_are_refused_by_name():
         classifier.fit(images, labels, sample_weight=np.ones(16))
     with pytest.raises(ValueError, match="initial_epoch"):
         classifier.fit(images, labels, initial_epoch=2)
-    with pytest.raises(ValueError, match="both epochs=2 and steps=5"):
-        classifier.fit(images, labels, epochs=2, steps=5)
+    with pytest.raises(ValueError, match="both epochs=2 and hyperrule's steps=5"):
+        classifier.fit(images, labels, epochs=2, hyperrule=dict(steps=5))
     with pytest.raises(ValueError, match="validation_split only applies to arrays"):
         classifier.fit(tf.data.Dataset.from_tensor_slices((images, labels)),
                        validation_split=0.5)
-    with pytest.raises(TypeError, match="unknown fit argument\\(s\\) \\['learning_rat'\\]"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rat'"):
         classifier.fit(images, labels, learning_rat=0.1)
+    with pytest.raises(TypeError, match="in one object: fit\\(\\.\\.\\., hyperrule=\\{'crop_size': "
+                                        "32, 'flip': False\\}\\)"):
+        classifier.fit(images, labels, flip=False, crop_size=32)
+    for name, where in (("variant", "hyperrule="), ("split", "x='tfds:NAME:SPLIT'"),
+                        ("batch_split", "compile\\(batch_split="),
+                        ("jit_compile", "compile\\(jit_compile=")):
+        with pytest.raises(TypeError, match=f"fit\\(\\) got {name}=.*give it as {where}"):
+            classifier.fit(images, labels, **{name: 1})
 
 
 def test_compile_defaults_follow_bit():
@@ -189,8 +200,8 @@ def test_num_classes_is_validated():
 def test_compiled_classifier_reloads_compiled(tmp_path, images):
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.8), jit_compile=True)
-    classifier.fit(images, np.array([0, 1]), epochs=1, batch_size=2, crop_size=32,
-                   resize_size=36, verbose=0)
+    classifier.fit(images, np.array([0, 1]), epochs=1, batch_size=2,
+                   hyperrule=dict(crop_size=32, resize_size=36), verbose=0)
     classifier.save(tmp_path / "compiled.keras")
     restored = keras.models.load_model(tmp_path / "compiled.keras")
     assert restored.compiled and restored.jit_compile is True
@@ -211,12 +222,14 @@ def test_from_preset_of_a_headless_file_loads_the_backbone_and_waits_for_fit(mon
 def test_a_repeated_fit_starts_its_optimizer_afresh():
     rng = np.random.default_rng(0)
     data = (rng.uniform(0, 1, (40, 16, 16, 3)).astype("float32"), np.arange(40) % 4)
-    settings = dict(steps=4, batch_size=8, crop_size=16, resize_size=18, seed=1, verbose=0,
-                    batch_split=2)
+    settings = dict(hyperrule=dict(steps=4, batch_size=8, crop_size=16, resize_size=18), seed=1,
+                    verbose=0)
 
     def fresh():
         keras.utils.set_random_seed(0)
-        return BiTClassifier(BiTBackbone(**TINY), num_classes=4)
+        classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=4)
+        classifier.compile(batch_split=2)
+        return classifier
 
     reused = fresh()
     start = reused.get_weights()
@@ -247,7 +260,7 @@ def test_fit_traces_its_train_step_once(monkeypatch):
     images, labels = _bright_and_dark(32)
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     for _ in range(2):  # each fit compiles afresh: one trace each
-        classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0, **SMALL_RULE)
+        classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0, hyperrule=SMALL_RULE)
     assert len(traces) == 2 and int(classifier.optimizer.iterations) == 4
 
 
@@ -271,9 +284,10 @@ def test_keras_hub_preset_round_trip_is_exact(tmp_path, tiny_checkpoint, images)
 def test_tensorboard_and_backup_and_restore_callbacks_run_as_in_keras(tmp_path):
     images, labels = _bright_and_dark(32)
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
-    history = classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0, callbacks=[
+    history = classifier.fit(images, labels, epochs=2, batch_size=16, verbose=0,
+                             hyperrule=SMALL_RULE, callbacks=[
         keras.callbacks.TensorBoard(log_dir=str(tmp_path / "logs")),
-        keras.callbacks.BackupAndRestore(backup_dir=str(tmp_path / "backup"))], **SMALL_RULE)
+        keras.callbacks.BackupAndRestore(backup_dir=str(tmp_path / "backup"))])
     assert len(history.epoch) == 2
     assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
     assert not (tmp_path / "backup").exists()  # Keras removes its backup after a finished fit
@@ -284,8 +298,8 @@ def test_predict_and_evaluate_run_the_preprocessor_that_fit_sized(tmp_path):
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     assert isinstance(classifier.preprocessor, keras_hub.models.ImageClassifierPreprocessor)
     assert classifier.image_size is None  # nothing to size it by yet
-    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, crop_size=12,
-                   resize_size=14)
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0,
+                   hyperrule=dict(crop_size=12, resize_size=14))
     assert classifier.image_size == 12
     big = (np.random.default_rng(2).uniform(0, 1, (3, 30, 20, 3)) * 255).astype(np.uint8)
     resized = classifier.preprocessor.image_converter(big)
@@ -312,11 +326,13 @@ def test_batch_split_given_to_compile_is_kept_saved_and_used_by_fit(tmp_path):
     classifier.compile(optimizer=keras.optimizers.SGD(0.01), batch_split=4)
     assert classifier.batch_split == 4
     assert classifier.get_compile_config()["batch_split"] == 4
-    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, hyperrule=SMALL_RULE)
     assert classifier.batch_split == 4
+    classifier.compile(batch_split=3)
     with pytest.raises(ValueError, match="batch_size 16 does not split into 3"):
-        classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, batch_split=3,
-                       **SMALL_RULE)
+        classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0,
+                       hyperrule=SMALL_RULE)
+    classifier.compile(optimizer=keras.optimizers.SGD(0.01), batch_split=4)
     classifier.save(tmp_path / "split.keras")
     assert keras.saving.load_model(tmp_path / "split.keras").batch_split == 4
     with pytest.raises(ValueError, match="batch_split must be a positive integer"):
@@ -348,7 +364,7 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     images, labels = _bright_and_dark(32)
     keras.utils.set_random_seed(0)
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
-    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, hyperrule=SMALL_RULE)
     weight_count = len(classifier.weights)
     classifier.predict(images, verbose=0)  # one batch: standardized in its graph, no copies
     assert not any(_conv_copies(classifier))
@@ -380,7 +396,7 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
           loss(before))
     # After the weights change, neither predict, predict_on_batch (which runs the
     # same traced function outside predict) nor evaluate gives the old weights' outputs.
-    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, **SMALL_RULE)
+    classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, hyperrule=SMALL_RULE)
     after = direct()
     assert np.abs(after - before).max() > 1e-3
     close(classifier.predict_on_batch(images), after)

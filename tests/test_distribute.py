@@ -90,7 +90,7 @@ def test_strategy_and_precision_arguments_are_checked():
     classifier = BiTClassifier(BiTBackbone(**TINY), 2)
     images, labels = np.zeros((8, 8, 8, 3), np.uint8), np.arange(8) % 2
     with pytest.raises(ValueError, match="precision must be one of"):
-        classifier.fit((images, labels), precision="float16", steps=1)
+        classifier.fit((images, labels), precision="float16", hyperrule=dict(steps=1))
     rule = HyperRule.for_dataset(64, 32, batch_size=6)
     with pytest.raises(ValueError, match=r"6 does not split into 4 .*2 replicas x batch_split=2"):
         training.check_batching(rule, 64, batch_split=2, replicas=2)
@@ -105,11 +105,12 @@ def test_a_classifier_built_in_a_scope_trains_under_that_strategy_only():
         classifier = tiny_classifier()
     assert distribute.model_strategy(classifier) is strategy
     images, labels = worker_data()
-    history = classifier.fit((images, labels), steps=2, verbose=0, batch_size=16,
-                             crop_size=16, resize_size=20)
+    history = classifier.fit((images, labels),
+                             hyperrule=dict(steps=2, crop_size=16, resize_size=20), verbose=0,
+                             batch_size=16)
     assert len(history.history["loss"]) >= 1
     with pytest.raises(ValueError, match="built in the scope of MirroredStrategy"):
-        classifier.fit((images, labels), steps=1, strategy="default", verbose=0)
+        classifier.fit((images, labels), hyperrule=dict(steps=1), strategy="default", verbose=0)
 
 
 @pytest.mark.parametrize("precision, tolerance", [("mixed_bfloat16", 0.05),
@@ -146,9 +147,11 @@ def test_float16_training_makes_progress_and_leaves_a_float32_classifier():
             seen["optimizer"] = type(self.model.optimizer).__name__
             seen["compute_dtype"] = self.model.compute_dtype
 
-    history = classifier.fit((images, labels), steps=30, precision="mixed_float16", verbose=0,
-                             batch_size=16, crop_size=16, resize_size=20, flip=False,
-                             base_learning_rate=0.003, callbacks=[Optimizer()])
+    history = classifier.fit((images, labels),
+                             hyperrule=dict(steps=30, crop_size=16, resize_size=20, flip=False,
+                                            base_learning_rate=0.003),
+                             precision="mixed_float16", verbose=0,
+                             batch_size=16, callbacks=[Optimizer()])
     assert seen == {"optimizer": "LossScaleOptimizer", "compute_dtype": "float16"}
     losses = history.history["loss"]
     assert losses[-1] < 0.5 * losses[0]  # as float32 does here: 1.39 -> 0.16

@@ -106,7 +106,8 @@ def test_a_folder_where_nothing_decodes_fails_at_once_instead_of_spinning(tmp_pa
         "from bitkeras import BiTBackbone, BiTClassifier\n"
         "classifier = BiTClassifier(BiTBackbone(block_units=(1, 1, 1, 1), width_factor=0.5))\n"
         "try:\n"
-        "    classifier.fit(sys.argv[1], steps=2, batch_size=2, crop_size=16, verbose=0)\n"
+        "    classifier.fit(sys.argv[1], hyperrule=dict(steps=2, batch_size=2, crop_size=16),\n"
+        "                   verbose=0)\n"
         "except ValueError as error:\n"
         "    print('refused:', error)\n"
     )
@@ -137,7 +138,8 @@ def test_a_fit_that_meets_a_nan_loss_leaves_the_weights_it_started_with():
     classifier = tiny_classifier()
     before = classifier.get_weights()
     with pytest.raises(run_state.NonFiniteLossError, match="back to what they were before"):
-        classifier.fit(dataset, steps=6, batch_size=16, crop_size=16, resize_size=20,
+        classifier.fit(dataset, hyperrule=dict(steps=6, crop_size=16, resize_size=20),
+                       batch_size=16,
                        shuffle=False, verbose=0)
     for now, then in zip(classifier.get_weights(), before):
         np.testing.assert_array_equal(now, then)
@@ -147,7 +149,7 @@ def test_a_checkpoint_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_ove
     lock = tmp_path / run_state.LOCK_FILE
     lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process holds it
     images, labels = worker_data()
-    arguments = dict(steps=2, batch_size=16, crop_size=16, resize_size=20,
+    arguments = dict(hyperrule=dict(steps=2, batch_size=16, crop_size=16, resize_size=20),
                      checkpoint_dir=tmp_path, verbose=0)
     classifier = tiny_classifier()
     with pytest.raises(RuntimeError, match="in use by another run"):
@@ -166,16 +168,16 @@ def test_a_checkpoint_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_ove
 
 def test_resuming_names_what_differs_and_refuses_damaged_or_foreign_state(tmp_path):
     images, labels = worker_data()
-    arguments = dict(batch_size=16, crop_size=16, resize_size=20, checkpoint_dir=tmp_path,
-                     verbose=0)
-    tiny_classifier().fit((images, labels), steps=2, seed=1, **arguments)
+    arguments = dict(hyperrule=dict(steps=2, batch_size=16, crop_size=16, resize_size=20),
+                     checkpoint_dir=tmp_path, verbose=0)
+    tiny_classifier().fit((images, labels), seed=1, **arguments)
     with pytest.raises(ValueError, match=r"seed: 1 there, 2 here.*delete"):
-        tiny_classifier().fit((images, labels), steps=2, seed=2, **arguments)
+        tiny_classifier().fit((images, labels), seed=2, **arguments)
     with pytest.raises(ValueError, match=r"data: '\w+' there, '\w+' here"):
-        tiny_classifier().fit((images[::-1], labels[::-1]), steps=2, seed=1, **arguments)
+        tiny_classifier().fit((images[::-1], labels[::-1]), seed=1, **arguments)
     (tmp_path / run_state.RUN_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="run.json.*damaged"):
-        tiny_classifier().fit((images, labels), steps=2, seed=1, **arguments)
+        tiny_classifier().fit((images, labels), seed=1, **arguments)
 
 
 def test_a_checkpoint_past_the_runs_end_is_refused(tmp_path):
@@ -203,9 +205,11 @@ def test_rules_and_seeds_are_checked_before_the_classifier_changes():
     images, labels = worker_data()
     classifier = BiTClassifier(BiTBackbone(**TINY))
     for bad in (dict(seed=None), dict(seed="x"), dict(seed=-1),
-                dict(base_learning_rate=float("inf")), dict(mixup_alpha=float("nan"))):
+                dict(hyperrule=dict(steps=2, base_learning_rate=float("inf"))),
+                dict(hyperrule=dict(steps=2, mixup_alpha=float("nan")))):
         with pytest.raises(ValueError, match="seed|base_learning_rate|mixup_alpha"):
-            classifier.fit((images, labels), steps=2, batch_size=16, verbose=0, **bad)
+            classifier.fit((images, labels), batch_size=16, verbose=0, **{
+                "hyperrule": dict(steps=2), **bad})
         assert classifier.head is None  # no head added on bad input
 
 
@@ -283,7 +287,7 @@ def test_damaged_saved_models_and_checkpoints_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model file"):
         load_model(tmp_path / "absent.keras")
     images, labels = worker_data()
-    arguments = dict(steps=2, batch_size=16, crop_size=16, resize_size=20,
+    arguments = dict(hyperrule=dict(steps=2, batch_size=16, crop_size=16, resize_size=20),
                      checkpoint_dir=tmp_path / "run", verbose=0)
     tiny_classifier().fit((images, labels), **arguments)
     state = tmp_path / "run" / run_state.CHECKPOINT_FILE
@@ -306,8 +310,9 @@ def test_validation_data_with_a_truncated_file_skips_it_by_name(tmp_path):
     images, labels = worker_data()
     classifier = BiTClassifier(BiTBackbone(**TINY), class_names=["a", "b"])
     with pytest.warns(UserWarning, match="cut.jpg"):
-        history = classifier.fit((images, labels % 2), steps=2, batch_size=16, crop_size=16,
-                                 resize_size=20, validation_data=tmp_path, verbose=0)
+        history = classifier.fit((images, labels % 2),
+                                 hyperrule=dict(steps=2, crop_size=16, resize_size=20),
+                                 batch_size=16, validation_data=tmp_path, verbose=0)
     assert "val_loss" in history.history
 
 

@@ -78,7 +78,8 @@ def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
     before = [w.numpy().copy() for w in classifier.backbone.trainable_weights]
     data = (np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32"),
             np.arange(16) % 2)
-    classifier.fit(data, steps=3, batch_size=8, resize_size=36, crop_size=32, verbose=0)
+    classifier.fit(data, hyperrule=dict(steps=3, resize_size=36, crop_size=32), batch_size=8,
+                   verbose=0)
     changed = sum(not np.array_equal(a, w.numpy())
                   for a, w in zip(before, classifier.backbone.trainable_weights))
     assert changed >= len(before) // 2  # the module's own variables train, not only the head
@@ -91,7 +92,7 @@ def test_own_export_reloads_fine_tunes_and_saves(tmp_path, images):
     assert reloaded.class_names == ("cat", "dog")
 
     with pytest.raises(ValueError, match="freezes by block"):
-        classifier.fit(data, steps=1, batch_size=8, trainable="block3", verbose=0)
+        classifier.fit(data, hyperrule=dict(steps=1), batch_size=8, trainable="block3", verbose=0)
 
 
 class _ModuleServer(http.server.ThreadingHTTPServer):

@@ -43,6 +43,16 @@ def test_other_batch_sizes_scale_learning_rate_and_steps_keeping_epochs():
     assert rule.epochs(50_000) == pytest.approx(reference.epochs(50_000))
 
 
+def test_data_smaller_than_a_batch_is_one_batch_at_the_rules_steps_and_rate():
+    rule = HyperRule.for_dataset(40, 32)
+    assert (rule.batch_size, rule.steps, rule.base_learning_rate) == (40, 500, 0.003)
+    assert (rule.warmup_steps, rule.decay_boundaries) == (100, (200, 300, 400))
+    half = HyperRule.for_dataset(40, 32, batch_size=20)
+    assert (half.steps, half.warmup_steps, half.decay_boundaries) == (1000, 200, (400, 600, 800))
+    assert half.base_learning_rate == pytest.approx(0.0015)
+    assert half.epochs(40) == pytest.approx(rule.epochs(40)) == 500
+
+
 def test_with_steps_keeps_the_shape_of_the_schedule():
     rule = HyperRule.for_dataset(1_000, 32).with_steps(50)
     assert (rule.steps, rule.warmup_steps, rule.decay_boundaries) == (50, 10, (20, 30, 40))

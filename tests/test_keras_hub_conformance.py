@@ -3,6 +3,9 @@ backbones and tasks as keras-hub runs it on its own families: config round trips
 mixed precision, quantization, the feature pyramid, the task's predict and fit.
 """
 
+import os
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from bitkeras import (
     ResNetClassifier,
     ResNetV2Backbone,
 )
+from bitkeras.finetuning import xla
 from bitkeras.models import resnet_family
 from tests.helpers import TINY
 
@@ -68,12 +72,20 @@ class TaskConformance(TestCase):
     def test_head_classifier(self):
         self._run(HeadClassifier, ResNetV2Backbone(**TINY))
 
+    @pytest.mark.slow
+    def test_fine_tuning_classifier_whole(self):
+        """The harness as it is, its fits included: each runs the HyperRule's schedule for
+        the harness's two images (500 steps of both at 128 px, about 25 s here), without
+        timing XLA against plain TensorFlow first (not what this test is about).
+        ResNetClassifier's fit is the same code (FineTuningClassifier), run on it by the
+        fast share below."""
+        self.enterContext(mock.patch.dict(os.environ, {xla.OVERRIDE_ENV: "0"}))
+        self._run(BiTClassifier, BiTBackbone(**TINY))
+
     def test_fine_tuning_classifiers(self):
-        """The harness's checks but its fits, which on these classifiers run the HyperRule's
-        schedule (128,000 steps for its two images; fit's defaults are the rule's): its
-        serialization test, predict through the preprocessor and split from it, fit with
-        Keras's epoch arguments on arrays and datasets, and fit refused without compile
-        after compile=False."""
+        """The fast default run's share of the harness: its serialization test, predict
+        through the preprocessor and split from it, fit with Keras's epoch arguments on
+        arrays and datasets, and fit refused without compile after compile=False."""
         images, labels = IMAGES[:, :32, :32], np.array([0, 1])
         dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
         family = resnet_family.cifar(8).replace(width_factor=0.5).get_config()

@@ -229,7 +229,7 @@ def test_classifier_fine_tunes_saves_and_freezes_by_stage(tmp_path):
     np.testing.assert_allclose(mean, images.mean(axis=0), rtol=1e-5)
     stem = classifier.backbone.get_layer("conv1_conv").get_weights()[0].copy()
     history = classifier.fit(images, labels, epochs=1, batch_size=8, verbose=0,
-                             trainable="block2", crop_size=32, resize_size=36)
+                             trainable="block2", hyperrule=dict(crop_size=32, resize_size=36))
     assert history.hyperrule.steps == 2 and classifier.num_classes == 2
     np.testing.assert_array_equal(classifier.backbone.get_layer("conv1_conv").get_weights()[0],
                                   stem)  # frozen: before block 2

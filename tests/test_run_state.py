@@ -42,7 +42,8 @@ def test_a_nan_loss_stops_the_fit_naming_the_step_and_keeps_the_last_good_checkp
                 self.model.head.bias.assign(np.full(4, np.nan, np.float32))
 
     with pytest.raises(run_state.NonFiniteLossError, match=r"loss became nan at step 5") as error:
-        classifier.fit((images, labels), steps=10, batch_size=16, crop_size=16, resize_size=20,
+        classifier.fit((images, labels), hyperrule=dict(steps=10, crop_size=16, resize_size=20),
+                       batch_size=16,
                        checkpoint_dir=tmp_path, checkpoint_every=2, verbose=0,
                        callbacks=[PoisonAtStep()])
     assert f"back at its last good checkpoint, step 4 in {str(tmp_path)!r}" in str(error.value)
@@ -69,11 +70,11 @@ def test_a_checkpoint_of_nan_weights_is_never_written(tmp_path):
 
 def test_a_checkpoint_folder_of_another_run_is_refused(tmp_path):
     images, labels = worker_data()
-    arguments = dict(batch_size=16, crop_size=16, resize_size=20, checkpoint_dir=tmp_path,
-                     verbose=0)
-    tiny_classifier().fit((images, labels), steps=2, **arguments)
+    rule = dict(batch_size=16, crop_size=16, resize_size=20)
+    arguments = dict(checkpoint_dir=tmp_path, verbose=0)
+    tiny_classifier().fit((images, labels), hyperrule=dict(rule, steps=2), **arguments)
     with pytest.raises(ValueError, match="holds another run"):
-        tiny_classifier().fit((images, labels), steps=3, **arguments)
+        tiny_classifier().fit((images, labels), hyperrule=dict(rule, steps=3), **arguments)
     # The same run again is already complete: it resumes at its end and trains no more.
-    history = tiny_classifier().fit((images, labels), steps=2, **arguments)
+    history = tiny_classifier().fit((images, labels), hyperrule=dict(rule, steps=2), **arguments)
     assert history.start_step == 2

@@ -28,7 +28,7 @@ def _weights(layer):
 def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path, capsys):
     classifier = _tiny_classifier()
     with pytest.warns(UserWarning, match="broken.jpg"):
-        history = classifier.fit(image_folder, **SMALL)
+        history = classifier.fit(image_folder, hyperrule=SMALL)
     assert "BiT-HyperRule:" in capsys.readouterr().out
     assert history.hyperrule == classifier.hyperrule and history.hyperrule.steps == 24
     assert history.params["hyperrule"]["crop_size"] == 32
@@ -70,7 +70,8 @@ def test_gradient_accumulation_equals_the_big_batch_update():
     trained = []
     for batch_split in (1, 4):
         classifier = _tiny_classifier(num_classes=2)
-        classifier.fit((images, labels), hyperrule=rule, batch_split=batch_split, verbose=0)
+        classifier.compile(batch_split=batch_split)
+        classifier.fit((images, labels), hyperrule=rule, verbose=0)
         trained.append(classifier)
     big, accumulated = trained
     assert int(accumulated.optimizer.iterations) == 2
@@ -97,8 +98,10 @@ def test_trainable_freezes_what_it_leaves_out(trainable, frozen, moving):
     images = rng.uniform(0, 1, (16, 16, 16, 3)).astype(np.float32)
     classifier = _tiny_classifier(num_classes=2)
     before = {name: _weights(classifier.backbone.get_layer(name)) for name in frozen + moving}
-    classifier.fit((images, np.arange(16) % 2), trainable=trainable, steps=3, batch_size=8,
-                   warmup_steps=0, decay_boundaries=(), base_learning_rate=0.1, verbose=0)
+    classifier.fit((images, np.arange(16) % 2), trainable=trainable,
+                   hyperrule=dict(steps=3, warmup_steps=0, decay_boundaries=(),
+                                  base_learning_rate=0.1),
+                   batch_size=8, verbose=0)
     for name in frozen:
         for a, b in zip(before[name], _weights(classifier.backbone.get_layer(name))):
             np.testing.assert_array_equal(a, b, err_msg=name)
@@ -112,10 +115,10 @@ def test_trainable_freezes_what_it_leaves_out(trainable, frozen, moving):
 def test_few_shot_fit_uses_k_per_class_and_defaults_the_batch(image_folder, capsys):
     classifier = _tiny_classifier()
     with pytest.warns(UserWarning):
-        history = classifier.fit(image_folder, examples_per_class=2, seed=1, steps=2,
-                                 resize_size=40, crop_size=32)
-    assert history.hyperrule.batch_size == 6    # 2 x 3 classes, fewer than 512
-    assert history.hyperrule.base_learning_rate == pytest.approx(0.003 * 6 / 512)
+        history = classifier.fit(image_folder, examples_per_class=2, seed=1,
+                                 hyperrule=dict(steps=2, resize_size=40, crop_size=32))
+    assert history.hyperrule.batch_size == 6    # 2 x 3 classes, fewer than 512: all of them
+    assert history.hyperrule.base_learning_rate == 0.003  # the rule's, for the whole data
     assert "6 training examples" in capsys.readouterr().out
 
 
@@ -142,9 +145,11 @@ def test_fit_errors_name_the_input_and_the_fix(image_folder):
     with pytest.raises(ValueError, match="single class"):
         classifier.fit((images, np.zeros(8, int)))
     with pytest.raises(ValueError, match="does not split into 3 equal micro-batches"):
-        classifier.fit((images, labels), batch_size=8, batch_split=3)
+        classifier.compile(batch_split=3)
+        classifier.fit((images, labels), batch_size=8)
+    classifier.compile()
     with pytest.raises(ValueError, match="trainable must be one of"):
-        classifier.fit((images, labels), trainable="block5", steps=1, verbose=0)
+        classifier.fit((images, labels), trainable="block5", hyperrule=dict(steps=1), verbose=0)
     two = _tiny_classifier(num_classes=2)
     with pytest.raises(ValueError, match="label 2 \\(example 2 .*outside \\[0, 2\\)"):
         two.fit((images, np.arange(8) % 3))
@@ -155,14 +160,25 @@ def test_fit_errors_name_the_input_and_the_fix(image_folder):
         classifier.predict(images)   # none of the failed fits above added one
 
 
-def test_resolve_rule_applies_overrides():
-    rule = training.resolve_rule(1_000, (500, 375), batch_size=64, steps=100, flip=False)
+def test_resolve_rule_applies_the_changes_of_one_object():
+    rule = training.resolve_rule(1_000, (500, 375), {"steps": 100, "flip": False}, 64)
     assert rule.batch_size == 64 and rule.base_learning_rate == pytest.approx(0.003 / 8)
     assert (rule.steps, rule.warmup_steps, rule.decay_boundaries) == (100, 20, (40, 60, 80))
     assert rule.flip is False and rule.crop_size == 384
+    assert training.resolve_rule(1_000, (500, 375), "released").crop_size == 480
+    released = training.resolve_rule(1_000, (500, 375), {"variant": "released", "crop": False})
+    assert (released.crop_size, released.crop) == (480, False)
     given = HyperRule.for_dataset(1_000, 32)
-    assert training.resolve_rule(10, 32, given, mixup_alpha=0.2) == dataclasses.replace(
-        given, mixup_alpha=0.2)
+    assert training.resolve_rule(10, 32, given) is given
+    assert training.resolve_rule(10, 32, given, 8) == dataclasses.replace(given, batch_size=8)
+    with pytest.raises(TypeError, match="unknown field\\(s\\) \\['crop_sise'\\]"):
+        training.resolve_rule(10, 32, {"crop_sise": 3})
+    with pytest.raises(ValueError, match="variant must be one of"):
+        training.resolve_rule(10, 32, "timm")
+    with pytest.raises(TypeError, match="hyperrule must be a bitkeras.HyperRule.*got list"):
+        training.resolve_rule(10, 32, [1])
+    with pytest.raises(ValueError, match="batch_size=8 and hyperrule's batch_size=4"):
+        training.resolve_rule(10, 32, {"batch_size": 4}, 8)
 
 
 def test_keras_epochs_cover_exactly_the_steps():
@@ -186,7 +202,7 @@ def test_fit_takes_an_upstream_recipe_with_its_weight_decay(tmp_path):
     rule = HyperRule.for_dataset(100, 32)
     assert rule_from_config(rule.get_config()) == rule
     plain = _tiny_classifier(num_classes=2)
-    plain.fit(images, np.arange(16) % 2, steps=1, batch_size=8, verbose=0)
+    plain.fit(images, np.arange(16) % 2, hyperrule=dict(steps=1), batch_size=8, verbose=0)
     assert plain.optimizer.weight_decay is None  # the HyperRule fine-tunes without decay
 
 
@@ -220,7 +236,8 @@ def test_fit_skips_graph_rewrites_on_cpus_in_its_own_thread_only():
     rng = np.random.default_rng(0)
     images, labels = rng.uniform(size=(16, 16, 16, 3)).astype(np.float32), np.arange(16) % 2
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
-    classifier.fit(images, labels, steps=2, batch_size=8, crop_size=16, resize_size=16,
+    classifier.fit(images, labels, hyperrule=dict(steps=2, crop_size=16, resize_size=16),
+                   batch_size=8,
                    verbose=0, callbacks=[Look()])
     assert seen == {"fit": skipped, "thread": set()}
     assert not _rewrites_off()  # restored when fit returns
@@ -269,7 +286,8 @@ def test_fit_compiles_bitkeras_sgd_and_saved_models_reload_it(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.uniform(size=(16, 16, 16, 3)).astype(np.float32), np.arange(16) % 2
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
-    classifier.fit(images, labels, steps=2, batch_size=8, crop_size=16, resize_size=16, verbose=0)
+    classifier.fit(images, labels, hyperrule=dict(steps=2, crop_size=16, resize_size=16),
+                   batch_size=8, verbose=0)
     assert isinstance(classifier.optimizer, SGD)
     classifier.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")

@@ -127,16 +127,15 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1, *, hyperrule=None,
-            examples_per_class=None, seed=0, trainable="all", batch_split=None, variant="paper",
-            split=None, class_names=None, on_bad_image="warn", strategy="auto",
-            precision="float32", jit_compile="auto", checkpoint_dir=None,
-            checkpoint_every=None, **overrides):
+            trainable="all", examples_per_class=None, seed=0, class_names=None,
+            on_bad_image="warn", strategy="auto", precision="float32", checkpoint_dir=None,
+            checkpoint_every=None, **kwargs):
         """Keras's `fit`, sized and scheduled by the BiT-HyperRule; returns Keras's `History`.
 
         `x`: images as a NumPy array with labels `y` (as in Keras), or data
         that carries its labels: a folder with one sub-folder of images per
-        class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (or "tfds:NAME:SPLIT";
-        `split` defaults to "train"), a tuple `(images, labels)`, or a
+        class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (its "train" split) or
+        "tfds:NAME:SPLIT", a tuple `(images, labels)`, or a
         finite tf.data.Dataset of `(image, label)` (batched or not: bitkeras
         batches by the rule). Labels as Keras's losses take them: class ids,
         shaped (N,) or (N, 1), or one-hot rows (`keras.utils.to_categorical`).
@@ -144,16 +143,18 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         (the one-hot width, where labels are one-hot).
 
         The rule (`bitkeras.HyperRule`) is computed from the number of
-        examples and their typical size, unless `hyperrule` is given. Keras's
-        `batch_size` and `epochs` override its batch (the learning rate
-        scaled linearly, as the rule says) and its length (`epochs` passes of
-        `steps_per_epoch` steps, default one pass over the data; warm-up and
-        decays move in proportion); keyword `overrides` replace any rule
-        field (`steps=`, `crop_size=`, `mixup_alpha=`, `flip=False`, ...).
-        It is printed at the start, stored as `history.hyperrule` and on the
-        classifier. Without `epochs`, Keras epochs are rounds of at least one
-        pass over the data (at most 20) and training stops after exactly the
-        rule's `steps` optimizer steps.
+        examples and their typical size. `hyperrule` changes it, as one
+        object: a dict of the fields to change (`hyperrule={"crop_size": 32,
+        "flip": False, "steps": 300}`; "variant": "released" for the released
+        code's resolutions), or a whole rule to run as it is (a `HyperRule`, an
+        `UpstreamRecipe`). Keras's `batch_size` and `epochs` set its batch (the
+        learning rate scaled linearly, as the rule says) and its length
+        (`epochs` passes of `steps_per_epoch` steps, default one pass over the
+        data; warm-up and decays move in proportion). The rule is printed at
+        the start, stored as `history.hyperrule` and on the classifier.
+        Without `epochs`, Keras epochs are rounds of at least one pass over
+        the data (at most 20) and training stops after exactly the rule's
+        `steps` optimizer steps.
 
         A classifier the user compiled trains with the user's optimizer, loss
         and metrics (those not left at "auto"); a sparse loss gets class ids
@@ -167,18 +168,21 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         `initial_epoch` are refused (the rule's pipeline has no per-example
         weights; resume with `checkpoint_dir`).
 
-        The keywords bitkeras adds (`examples_per_class`, `trainable`, `strategy`,
-        `precision`, `checkpoint_dir`, ...) are described in `bitkeras.finetuning.fitting`.
+        XLA (`jit_compile`) and micro-batches (`batch_split`) are `compile`'s.
+        The other keywords bitkeras adds (`trainable`, `examples_per_class`,
+        `strategy`, `precision`, `checkpoint_dir`, ...) are described in
+        `bitkeras.finetuning.fitting`.
         """
-        fitting.check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, overrides)
+        fitting.check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, hyperrule,
+                                      kwargs)
         self._check_compiled("fit")
         strategy = distribute.training_strategy(self, strategy)
         fitting.check_strategy(self, strategy, precision)
         source, validation_data = fitting.open_data(
-            x, y, validation_split, validation_data, split, class_names, on_bad_image,
+            x, y, validation_split, validation_data, class_names, on_bad_image,
             examples_per_class, seed)
-        plan = fitting.plan(self, source, hyperrule, variant, batch_size, epochs,
-                            steps_per_epoch, batch_split, strategy, trainable, overrides)
+        plan = fitting.plan(self, source, hyperrule, batch_size, epochs, steps_per_epoch,
+                            strategy, trainable)
         # Last of the checks: it may add the head, which nothing should do on bad input.
         source = fitting.adopt_classes(self, source)
         validation = fitting.validation_dataset(self, validation_data, plan, on_bad_image,
@@ -188,7 +192,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             print(rule.describe(source.num_examples))
         run = fitting.run_record(self, source, plan, seed, examples_per_class, trainable,
                                  precision, shuffle, checkpoint_dir)
-        jit_compile = fitting.jit_compile(self, jit_compile, strategy, plan, precision, verbose)
+        jit_compile = fitting.jit_compile(self, strategy, plan, precision, verbose)
         with training.on_strategy(self, strategy, precision) as model, \
                 training.trainable_from(model, trainable):
             model.compile_for_rule(rule, plan.batch_split, jit_compile, self.compile_request)
@@ -254,15 +258,14 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
 
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-                 steps=None, callbacks=None, return_dict=False, *, split=None,
-                 image_size=None, test_time_augmentation=None, on_bad_image="warn",
-                 **kwargs):
+                 steps=None, callbacks=None, return_dict=False, *, image_size=None,
+                 test_time_augmentation=None, on_bad_image="warn", **kwargs):
         """Keras's `evaluate` on images preprocessed as fine-tuning does; Keras's return.
 
         The loss and metrics are the compiled ones: after `fit`, the loss,
         "accuracy" and, with more than 5 classes, "top5_accuracy"; a
         classifier never compiled is compiled with `compile()`'s defaults
-        first. `x`, `y` as in `fit` (TFDS defaults to the "test" split, else
+        first. `x`, `y` as in `fit` ("tfds:NAME" reads the "test" split, else
         "validation"). Images go through the classifier's preprocessor, which
         resizes them to its `image_size`: the crop size of the rule the
         classifier was fine-tuned with, or a preset's resolution
@@ -294,7 +297,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         if not self.compiled:
             self._compile_defaults()
         return evaluation.evaluate(self, x, y, batch_size, verbose, steps, callbacks,
-                                   return_dict, split, image_size, test_time_augmentation,
+                                   return_dict, image_size, test_time_augmentation,
                                    on_bad_image)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
@@ -349,8 +352,8 @@ class BiTClassifier(PretrainedClassifier, FineTuningClassifier):
     >>> classifier = BiTClassifier(backbone)
     >>> images = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
     >>> labels = np.arange(16) % 2
-    >>> history = classifier.fit(images, labels, epochs=2, batch_size=8, crop_size=32,
-    ...                          resize_size=36, verbose=0)
+    >>> history = classifier.fit(images, labels, epochs=2, batch_size=8, verbose=0,
+    ...                          hyperrule={"crop_size": 32, "resize_size": 36})
     >>> len(history.epoch), classifier.hyperrule.steps, classifier.num_classes
     (2, 4, 2)
     >>> classifier.predict(images[:3], verbose=0).shape

@@ -33,10 +33,10 @@ scale with the kernels, not the images.
 """
 
 
-def evaluate(classifier, x, y, batch_size, verbose, steps, callbacks, return_dict, split,
+def evaluate(classifier, x, y, batch_size, verbose, steps, callbacks, return_dict,
              image_size, test_time_augmentation, on_bad_image):
     """Keras's `evaluate` of `classifier` on `x`, `y` (see `FineTuningClassifier.evaluate`)."""
-    source = sources.open_source(sources.keras_data(x, y), split=split,
+    source = sources.open_source(sources.keras_data(x, y),
                                  class_names=classifier.class_names, on_bad_image=on_bad_image,
                                  default_split="test|validation")
     source.check_labels(classifier.num_classes)

@@ -8,9 +8,6 @@ check runs before any work that it could waste. The keywords `fit` adds to Keras
   class, drawn reproducibly; `seed` also seeds the augmentation.
 - `trainable`: "all" (full fine-tuning), "head" (a linear probe on
   frozen features) or "block1".."block4" (that block onwards).
-- `batch_split`: accumulate gradients over this many micro-batches per
-  optimizer step (same update as the full batch, less memory; default:
-  the one given to `compile`, else 1).
 - `on_bad_image`: "warn" skips unreadable files with one warning that
   names them, "raise" stops.
 - `strategy`: "auto" (see `bitkeras.finetuning.distribute`: TPU, several workers,
@@ -23,20 +20,21 @@ check runs before any work that it could waste. The keywords `fit` adds to Keras
 - `precision`: "float32", "mixed_bfloat16" or "mixed_float16" (with
   loss scaling); GroupNorm statistics, weight standardization and the
   head stay in float32. The classifier itself stays float32.
-- `jit_compile`: "auto" (XLA on GPU and TPU; on a CPU, where this
-  machine measured it faster for this model: see
-  `bitkeras.finetuning.xla`), True or False.
 - `checkpoint_dir`: write the training state (model, optimizer, step)
   there every `checkpoint_every` steps (default: 20 per run); the
   same call after a crash resumes from it and ends at the same step,
   on the same batches. A NaN or Inf loss stops the run with
   `NonFiniteLossError`, keeping the last good checkpoint.
-- `hyperrule`: the rule to run, whole (a `HyperRule`, an `UpstreamRecipe`
-  or its config); `variant`: the sizes `HyperRule.for_dataset` takes when
-  none is given ("paper" or "released"); keyword `overrides` replace
-  fields of either (`steps=`, `crop_size=`, `mixup_alpha=`, `flip=False`, ...).
-- `split`: the TFDS split to read; `class_names`: names for the classes
-  of a source that only numbers them.
+- `hyperrule`: what to change in the HyperRule computed for the data (a
+  dict of its fields, and "variant": "paper" or "released"; a variant name
+  alone), or the rule to run, whole (a `HyperRule` or an `UpstreamRecipe`).
+- `class_names`: names for the classes of a source that only numbers them.
+
+What `compile` sets stays `compile`'s: `jit_compile` ("auto": XLA on GPU and
+TPU; on a CPU, where this machine measured it faster for this model: see
+`bitkeras.finetuning.xla`) and `batch_split` (micro-batches whose gradients
+each optimizer step accumulates: the same update as the whole batch, with
+less memory).
 """
 
 import dataclasses
@@ -45,12 +43,25 @@ import keras
 
 from bitkeras.checks import check_seed
 from bitkeras.finetuning import distribute, evaluation, pipeline, sources, training, xla
+from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.models.backbone import ResNetV2Backbone
 from bitkeras.models.resnet_backbone import ResNetFamilyBackbone
 
 
-def check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, overrides):
-    """Refuses Keras arguments the HyperRule pipeline cannot honour, saying what to use."""
+RENAMED = {
+    "variant": "hyperrule={'variant': ...} (or hyperrule='released')",
+    "split": "x='tfds:NAME:SPLIT'",
+    "batch_split": "compile(batch_split=...)",
+    "jit_compile": "compile(jit_compile=...)",
+}
+"""Keywords fit does not take, and where what they ask for is given."""
+
+
+def check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, hyperrule, unknown):
+    """Refuses Keras arguments the HyperRule pipeline cannot honour, and keywords fit does not
+    take (`unknown`), saying what to use."""
+    if unknown:
+        _refuse_keywords(unknown)
     if x is None:
         raise TypeError("fit() needs data: images and labels, a folder, 'tfds:NAME' or "
                         "a dataset")
@@ -65,10 +76,24 @@ def check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, overrid
             f"and rerun the same call to resume a fit where it stopped"
         )
     check_seed(seed, "fit(seed=...)")
-    if epochs is not None and "steps" in overrides:
+    if epochs is not None and isinstance(hyperrule, dict) and "steps" in hyperrule:
         raise ValueError(
-            f"fit got both epochs={epochs!r} and steps={overrides['steps']!r}; give one"
+            f"fit got both epochs={epochs!r} and hyperrule's steps={hyperrule['steps']!r}; "
+            f"give one"
         )
+
+
+def _refuse_keywords(unknown):
+    fields = [field.name for field in dataclasses.fields(HyperRule)]
+    name = sorted(unknown)[0]
+    if name in fields:
+        changes = ", ".join(f"{key!r}: {unknown[key]!r}" for key in sorted(unknown)
+                            if key in fields)
+        raise TypeError(f"fit() takes the rule's fields in one object: "
+                        f"fit(..., hyperrule={{{changes}}})")
+    if name in RENAMED:
+        raise TypeError(f"fit() got {name}={unknown[name]!r}: give it as {RENAMED[name]}")
+    raise TypeError(f"fit() got an unexpected keyword argument {name!r}")
 
 
 def check_strategy(classifier, strategy, precision):
@@ -82,7 +107,7 @@ def check_strategy(classifier, strategy, precision):
         )
 
 
-def open_data(x, y, validation_split, validation_data, split, class_names, on_bad_image,
+def open_data(x, y, validation_split, validation_data, class_names, on_bad_image,
               examples_per_class, seed):
     """(the training source, the validation data) of a fit's arguments, checked."""
     data = sources.keras_data(x, y)
@@ -90,8 +115,7 @@ def open_data(x, y, validation_split, validation_data, split, class_names, on_ba
         data, validation_data = sources.split_validation(data, validation_split)
     if validation_data is not None:
         sources.data_form(validation_data, "validation_data")  # fail before any work
-    source = sources.open_source(data, split=split, class_names=class_names,
-                                 on_bad_image=on_bad_image)
+    source = sources.open_source(data, class_names=class_names, on_bad_image=on_bad_image)
     if examples_per_class is not None:
         source = source.few_shot(examples_per_class, seed)
     return source, validation_data
@@ -107,18 +131,14 @@ class Plan:
     sparse_labels: bool  # the compiled loss takes class ids, not one-hot rows
 
 
-def plan(classifier, source, hyperrule, variant, batch_size, epochs, steps_per_epoch,
-         batch_split, strategy, trainable, overrides):
+def plan(classifier, source, hyperrule, batch_size, epochs, steps_per_epoch, strategy,
+         trainable):
     """The `Plan` of a fit of `classifier` on `source`, every sizing checked."""
-    if batch_size is not None:
-        overrides = {**overrides, "batch_size": batch_size}
-    rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule, variant,
-                                 **overrides)
+    rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule, batch_size)
     passes = training.keras_schedule(rule, source.num_examples, epochs, steps_per_epoch)
     rule = passes.rule
     request = classifier.compile_request
-    if batch_split is None:
-        batch_split = request.get("batch_split", 1)
+    batch_split = request.get("batch_split", 1)
     training.check_batching(rule, source.num_examples, batch_split,
                             strategy.num_replicas_in_sync)
     training.check_trainable(trainable, classifier.backbone)
@@ -132,14 +152,12 @@ def plan(classifier, source, hyperrule, variant, batch_size, epochs, steps_per_e
     return Plan(rule, passes, batch_split, sparse_labels)
 
 
-def jit_compile(classifier, jit_compile, strategy, fit_plan, precision, verbose):
-    """Whether the fit's step is XLA-compiled: as given to `fit`, else to `compile`, else
-    `xla.resolve`'s choice for one replica's micro-batch."""
-    if jit_compile == "auto":
-        jit_compile = classifier.compile_request.get("jit_compile", "auto")
+def jit_compile(classifier, strategy, fit_plan, precision, verbose):
+    """Whether the fit's step is XLA-compiled: as given to `compile`, else `xla.resolve`'s
+    choice for one replica's micro-batch."""
     rule = fit_plan.rule
     return xla.resolve(
-        jit_compile, strategy, classifier, rule,
+        classifier.compile_request.get("jit_compile", "auto"), strategy, classifier, rule,
         rule.batch_size // (strategy.num_replicas_in_sync * fit_plan.batch_split), precision,
         verbose)
 

@@ -148,8 +148,7 @@ class HyperRule(TrainingRule):
     title = "BiT-HyperRule"
 
     @classmethod
-    def for_dataset(cls, num_examples, image_size, batch_size=REFERENCE_BATCH_SIZE,
-                    variant="paper"):
+    def for_dataset(cls, num_examples, image_size, batch_size=None, variant="paper"):
         """The rule for `num_examples` training images of typical `image_size`.
 
         `image_size`: (height, width) or one side of a square, in pixels; below
@@ -157,20 +156,28 @@ class HyperRule(TrainingRule):
         (`variant="paper"`) or 512 / 480 (`variant="released"`, the released
         code's choice).
 
-        The rule is stated at batch size 512. Other batch sizes scale the
-        learning rate linearly (0.003 * batch_size / 512) and the step counts
-        (steps, warm-up, decay boundaries) inversely (x 512 / batch_size, rounded),
-        so training sees the same number of epochs.
+        The rule is stated at batch size 512: its learning rate (0.003) and
+        steps (500 for fewer than 20,000 examples) are for that batch. Data
+        smaller than 512 images is one batch of itself instead, with the same
+        steps and learning rate: a batch of 512 from N < 512 images repeats
+        each image about 512 / N times, so each of the rule's steps is a step
+        on the whole data, which a batch of the N images takes at N / 512 of
+        the cost. That whole batch, `min(512, num_examples)`, is the default
+        `batch_size`; another batch size scales the learning rate linearly
+        (x batch_size / whole batch) and the step counts (steps, warm-up,
+        decay boundaries) inversely, rounded, so training sees as many images.
         """
         check_positive_integer(num_examples, "num_examples")
         if variant not in RESOLUTIONS:
             raise ValueError(f"variant must be one of {sorted(RESOLUTIONS)}; got {variant!r}")
+        whole_batch = min(REFERENCE_BATCH_SIZE, num_examples)
+        batch_size = whole_batch if batch_size is None else batch_size
         check_positive_integer(batch_size, "batch_size")
         height, width = _height_width(image_size)
         small, large = RESOLUTIONS[variant]
         resize_size, crop_size = small if height * width < SMALL_IMAGE_AREA else large
         _, steps, warmup_steps, boundaries = next(s for s in SCHEDULES if num_examples < s[0])
-        scale = REFERENCE_BATCH_SIZE / batch_size
+        scale = whole_batch / batch_size
         return cls(
             resize_size=resize_size,
             crop_size=crop_size,

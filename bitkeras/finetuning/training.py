@@ -16,7 +16,7 @@ import keras
 from bitkeras import compat
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning import distribute, run_state
-from bitkeras.finetuning.hyperrule import REFERENCE_BATCH_SIZE, HyperRule
+from bitkeras.finetuning.hyperrule import RESOLUTIONS, HyperRule
 from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.schedules import WarmupStaircase
 from bitkeras.finetuning.upstream import UpstreamRecipe
@@ -29,32 +29,56 @@ TRAINABLE_CHOICES = ("all", "head", "block1", "block2", "block3", "block4")
 _SCHEDULE_FIELDS = ("warmup_steps", "decay_boundaries")
 
 
-def resolve_rule(num_examples, image_size, hyperrule=None, variant="paper", **overrides):
-    """The HyperRule a fit uses: `hyperrule` as given, or computed from the data, then overridden.
+def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None):
+    """The rule a fit runs on `num_examples` images of typical `image_size`.
 
-    With no `batch_size` override the rule's 512 is used, or the number of
-    examples when there are fewer (few-shot data), with the learning rate and
-    steps scaled to match. Overriding `steps` alone keeps the shape of the
-    schedule (warm-up and decays move in proportion); override `warmup_steps`
-    and `decay_boundaries` too to set them yourself.
+    `hyperrule` as `fit` takes it: None (the HyperRule for the data), a
+    variant name ("paper" or "released", see `HyperRule.for_dataset`), a dict
+    of rule fields to change in the rule for the data (and "variant"), or a
+    whole rule (a `HyperRule` or `UpstreamRecipe`, run as it is).
+    `batch_size`: Keras's, which sets the batch of the rule for the data (its
+    learning rate and steps scaled to match) or replaces a whole rule's.
+    Changing `steps` alone keeps the shape of the schedule (warm-up and
+    decays move in proportion); change `warmup_steps` and `decay_boundaries`
+    too to set them yourself.
     """
-    if hyperrule is not None and not isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
-        raise TypeError(f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe; got "
-                        f"{type(hyperrule).__name__}")
-    fields = [field.name for field in dataclasses.fields(hyperrule or HyperRule)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise TypeError(
-            f"unknown fit argument(s) {unknown}; Keras's fit arguments and the "
-            f"{type(hyperrule).__name__ if hyperrule else 'HyperRule'} fields {fields} are "
-            f"accepted"
-        )
+    if isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
+        return hyperrule if batch_size is None else dataclasses.replace(
+            hyperrule, batch_size=batch_size)
+    changes = rule_changes(hyperrule)
+    variant = changes.pop("variant", "paper")
+    if batch_size is not None:
+        if "batch_size" in changes:
+            raise ValueError(f"fit got batch_size={batch_size!r} and hyperrule's batch_size="
+                             f"{changes['batch_size']!r}; give one")
+        changes["batch_size"] = batch_size
+    rule = HyperRule.for_dataset(num_examples, image_size, changes.pop("batch_size", None),
+                                 variant)
+    if "steps" in changes and not any(name in changes for name in _SCHEDULE_FIELDS):
+        rule = rule.with_steps(changes.pop("steps"))
+    return dataclasses.replace(rule, **changes)
+
+
+def rule_changes(hyperrule):
+    """`fit`'s `hyperrule` that is not a whole rule, as a dict of fields (and "variant")."""
     if hyperrule is None:
-        batch_size = overrides.pop("batch_size", min(REFERENCE_BATCH_SIZE, num_examples))
-        hyperrule = HyperRule.for_dataset(num_examples, image_size, batch_size, variant)
-    if "steps" in overrides and not any(name in overrides for name in _SCHEDULE_FIELDS):
-        hyperrule = hyperrule.with_steps(overrides.pop("steps"))
-    return dataclasses.replace(hyperrule, **overrides)
+        return {}
+    if isinstance(hyperrule, str):
+        hyperrule = {"variant": hyperrule}
+    if not isinstance(hyperrule, dict):
+        raise TypeError(
+            f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe, a variant name "
+            f"({', '.join(map(repr, RESOLUTIONS))}) or a dict of HyperRule fields to change; "
+            f"got {type(hyperrule).__name__}")
+    fields = [field.name for field in dataclasses.fields(HyperRule)]
+    unknown = sorted(set(hyperrule) - {*fields, "variant"})
+    if unknown:
+        raise TypeError(f"hyperrule has unknown field(s) {unknown}; a HyperRule's fields are "
+                        f"{fields} (and 'variant')")
+    if hyperrule.get("variant", "paper") not in RESOLUTIONS:
+        raise ValueError(f"hyperrule's variant must be one of {sorted(RESOLUTIONS)}; got "
+                         f"{hyperrule['variant']!r}")
+    return dict(hyperrule)
 
 
 def check_batching(rule, num_examples, batch_split, replicas=1):

@@ -22,8 +22,8 @@ A fit shorter than `CALIBRATE_MIN_STEPS` does not calibrate (XLA's
 compilation alone would cost more than it can save) and takes the kept
 choice, else runs without XLA. With `verbose`, each fit prints the choice and
 where it came from. `$BITKERAS_JIT_COMPILE` ("0" or "1") overrides "auto" in
-every fit, CLI jobs included; `jit_compile=True` or `False` overrides it in
-one; `forget()` (or deleting the file) drops what was kept. GPUs and TPUs
+every fit, CLI jobs included; `compile(jit_compile=True)` (or `False`) overrides
+it for one model; `forget()` (or deleting the file) drops what was kept. GPUs and TPUs
 always get XLA (`distribute.jit_compile_for`).
 """
 

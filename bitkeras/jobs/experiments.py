@@ -110,7 +110,7 @@ def normalization_ablation(out, upstream_steps=300, batch_size=32, device_batch_
     (`classes` as in `degradation`), each step's batch cut into micro-batches
     of `device_batch_size` as data-parallel devices would hold it: BatchNorm
     normalizes over those few images, the gradient is the whole batch's
-    (`fit(..., batch_split=...)`). The schedule is the CIFAR recipe scaled to
+    (`compile(batch_split=...)`). The schedule is the CIFAR recipe scaled to
     the steps and batch, run by bitkeras's training loop with its crop and
     flip. The upstream test error uses 512 more glyphs. Downstream: the
     digits' train split, fine-tuned (all layers, a new head) with the
@@ -136,13 +136,14 @@ def normalization_ablation(out, upstream_steps=300, batch_size=32, device_batch_
                                                  **changes)
         backbone = ResNetBackbone(**config.get_config(), name=f"resnet20_{_slug(name)}")
         upstream = ResNetClassifier(backbone)
-        history = upstream.fit(*train, hyperrule=upstream_rule, seed=seed, verbose=0,
-                               batch_split=batch_size // device_batch_size)
+        upstream.compile(batch_split=batch_size // device_batch_size)
+        history = upstream.fit(*train, hyperrule=upstream_rule, seed=seed, verbose=0)
         upstream_scores = upstream.evaluate(*test, return_dict=True, verbose=0)
         downstream = ResNetClassifier(backbone)
-        downstream.fit(*digits_train, steps=transfer_steps, batch_size=transfer_batch_size,
-                       base_learning_rate=transfer_learning_rate, crop_size=32, resize_size=36,
-                       mixup_alpha=0.0, seed=seed, verbose=0)
+        downstream.fit(*digits_train, batch_size=transfer_batch_size, seed=seed, verbose=0,
+                       hyperrule=dict(steps=transfer_steps, crop_size=32, resize_size=36,
+                                      base_learning_rate=transfer_learning_rate,
+                                      mixup_alpha=0.0))
         scores = downstream.evaluate(*digits_test, return_dict=True, verbose=0)
         variants[name] = {
             "upstream": {"train_error_by_epoch": [1.0 - a for a in history.history["accuracy"]],

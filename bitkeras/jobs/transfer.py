@@ -223,8 +223,7 @@ def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None)
     batch_size = overrides.pop("batch_size", None)
     if budget:
         batch_size = batch_size or min(BUDGET_BATCH_SIZE, num_examples)
-    rule = HyperRule.for_dataset(num_examples, image_size,
-                                 batch_size or min(512, num_examples))
+    rule = HyperRule.for_dataset(num_examples, image_size, batch_size)
     if budget:
         resize, crop = BUDGET_RESOLUTION
         rule = dataclasses.replace(rule.with_steps(steps or BUDGET_STEPS), resize_size=resize,

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 STEPS = 6
 RULE = dict(batch_size=16, crop_size=16, resize_size=20, mixup_alpha=0.2, flip=True,
-            base_learning_rate=0.05)
+            base_learning_rate=0.05, steps=STEPS)
 
 
 def data():
@@ -59,8 +59,8 @@ def mirrored(out):
         ("two_devices_split", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2),
     ):
         model = classifier()
-        model.fit(data(), steps=STEPS, strategy=strategy, batch_split=batch_split, verbose=0,
-                  **RULE)
+        model.compile(batch_split=batch_split)
+        model.fit(data(), hyperrule=RULE, strategy=strategy, verbose=0)
         results[name] = weights_of(model)
         results[name + "_replicas"] = distribute.strategy_for(strategy).num_replicas_in_sync
     np.savez(os.path.join(out, "mirrored.npz"), **results)
@@ -72,7 +72,7 @@ def multi_worker(out):
     strategy = distribute.strategy_for("auto")  # before TensorFlow runs anything
     index = int(os.environ["BITKERAS_TEST_WORKER"])
     model = classifier(seed=index)  # different draws: fit gives every worker the chief's
-    history = model.fit(data(), steps=STEPS, verbose=0, **RULE)
+    history = model.fit(data(), hyperrule=RULE, verbose=0)
     np.save(os.path.join(out, f"worker{index}.npy"), weights_of(model))
     np.save(os.path.join(out, f"worker{index}_loss.npy"), np.array(history.history["loss"]))
     if distribute.is_chief():
@@ -101,8 +101,8 @@ class _PauseAfterCheckpoint(keras.callbacks.Callback):
 def resume(out, checkpoint_dir, pause=None):
     model = classifier()
     callbacks = [_PauseAfterCheckpoint(checkpoint_dir)] if pause == "pause" else []
-    history = model.fit(data(), steps=12, checkpoint_dir=checkpoint_dir, checkpoint_every=3,
-                        verbose=0, callbacks=callbacks, **RULE)
+    history = model.fit(data(), hyperrule=dict(RULE, steps=12), checkpoint_dir=checkpoint_dir,
+                        checkpoint_every=3, verbose=0, callbacks=callbacks)
     np.save(os.path.join(out, "final.npy"), weights_of(model))
     print("start_step", history.start_step, "optimizer_step", int(model.optimizer.iterations))
 
