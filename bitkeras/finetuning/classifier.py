@@ -135,9 +135,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         `x`: images as a NumPy array with labels `y` (as in Keras), or data
         that carries its labels: a folder with one sub-folder of images per
         class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (its "train" split) or
-        "tfds:NAME:SPLIT", a tuple `(images, labels)`, or a
-        finite tf.data.Dataset of `(image, label)` (batched or not: bitkeras
-        batches by the rule). Labels as Keras's losses take them: class ids,
+        "tfds:NAME:SPLIT", a tuple `(images, labels)`, or a finite
+        tf.data.Dataset of `(image, label)`, batched or not. Labels as Keras's losses take them: class ids,
         shaped (N,) or (N, 1), or one-hot rows (`keras.utils.to_categorical`).
         A classifier without a head gets one sized (and named) from the data
         (the one-hot width, where labels are one-hot).
@@ -150,11 +149,10 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         `UpstreamRecipe`). Keras's `batch_size` and `epochs` set its batch (the
         learning rate scaled linearly, as the rule says) and its length
         (`epochs` passes of `steps_per_epoch` steps, default one pass over the
-        data; warm-up and decays move in proportion). The rule is printed at
-        the start, stored as `history.hyperrule` and on the classifier.
-        Without `epochs`, Keras epochs are rounds of at least one pass over
-        the data (at most 20) and training stops after exactly the rule's
-        `steps` optimizer steps.
+        data; warm-up and decays move in proportion). It is printed, and kept
+        in `history.hyperrule` and on the classifier. Without `epochs`, Keras
+        epochs are rounds of at least one pass (at most 20 of them), stopping
+        after exactly the rule's `steps`.
 
         A classifier the user compiled trains with the user's optimizer, loss
         and metrics (those not left at "auto"); a sparse loss gets class ids
@@ -168,10 +166,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         `initial_epoch` are refused (the rule's pipeline has no per-example
         weights; resume with `checkpoint_dir`).
 
-        XLA (`jit_compile`) and micro-batches (`batch_split`) are `compile`'s.
-        The other keywords bitkeras adds (`trainable`, `examples_per_class`,
-        `strategy`, `precision`, `checkpoint_dir`, ...) are described in
-        `bitkeras.finetuning.fitting`.
+        XLA and micro-batches are `compile`'s; the keywords bitkeras adds
+        (`trainable`, `strategy`, ...): `bitkeras.finetuning.fitting`.
         """
         fitting.check_keras_arguments(x, sample_weight, initial_epoch, seed, epochs, hyperrule,
                                       kwargs)
