@@ -56,6 +56,9 @@ class BackboneConformance(TestCase):
     def test_saved_backbones(self):
         for cls in (ResNetV2Backbone, BiTBackbone):
             self.run_model_saving_test(cls=cls, init_kwargs=dict(TINY), input_data=IMAGES)
+        config = resnet_family.cifar(8, shortcut="A").replace(width_factor=0.5).get_config()
+        self.run_model_saving_test(cls=ResNetBackbone, init_kwargs=config,
+                                   input_data=IMAGES[:, :32, :32])
 
 
 class TaskConformance(TestCase):
