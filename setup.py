@@ -49,6 +49,9 @@ setup(
         # COCO average precision of detectors: the reference implementation detection
         # results are reported with.
         "pycocotools>=2.0.7",
+        # Keras's TensorBoard callback, which the README says works in fit as in Keras:
+        # TensorFlow 2.21 no longer brings tensorboard, and the callback fails without it.
+        "tensorboard",
     ],
     extras_require={
         "test": [
@@ -66,8 +69,6 @@ setup(
             "setuptools>=70.1,<82",
             # Building the models under Keras's JAX backend.
             "jax",
-            # Keras's TensorBoard callback in fit (TensorFlow 2.21 no longer brings it).
-            "tensorboard",
             # Property-based tests of the data sources (random files and arrays).
             "hypothesis>=6",
             # keras-hub's published test harness (keras_hub.src.tests.test_case), which the

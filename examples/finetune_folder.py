@@ -5,7 +5,7 @@ The folder holds one sub-folder of images per class (JPEG, PNG, BMP, GIF,
 handwritten digit scans as PNG files, digits 0-4, split into train/ and test/.
 
     python examples/finetune_folder.py --train photos/train --test photos/test \\
-        --preset BiT-M-R50x1 --weights auto --batch-split 8
+        --preset BiT-M-R50x1 --batch-split 8
     python examples/finetune_folder.py --tiny --steps 150 --batch-size 32 \
         --learning-rate 0.01 --crop-size 32                   # the offline demo
 
@@ -49,8 +49,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", help="folder of class sub-folders (default: a demo folder)")
     parser.add_argument("--test", help="held-out folder with the same classes")
-    parser.add_argument("--preset", default="R50x1", help="architecture or released model")
-    parser.add_argument("--weights", default=None, help='"auto", a .npz path, or none')
+    parser.add_argument("--preset", default="BiT-Glyphs-R14x0.5",
+                        help="released model or architecture (default: the shipped model)")
+    parser.add_argument("--weights", default="default",
+                        help="the preset's own weights (default), a .npz path, or 'none'")
     parser.add_argument("--tiny", action="store_true", help="a tiny random BiT (demo, tests)")
     parser.add_argument("--steps", type=int, help="override the rule's step count")
     parser.add_argument("--batch-size", type=int, help="override the rule's batch size")
@@ -71,7 +73,8 @@ def main():
     if args.tiny:
         backbone = bitkeras.BiTBackbone(**TINY)
     else:
-        backbone = bitkeras.BiTBackbone.from_preset(args.preset, weights=args.weights)
+        weights = None if args.weights == "none" else args.weights
+        backbone = bitkeras.BiTBackbone.from_preset(args.preset, weights=weights)
     classifier = bitkeras.BiTClassifier(backbone)
     classifier.compile(batch_split=args.batch_split)
 

@@ -1,10 +1,12 @@
+import warnings
+
 import keras
 import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bitkeras import BiTBackbone, BiTClassifier, load_npz
+from bitkeras import BiTBackbone, BiTClassifier, HeadClassifier, load_npz
 from tests.helpers import TINY, reference
 
 
@@ -56,7 +58,8 @@ def test_from_preset_with_num_classes_adds_a_zero_head(monkeypatch, tiny_checkpo
 
 
 def test_from_preset_without_weights_has_no_head_until_fit(monkeypatch, tiny_checkpoint):
-    classifier = BiTClassifier.from_preset(_tiny_preset(monkeypatch, tiny_checkpoint[0]))
+    classifier = BiTClassifier.from_preset(_tiny_preset(monkeypatch, tiny_checkpoint[0]),
+                                           weights=None)
     assert classifier.head is None
     with pytest.raises(ValueError, match="has no head yet: fit it first, or pass num_classes"):
         classifier.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0)
@@ -161,6 +164,37 @@ def test_keras_arguments_that_do_not_apply_are_refused_by_name():
                         ("jit_compile", "compile\\(jit_compile=")):
         with pytest.raises(TypeError, match=f"fit\\(\\) got {name}=.*give it as {where}"):
             classifier.fit(images, labels, **{name: 1})
+
+
+def test_the_common_compile_lines_train_the_logits_the_model_returns():
+    images, labels = _bright_and_dark(32)
+    for loss, targets in (("sparse_categorical_crossentropy", labels),
+                          ("categorical_crossentropy", keras.utils.to_categorical(labels, 2))):
+        classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+        with pytest.warns(UserWarning, match="returns logits.*from_logits=True"):
+            classifier.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+        before = [weight.copy() for weight in classifier.get_weights()]
+        history = classifier.fit(images, targets, epochs=1, batch_size=16, verbose=0,
+                                 hyperrule=SMALL_RULE)
+        after = classifier.get_weights()
+        changed = sum(not np.array_equal(a, b) for a, b in zip(before, after))
+        # Two steps: the zero head learns in the first, the backbone from the second on.
+        assert changed > len(before) // 2, (loss, changed)
+        assert np.isfinite(history.history["loss"]).all()
+    head = HeadClassifier(BiTBackbone(**TINY), num_classes=2)
+    with pytest.warns(UserWarning, match="returns logits"):
+        head.compile(loss="SparseCategoricalCrossentropy")
+    assert head.loss.from_logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        head.compile(loss="mse")  # not a cross-entropy: the user's own business
+    for loss in (keras.losses.SparseCategoricalCrossentropy(),
+                 keras.losses.categorical_crossentropy):
+        for model in (head, classifier):
+            with pytest.raises(ValueError, match="returns logits.*compile with "
+                                                 "\\w+Crossentropy\\(from_logits=True\\)"):
+                model.compile(loss=loss)
 
 
 def test_compile_defaults_follow_bit():

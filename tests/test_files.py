@@ -1,3 +1,4 @@
+import os
 import pathlib
 import signal
 import subprocess
@@ -64,6 +65,40 @@ def test_model_saves_and_npz_files_are_atomic(tmp_path, monkeypatch):
     assert load_model(path).num_classes == 3
 
 
+def test_saves_make_missing_folders_name_the_users_path_and_clear_dead_writers_files(tmp_path):
+    classifier = BiTClassifier(BiTBackbone(**TINY), 2)
+    deep = tmp_path / "runs" / "one" / "model.keras"
+    classifier.save(deep)  # missing folders are made, as export makes them
+    assert load_model(deep).num_classes == 2
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match="cannot write '.*a_file/model.keras'") as caught:
+        classifier.save(tmp_path / "a_file" / "model.keras")
+    assert files.PARTIAL_MARK not in str(caught.value)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = deep.parent
+    left = folder / f".model.keras{files.PARTIAL_MARK}{dead.pid}.keras"  # a killed save's
+    staging = folder / f".report{files.PARTIAL_MARK}{dead.pid}"  # a killed job's staging
+    running = folder / f".model.keras{files.PARTIAL_MARK}{os.getppid()}.keras"
+    left.write_bytes(b"PK half")
+    staging.mkdir()
+    running.write_bytes(b"PK in progress")
+    load_model(deep)  # a load in that folder clears what dead writers left ...
+    assert not left.exists() and not staging.exists() and running.exists()
+    left.write_bytes(b"PK half")
+    classifier.save_weights(folder / "other.weights.h5")  # ... and so does a save
+    assert not left.exists() and running.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_named_before_anything_is_written(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    with pytest.raises(PermissionError, match="folder .*locked' is read-only"):
+        BiTClassifier(BiTBackbone(**TINY), 2).save(folder / "model.keras")
+
+
 def test_a_figure_is_saved_atomically(tmp_path):
     from matplotlib import pyplot
 
@@ -114,3 +149,21 @@ def test_a_process_killed_while_saving_leaves_the_last_saved_model(tmp_path, mom
     saver.stdout.close()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(load_model(target).head.bias),
                                   [1.0, 2.0, 3.0])
+    assert no_partial_files(tmp_path)  # the load cleared what the killed save left
+
+
+def test_weights_of_another_network_load_nothing_and_are_named_in_a_few_lines(tmp_path):
+    three = BiTClassifier(BiTBackbone(**TINY), 3)
+    three.save_weights(tmp_path / "three.weights.h5")
+    five = BiTClassifier(BiTBackbone(**TINY), 5, name="five")
+    for weight in five.weights:  # weights unlike the file's, so a partial load would show
+        weight.assign(np.full(weight.shape, 0.5, weight.dtype))
+    before = [weight.copy() for weight in five.get_weights()]
+    with pytest.raises(ValueError, match="another network") as caught:
+        five.load_weights(tmp_path / "three.weights.h5")
+    message = str(caught.value)
+    assert "Shapes only in the file: (1024, 3), (3,); only in five: (1024, 5), (5,)." in message
+    assert message.endswith("five is unchanged."), message
+    assert "is unchanged" in message and len(message) < 500 and "0.5" not in message
+    for ours, theirs in zip(five.get_weights(), before):
+        np.testing.assert_array_equal(ours, theirs)

@@ -45,7 +45,7 @@ def test_files_ending_in_nul_bytes_decode_as_pillow_shows_them(tmp_path):
         source = sources.open_source(tmp_path)
     assert source.num_examples == 6 and source.num_classes == 2
     for path, image in zip(source.table[0], _decoded(source)):
-        np.testing.assert_array_equal(image, expected[str(path)])
+        np.testing.assert_array_equal(image, expected[os.fsdecode(path)])
 
 
 def test_exif_orientation_and_16_bit_images_are_shown_as_a_viewer_shows_them(tmp_path):
@@ -224,6 +224,22 @@ def test_cli_user_errors_are_one_line_exit_2_and_leave_no_folder(tmp_path, capsy
     assert not out.exists()
 
 
+def test_cli_checks_out_before_any_work_and_says_its_version(tmp_path, capsys):
+    import bitkeras
+    from bitkeras.jobs import cli
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine")
+    for command in (["finetune"], ["detect"], ["pretrain"], ["experiment", "degradation"]):
+        status = cli.main([*command, "--out", str(taken)])
+        error = capsys.readouterr().err
+        assert status == 2 and f"--out {str(taken)!r} is a file, not a folder" in error, error
+    assert taken.read_text() == "mine"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"bitkeras {bitkeras.__version__}\n"
+
+
 def test_cli_interrupts_say_how_to_resume(tmp_path, capsys, monkeypatch):
     from bitkeras.finetuning import run_state
     from bitkeras.jobs import cli
@@ -333,7 +349,7 @@ def test_a_photo_collections_system_folders_and_links_are_handled(tmp_path):
     with pytest.warns(UserWarning, match="gone.png: a link to nothing"):
         source = sources.open_source(root)
     assert source.class_names == ("cats", "dogs")
-    assert sorted(os.path.basename(path) for path in source.table[0]) == [
+    assert sorted(os.path.basename(os.fsdecode(path)) for path in source.table[0]) == [
         "linked.png", "photo.png", "photo.png"]
 
 
@@ -385,3 +401,50 @@ def test_the_cli_keeps_the_traceback_when_asked(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         cli.main(["finetune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_grey_arrays_paths_with_labels_and_ragged_lists_at_the_door(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (16, 16, 16), np.uint8)
+    labels = np.arange(16) % 2
+    classifier = BiTClassifier(BiTBackbone(**TINY))
+    classifier.fit(grey, labels, epochs=1, batch_size=8, verbose=0,
+                   hyperrule={"crop_size": 16, "resize_size": 16})
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # what a grey image file is read as
+    expected = classifier.predict(rgb, verbose=0)
+    for form in (grey, grey[..., None]):
+        np.testing.assert_array_equal(classifier.predict(form, verbose=0), expected)
+        assert np.isfinite(classifier.evaluate(form, labels, verbose=0)).all()
+    paths = []
+    for index, image in enumerate(rgb[:8]):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    history = classifier.fit(paths, labels[:8], epochs=1, batch_size=8, verbose=0,
+                             hyperrule={"crop_size": 16, "resize_size": 16})
+    assert history.params["hyperrule"]["batch_size"] == 8
+    with pytest.raises(ValueError, match="paths and labels differ in length: 8 paths, 7"):
+        classifier.fit(paths, labels[:7])
+    ragged = [rgb[0], rgb[1], rgb[2, :8]]
+    for call in (lambda: classifier.predict(ragged), lambda: classifier.fit(ragged, labels[:3])):
+        with pytest.raises(ValueError, match=r"images\[2\] is shaped \(8, 16, 3\) but "
+                                             r"images\[0\] \(16, 16, 3\).*image files"):
+            call()
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("red", "blue"):
+        folder = os.path.join(os.fsencode(tmp_path), name.encode())
+        os.makedirs(folder)
+        for index in range(4):
+            image = rng.integers(0, 256, (12, 12, 3), np.uint8)
+            # Latin-1 bytes, as an old camera or a Windows share may name files.
+            Image.fromarray(image).save(os.path.join(folder, b"caf\xe9-%d.png" % index))
+    source = sources.open_source(tmp_path, on_bad_image="raise")
+    assert source.num_examples == 8 and source.class_names == ("blue", "red")
+    classifier = BiTClassifier(BiTBackbone(**TINY))
+    history = classifier.fit(tmp_path, epochs=1, batch_size=4, verbose=0, on_bad_image="raise",
+                             hyperrule={"crop_size": 12, "resize_size": 12})
+    assert len(history.epoch) == 1
+    paths = sorted((tmp_path / "red").iterdir())
+    assert classifier.predict(paths, verbose=0).shape == (4, 2)

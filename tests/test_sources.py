@@ -91,8 +91,10 @@ def test_array_source_checks_its_inputs():
         sources.open_source((images, np.array([0, 1, -1, 1])))
     with pytest.raises(ValueError, match="got values in \\[255, 255\\]: divide 0..255"):
         sources.open_source((np.full((4, 8, 8, 3), 255.0), np.array([0, 1, 0, 1])))
+    grey = sources.open_source((np.zeros((4, 8, 8)), np.array([0, 1, 0, 1])))
+    assert grey.table[0].shape == (4, 8, 8, 3)  # one channel three times, as grey files
     with pytest.raises(ValueError, match="shaped \\(examples, height, width, 3\\)"):
-        sources.open_source((np.zeros((4, 8, 8)), np.array([0, 1, 0, 1])))
+        sources.open_source((np.zeros((4, 8, 8, 2)), np.array([0, 1, 0, 1])))
 
 
 def test_dataset_source_reads_labels_and_takes_batches_apart():

@@ -120,16 +120,39 @@ def test_non_bit_archive_is_refused(tmp_path):
         verify_npz(path)
 
 
-def test_default_weights_load_shipped_presets_and_never_download(monkeypatch, tmp_path):
+def test_from_preset_loads_the_presets_weights_unless_told_not_to(bucket, monkeypatch, tmp_path):
     from bitkeras.io.weights import resolve_weights
 
-    released = presets.get_preset("BiT-M-R50x1")
-    assert resolve_weights(released, "default") is None  # no download unasked
+    images = np.random.default_rng(0).uniform(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    expected, _, _ = reference.forward(bucket, images, TINY["block_units"])
+    loaded = BiTBackbone.from_preset("BiT-T-tiny")  # as keras-hub's from_preset: weights
+    np.testing.assert_allclose(loaded(images), expected, rtol=1e-4, atol=1e-4)
+    for unloaded in (BiTBackbone.from_preset("BiT-T-tiny", weights=None),
+                     BiTBackbone.from_preset("BiT-T-tiny", load_weights=False)):
+        assert not np.allclose(unloaded(images), expected, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="load_weights=False with weights='auto': give one"):
+        BiTBackbone.from_preset("BiT-T-tiny", weights="auto", load_weights=False)
+    assert _Handler.requests == ["/test/tiny.npz"]
+    assert resolve_weights(presets.get_preset("R50x1"), "default") is None  # an architecture
     shipped = presets.get_preset("BiT-Glyphs-R14x0.5")
     assert shipped.url is None and "char_A" in shipped.class_names
     monkeypatch.setattr(presets, "SAVED_MODELS", tmp_path)
     with pytest.raises(WeightsUnavailableError, match="pip install -e"):
         resolve_weights(shipped, "default")
+
+
+def test_a_released_preset_offline_says_what_to_download_and_where(monkeypatch, tmp_path):
+    import socket
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setenv("BITKERAS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(WeightsUnavailableError) as caught:
+        BiTBackbone.from_preset("BiT-M-R50x1")
+    message = str(caught.value)
+    assert "BiT-M-R50x1.npz" in message and str(tmp_path / "cache") in message
 
 
 def test_the_tests_keep_a_cache_folder_of_their_own():

@@ -17,14 +17,14 @@ import zipfile
 import h5py
 import keras
 
-from bitkeras import compat
+from bitkeras import compat, files
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning import distribute, evaluation, fitting, training
 from bitkeras.finetuning.hyperrule import BASE_LEARNING_RATE
 from bitkeras.finetuning.optimizers import SGD
 from bitkeras.finetuning.upstream import rule_from_config
 from bitkeras.io.pretrained import BiTBackbone, PretrainedClassifier
-from bitkeras.models.classifier import HeadClassifier
+from bitkeras.models.classifier import HeadClassifier, logits_loss
 
 
 class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
@@ -72,7 +72,12 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         gradients into one update (the update of the whole batch, with the
         activations of one micro-batch in memory). It is kept as the
         attribute `batch_split` and in the compile config a `.keras` file saves.
+
+        The model returns logits: a cross-entropy named by string is taken on
+        them (with a warning), a loss object on probabilities is refused
+        (`bitkeras.models.classifier.logits_loss`).
         """
+        loss = logits_loss(loss, self.name)
         self._compile_request = types.MappingProxyType(dict(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
             batch_split=batch_split, **kwargs))
@@ -370,6 +375,7 @@ def load_model(path, safe_mode=True):
     files you trust).
     """
     path = os.fspath(path)
+    files.sweep_partials(os.path.dirname(os.path.abspath(path)))  # what killed saves left
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file {path!r}")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):

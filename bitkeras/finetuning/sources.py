@@ -92,8 +92,10 @@ class ImageSource:
         digest = hashlib.sha1(np.ascontiguousarray(self.labels).tobytes())
         for part in self.table or ():
             part = np.ascontiguousarray(part)
-            digest.update(part.tobytes() if part.dtype.kind != "U" else
-                          "\n".join(part.tolist()).encode())
+            if part.dtype.kind == "S":  # file paths, as the file system's bytes
+                digest.update(b"\n".join(part.tolist()))
+            else:
+                digest.update(part.tobytes())
         return digest.hexdigest()[:16]
 
     def decode_record(self, record):
@@ -288,12 +290,13 @@ def open_images(images):
     if isinstance(images, (list, tuple)) and images and all(
             isinstance(item, (str, os.PathLike)) for item in images):
         return _from_files([pathlib.Path(item) for item in images])
-    array = np.asarray(images)
-    if array.ndim == 3 and array.shape[-1] == 3:
+    if not isinstance(images, (list, tuple)) and np.ndim(images) == 3 and (
+            np.shape(images)[-1] == 3):
         raise ValueError(
             f"predict takes a batch of images shaped (N, height, width, 3); got one image "
-            f"{array.shape}: pass images[None]"
+            f"{np.shape(images)}: pass images[None]"
         )
+    array = image_array(images)
     return _from_arrays((array, np.zeros(len(array), np.int64)))
 
 
@@ -357,12 +360,13 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise", skip
         headers = list(pool.map(_read_header, files))
     skipped = [*skipped, *((str(f), h) for f, h in zip(files, headers) if isinstance(h, str))]
     readable = np.array([i for i, h in enumerate(headers) if not isinstance(h, str)], np.int64)
-    paths = np.array([str(files[i]) for i in readable], dtype=str)
+    # The file system's bytes (os.fsencode): names that are not UTF-8 are read too.
+    paths = np.array([os.fsencode(files[i]) for i in readable], dtype=bytes)
     use_pillow = np.array([headers[i][2] for i in readable], dtype=bool)
     # Every file decoded once, by the path training takes: a header can be fine
     # and the data truncated, and nothing that fails here reaches a pipeline.
     decodes = decodable(paths, use_pillow)
-    skipped += [(path, "cannot be decoded (damaged or truncated image data)")
+    skipped += [(os.fsdecode(path), "cannot be decoded (damaged or truncated image data)")
                 for path in paths[~decodes]]
     kept, paths, use_pillow = readable[decodes], paths[decodes], use_pillow[decodes]
     if skipped:
@@ -472,11 +476,9 @@ def _median_size(sizes):
 def _from_arrays(data):
     if len(data) != 2:
         raise ValueError(f"array data must be a tuple (images, labels); got a tuple of {len(data)}")
-    images, labels = np.asarray(data[0]), np.asarray(data[1])
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"images must be shaped (examples, height, width, 3); got {images.shape}"
-        )
+    if _is_paths(data[0]):
+        return _from_labelled_files(*data)
+    images, labels = image_array(data[0]), np.asarray(data[1])
     if images.dtype != np.uint8 and images.dtype.kind != "f":
         raise TypeError(
             f"images must be uint8 (0..255) or float in [0, 1]; got dtype {images.dtype}"
@@ -502,6 +504,51 @@ def _from_arrays(data):
         record_kind="pixels",
         table=(images,),
     )
+
+
+def _is_paths(items):
+    """Whether `items` is a non-empty list or tuple of image file paths."""
+    return isinstance(items, (list, tuple)) and len(items) > 0 and all(
+        isinstance(item, (str, os.PathLike)) for item in items)
+
+
+def _from_labelled_files(paths, labels):
+    """Image files with their labels, as Keras's `fit(x, y)` takes them: `x` a list of paths."""
+    labels, width = _class_ids(labels, "the labels")
+    if len(paths) != len(labels):
+        raise ValueError(f"the image paths and labels differ in length: {len(paths)} paths, "
+                         f"{len(labels)} labels")
+    _check_non_negative(labels, "the labels")
+    source = _from_files([pathlib.Path(path) for path in paths], labels,
+                         f"{len(paths)} image files", on_bad_image="raise")
+    return dataclasses.replace(source, class_names=_numbered_classes(labels, width))
+
+
+def image_array(images, name="images"):
+    """Images as an array shaped (examples, height, width, 3), from the forms users hold them in.
+
+    Grey images, shaped (N, H, W) or (N, H, W, 1), take their one channel three
+    times, as grey image files are read; a list of images of one size is stacked,
+    and a list of several sizes is refused, naming the first that differs.
+    """
+    if isinstance(images, (list, tuple)) and images:
+        shapes = [np.shape(image) for image in images]
+        differing = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), None)
+        if differing is not None:
+            raise ValueError(
+                f"{name}[{differing}] is shaped {shapes[differing]} but {name}[0] "
+                f"{shapes[0]}: a list of arrays must hold images of one size; resize them, "
+                f"or pass image files (a list of paths or a folder), which are resized as "
+                f"they are read")
+    images = np.asarray(images)
+    if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 1):
+        images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{name} must be shaped (examples, height, width, 3), or (examples, height, "
+            f"width) or (..., 1) for grey; got {images.shape}"
+        )
+    return images
 
 
 def _check_non_negative(labels, description):

@@ -64,6 +64,11 @@ class Preset:
         return architecture_of(self.config)
 
     @property
+    def has_weights(self):
+        """Whether the preset has weights of its own: a BiT file, or Keras's for a twin."""
+        return self.weights_file is not None or self.keras_application is not None
+
+    @property
     def url(self):
         if self.weights_file is None or self.shipped:
             return None

@@ -44,7 +44,7 @@ class PresetBackbone:
     """`from_preset` for a backbone class of the ResNet family: one table, one `weights=`."""
 
     @classmethod
-    def from_preset(cls, name, weights="default", **kwargs):
+    def from_preset(cls, name, weights="default", load_weights=True, **kwargs):
         """A backbone of a named network, released model, weights file or preset folder.
 
         `name`: a preset of `bitkeras.list_presets()`: BiT's architectures
@@ -68,15 +68,19 @@ class PresetBackbone:
         - a path: weights in the preset's format: BiT's `.npz` or a timm or
           transformers `.safetensors` file for BiT's networks, a file
           `keras.applications.<twin>(weights=PATH)` takes for a twin;
-        - "default": "auto" where nothing is downloaded (the presets bitkeras
-          ships, handles, files and preset folders), None for the rest.
-        A file's head, if any, is not part of a backbone.
+        - "default": "auto" for every preset with weights of its own, as
+          keras-hub's `from_preset` loads them (downloading into the cache the
+          first time; offline, an error says what to download and where), None
+          for a bare architecture ("R50x1", "ResNet20-CIFAR", ...).
+        keras-hub's `load_weights=False` is `weights=None`. A file's head, if
+        any, is not part of a backbone.
 
         `kwargs`: `ResNetConfig` fields that change the network
         (`shortcut="B"`, `normalization="group"`, `width_factor=2`; with no
         weights, which would not fit it) and Keras's `name`, `trainable`, `dtype`.
         """
         name = _local(name)
+        weights = _weights_to_load(weights, load_weights)
         if presets.is_keras_hub_preset(name):
             with _preset_errors(name):
                 return super().from_preset(str(name), load_weights=weights is not None,
@@ -108,7 +112,7 @@ class PresetBackbone:
                 torch_layouts.image_size(config) if known else None)
         preset = presets.get_preset(name)
         if weights == "default":
-            weights = "auto" if preset.shipped else None
+            weights = "auto" if preset.has_weights else None
         config = _configured(preset.config, changes, weights is not None, preset.name)
         backbone = cls.from_resnet_config(config, **kwargs)
         head = _load_weights(backbone, preset, weights)
@@ -246,7 +250,8 @@ class PretrainedClassifier(ExportableClassifier):
         files.write_text(pathlib.Path(preset_dir) / "MODEL_CARD.md", model_card(self))
 
     @classmethod
-    def from_preset(cls, name, weights="default", num_classes=None, **kwargs):
+    def from_preset(cls, name, weights="default", num_classes=None, load_weights=True,
+                    **kwargs):
         """A classifier of a named network, released model, weights file or preset folder.
 
         `name` and `weights` as in `PresetBackbone.from_preset` (the backbone
@@ -264,9 +269,10 @@ class PretrainedClassifier(ExportableClassifier):
         >>> glyphs = BiTClassifier.from_preset("BiT-Glyphs-R14x0.5")  # shipped, offline
         >>> glyphs.num_classes, glyphs.class_names[:3], glyphs.image_size
         (132, ('char_0', 'char_1', 'char_2'), 32)
-        >>> BiTClassifier.from_preset("BiT-M-R50x1", weights="auto")  # doctest: +SKIP
+        >>> BiTClassifier.from_preset("BiT-M-R50x1")  # doctest: +SKIP
         """
         name = _local(name)
+        weights = _weights_to_load(weights, load_weights)
         if presets.is_keras_hub_preset(name):
             if num_classes is not None:  # a new head: keras-hub then skips the saved one
                 kwargs.update(num_classes=num_classes, class_names=None)
@@ -324,6 +330,15 @@ class PretrainedClassifier(ExportableClassifier):
             checkpoint.load_arrays(classifier, arrays, handle)
             return classifier
         return cls(backbone, num_classes, class_names, **kwargs)
+
+
+def _weights_to_load(weights, load_weights):
+    """`weights`, or None where keras-hub's `load_weights=False` asks for none."""
+    if load_weights:
+        return weights
+    if weights not in ("default", None):
+        raise ValueError(f"load_weights=False with weights={weights!r}: give one")
+    return None
 
 
 def _local(name):

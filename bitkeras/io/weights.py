@@ -43,11 +43,11 @@ def resolve_weights(preset, weights):
 
     `weights`: None (random initialisation), a path to a `.npz` file, "auto"
     for the preset's own file (shipped with bitkeras, or released: cached,
-    else downloaded and verified), or "default": "auto" for presets that ship
-    with bitkeras, None for the others (nothing is downloaded unasked).
+    else downloaded and verified), or "default": "auto" for presets with
+    weights, None for a bare architecture.
     """
     if weights == "default":
-        weights = "auto" if preset.shipped else None
+        weights = "auto" if preset.has_weights else None
     if weights is None:
         return None
     if weights == "auto":

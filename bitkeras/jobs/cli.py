@@ -11,10 +11,12 @@ Run `bitkeras COMMAND --help` for every option.
 
 import argparse
 import os
+from importlib import metadata
 import shlex
 import shutil
 import sys
 
+from bitkeras import files
 
 USER_ERRORS = (ValueError, OSError, RuntimeError, ArithmeticError)
 """What bad input, missing files and failed runs raise: one line, exit status 2."""
@@ -81,6 +83,7 @@ def run(argv):
     argv = list(argv)
     parser = argparse.ArgumentParser(
         prog="bitkeras", description="Big Transfer (BiT) for Keras: pre-train and fine-tune.")
+    parser.add_argument("--version", action="version", version=f"bitkeras {metadata.version('bitkeras')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _pretrain_parser(commands.add_parser(
         "pretrain", help="pre-train a BiT model upstream with BiT's recipe",
@@ -107,6 +110,8 @@ def run(argv):
                     "transferred to the bundled digits. Each writes report.json and report.png; "
                     "the defaults take minutes on 2 CPU cores."))
     args = parser.parse_args(argv)
+    if getattr(args, "out", None):
+        files.check_output_folder(args.out)  # before any work that an unwritable --out would lose
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args.command_line = shlex.join(["bitkeras", *argv])
     if args.command == "pretrain":

@@ -76,6 +76,7 @@ def staged_run(out, names, produce, publish_here=True):
     The staging folder is removed in every case; `publish_here=False` (a worker that is not
     the chief) publishes nothing.
     """
+    files.check_output_folder(out)
     staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
     try:
         report = produce(staging)

@@ -5,6 +5,8 @@ preprocessor; `bitkeras.BiTClassifier`, a subclass, adds fine-tuning with the
 BiT-HyperRule, BiT's weights and export.
 """
 
+import warnings
+
 import keras
 import keras_hub
 
@@ -73,6 +75,12 @@ class HeadClassifier(AtomicSaveMixin, keras_hub.models.ImageClassifier):
         self.num_classes = num_classes
         self.class_names = class_names
 
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """keras-hub's `compile`, with a loss that takes the logits this model returns
+        (`logits_loss`: a cross-entropy named by string is taken on logits, with a warning;
+        a loss object on probabilities is refused, naming the fix)."""
+        super().compile(optimizer, logits_loss(loss, self.name), metrics=metrics, **kwargs)
+
     def add_head(self, num_classes):
         """Adds the zero-initialised head of `num_classes` outputs (once), on the features."""
         if self.head is not None:
@@ -140,3 +148,52 @@ def _head(num_classes):
     """BiT's head: a Dense of `num_classes` logits, zero-initialised, computed in float32."""
     return keras.layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
                               name="head", dtype="float32")
+
+
+_ON_LOGITS = {
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    "binary_crossentropy": keras.losses.BinaryCrossentropy,
+    "categorical_focal_crossentropy": keras.losses.CategoricalFocalCrossentropy,
+    "binary_focal_crossentropy": keras.losses.BinaryFocalCrossentropy,
+}
+"""Keras's cross-entropies, by their functions' names, and the classes that take logits."""
+
+
+def logits_loss(loss, model_name):
+    """`loss` for a model that returns logits: a cross-entropy named by string as its class
+    with `from_logits=True` (warned about once), other losses as they are.
+
+    A Keras loss on probabilities given logits trains on clipped values (a zero head's
+    logits of 0 give every class the loss of probability 0, and no gradient): a loss object
+    or function with `from_logits=False` is refused with the fix.
+    """
+    if isinstance(loss, str) and loss != "auto":
+        function = keras.losses.get(loss)
+        name = getattr(function, "__name__", type(function).__name__)
+        key = _snake(name)
+        if key in _ON_LOGITS:
+            warnings.warn(
+                f"{model_name} returns logits: loss={loss!r} is compiled as "
+                f"{_ON_LOGITS[key].__name__}(from_logits=True); pass that object to say so",
+                UserWarning, stacklevel=3)
+            return _ON_LOGITS[key](from_logits=True)
+        return loss
+    on_probabilities = (
+        (isinstance(loss, keras.losses.Loss) and getattr(loss, "from_logits", None) is False)
+        or (callable(loss) and getattr(loss, "__name__", None) in _ON_LOGITS))
+    if on_probabilities:
+        kind = type(loss).__name__ if isinstance(loss, keras.losses.Loss) else (
+            _ON_LOGITS[loss.__name__].__name__)
+        raise ValueError(
+            f"{model_name} returns logits, and this {kind} takes probabilities "
+            f"(from_logits=False), which would train on clipped values: compile with "
+            f"{kind}(from_logits=True)")
+    return loss
+
+
+def _snake(name):
+    """A Keras loss class name as its function's name ("SparseCategoricalCrossentropy" ->
+    "sparse_categorical_crossentropy")."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
