@@ -34,6 +34,20 @@ def test_resolution_follows_the_image_area(image_size, variant, sizes):
     assert (rule.resize_size, rule.crop_size) == sizes
 
 
+@pytest.mark.parametrize("resolution, image_size, sizes", [
+    (None, 32, (160, 128)),           # BiT's rule as stated
+    (224, (500, 375), (448, 384)),    # BiT's models: the rule as stated
+    (480, 32, (160, 128)),
+    (32, 8, (40, 32)),                # pre-trained at 32 px: fine-tuned at 32
+    (32, (500, 375), (37, 32)),
+    (96, 32, (120, 96)),
+])
+def test_a_model_pretrained_below_bits_resolution_fine_tunes_at_its_own(resolution, image_size,
+                                                                         sizes):
+    rule = HyperRule.for_dataset(1_000, image_size, resolution=resolution)
+    assert (rule.resize_size, rule.crop_size) == sizes
+
+
 def test_other_batch_sizes_scale_learning_rate_and_steps_keeping_epochs():
     reference = HyperRule.for_dataset(50_000, 32)
     rule = HyperRule.for_dataset(50_000, 32, batch_size=128)

@@ -1,6 +1,7 @@
 """BiTClassifier.fit / evaluate / predict and the training pieces behind them."""
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -293,3 +294,30 @@ def test_fit_compiles_bitkeras_sgd_and_saved_models_reload_it(tmp_path):
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     assert isinstance(reloaded.optimizer, SGD)
     assert int(reloaded.optimizer.iterations) == 2
+
+
+def test_the_duration_estimate_comes_from_the_first_steps_and_warns_of_hours_on_a_cpu():
+    now = [130.0]  # the first step ends here, after tracing and compiling: not measured
+    lines = []
+    estimate = training.DurationEstimate(1006, clock=lambda: now[0], say=lines.append)
+    estimate.on_train_batch_end(0)
+    for batch in range(1, 5):
+        now[0] += 4.0  # 4 s a step after the first
+        estimate.on_train_batch_end(batch)
+    now[0] += 4.0
+    with pytest.warns(UserWarning, match="about 67 min on this CPU; for about 10 min, pass "
+                                         "hyperrule=\\{'steps': 150\\}"):
+        estimate.on_train_batch_end(5)
+    assert lines == ["Estimated: 67 min for the other 1000 of 1006 steps on this machine "
+                     "(4.00 s a step over steps 2-6)"]
+    now[0] += 4.0 * 94
+    estimate.steps += 94
+    estimate.on_epoch_end(0)
+    assert lines[-1] == "Step 100 of 1006: about 60 min left"
+    quick = training.DurationEstimate(1006, on_cpu=False, clock=lambda: now[0], say=lines.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an accelerator's long run is estimated, not warned of
+        for batch in range(6):
+            quick.on_train_batch_end(batch)
+            now[0] += 4.0
+    assert lines[-1].startswith("Estimated: 67 min")

@@ -50,6 +50,11 @@ def evaluate(classifier, x, y, batch_size, verbose, steps, callbacks, return_dic
                                     callbacks=callbacks, return_dict=return_dict)
 
 
+
+def weights_resolution(classifier):
+    """The side the classifier's backbone weights were trained at, or None where unknown."""
+    return getattr(classifier.backbone, "weights_resolution", None)
+
 def predict(classifier, x, batch_size, verbose, steps, callbacks, image_size,
             test_time_augmentation):
     """Keras's `predict` of `classifier` on images `x` (see `FineTuningClassifier.predict`)."""
@@ -94,7 +99,8 @@ def inference(classifier, source, test_time_augmentation, image_size, batch_size
         raise ValueError("image_size does not apply to test_time_augmentation="
                          "'multi_scale', which sees each image whole at several "
                          "scales; leave image_size out")
-    rule = classifier.hyperrule or HyperRule.for_dataset(source.num_examples, source.image_size)
+    rule = classifier.hyperrule or HyperRule.for_dataset(
+        source.num_examples, source.image_size, resolution=weights_resolution(classifier))
     crop_size = image_size or classifier.image_size or rule.crop_size
     if test_time_augmentation == "multi_scale":
         # ResNet's sides are for 224-pixel training crops: scaled to this classifier's.

@@ -134,7 +134,8 @@ class Plan:
 def plan(classifier, source, hyperrule, batch_size, epochs, steps_per_epoch, strategy,
          trainable):
     """The `Plan` of a fit of `classifier` on `source`, every sizing checked."""
-    rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule, batch_size)
+    rule = training.resolve_rule(source.num_examples, source.image_size, hyperrule, batch_size,
+                                 evaluation.weights_resolution(classifier))
     passes = training.keras_schedule(rule, source.num_examples, epochs, steps_per_epoch)
     rule = passes.rule
     request = classifier.compile_request

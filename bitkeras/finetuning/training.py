@@ -10,6 +10,8 @@ usable (and tested) alone.
 import contextlib
 import dataclasses
 import math
+import time
+import warnings
 
 import keras
 
@@ -29,7 +31,7 @@ TRAINABLE_CHOICES = ("all", "head", "block1", "block2", "block3", "block4")
 _SCHEDULE_FIELDS = ("warmup_steps", "decay_boundaries")
 
 
-def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None):
+def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, resolution=None):
     """The rule a fit runs on `num_examples` images of typical `image_size`.
 
     `hyperrule` as `fit` takes it: None (the HyperRule for the data), a
@@ -38,6 +40,8 @@ def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None):
     whole rule (a `HyperRule` or `UpstreamRecipe`, run as it is).
     `batch_size`: Keras's, which sets the batch of the rule for the data (its
     learning rate and steps scaled to match) or replaces a whole rule's.
+    `resolution`: the side the model was pre-trained at, which sizes the
+    rule for the data (see `HyperRule.for_dataset`).
     Changing `steps` alone keeps the shape of the schedule (warm-up and
     decays move in proportion); change `warmup_steps` and `decay_boundaries`
     too to set them yourself.
@@ -53,7 +57,7 @@ def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None):
                              f"{changes['batch_size']!r}; give one")
         changes["batch_size"] = batch_size
     rule = HyperRule.for_dataset(num_examples, image_size, changes.pop("batch_size", None),
-                                 variant)
+                                 variant, resolution)
     if "steps" in changes and not any(name in changes for name in _SCHEDULE_FIELDS):
         rule = rule.with_steps(changes.pop("steps"))
     return dataclasses.replace(rule, **changes)
@@ -271,12 +275,20 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
                         epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                         shuffle=False,
                         callbacks=[*run_callbacks, StopAfterSteps(remaining),
-                                   *(callbacks or [])],
+                                   *_estimate(model, remaining, verbose), *(callbacks or [])],
                         **keras_arguments)
             except run_state.NonFiniteLossError as error:
                 restored = run_state.restore_last_good(model, checkpoint_dir, before)
                 raise run_state.NonFiniteLossError(f"{error} {restored}") from None
     return history, start_step
+
+
+def _estimate(model, steps, verbose):
+    """The `DurationEstimate` of a run that prints (`verbose`), as a list of callbacks."""
+    if not verbose:
+        return []
+    return [DurationEstimate(steps, on_cpu=not distribute.on_accelerator(
+        model.distribute_strategy))]
 
 
 GRAPH_REWRITES_OFF = ("constant_folding", "layout_optimizer", "remapping")
@@ -305,6 +317,66 @@ def without_graph_rewrites(strategy):
         return
     with compat.graph_rewrites_off(GRAPH_REWRITES_OFF):
         yield
+
+
+class DurationEstimate(keras.callbacks.Callback):
+    """Says how long a run will take on this machine, from its first steps, and as it goes.
+
+    After `MEASURED_STEPS` steps past the first (which traces and compiles),
+    prints the estimate for the rest of the `total_steps`; a run estimated
+    over `LONG_SECONDS` on a CPU is warned about, with the number of steps that
+    would take about `SHORT_SECONDS` instead. At each Keras epoch's end it
+    prints the time left at the pace so far, while a minute or more is left.
+    Validation passes are not counted.
+    `clock`: seconds, monotonic (tests pass their own); `say`: where lines go.
+    """
+
+    MEASURED_STEPS = 5
+    LONG_SECONDS = 3600
+    SHORT_SECONDS = 600
+
+    def __init__(self, total_steps, on_cpu=True, clock=time.monotonic, say=print):
+        super().__init__()
+        self.total_steps = total_steps
+        self.on_cpu = on_cpu
+        self.clock, self.say = clock, say
+        self.steps = 0
+        self.start = None  # when the first step had ended
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == 1:
+            self.start = self.clock()
+        elif self.steps == 1 + self.MEASURED_STEPS and self.total_steps > self.steps:
+            per_step = (self.clock() - self.start) / self.MEASURED_STEPS
+            left = per_step * (self.total_steps - self.steps)
+            self.say(f"Estimated: {_duration(left)} for the other "
+                     f"{self.total_steps - self.steps} of {self.total_steps} steps on this "
+                     f"machine ({per_step:.2f} s a step over steps 2-{self.steps})")
+            if self.on_cpu and left > self.LONG_SECONDS:
+                short = max(1, int(self.SHORT_SECONDS / per_step))
+                warnings.warn(
+                    f"this run takes about {_duration(left)} on this CPU; for about "
+                    f"{_duration(self.SHORT_SECONDS)}, pass hyperrule={{'steps': {short}}} to "
+                    f"fit (--steps {short} to the CLI), or a smaller crop_size", UserWarning,
+                    stacklevel=2)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.steps > 1 + self.MEASURED_STEPS and self.steps < self.total_steps:
+            per_step = (self.clock() - self.start) / (self.steps - 1)
+            left = per_step * (self.total_steps - self.steps)
+            if left >= 60:  # the last minute needs no count-down
+                self.say(f"Step {self.steps} of {self.total_steps}: about {_duration(left)} "
+                         f"left")
+
+
+def _duration(seconds):
+    """Seconds as a person reads them: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class StopAfterSteps(keras.callbacks.Callback):

@@ -103,19 +103,23 @@ class PresetBackbone:
             loads = weights is not None
             backbone = cls.from_resnet_config(
                 _configured(architecture.config, changes, loads, str(name)), **kwargs)
+            known = head_classes is not None
+            resolution = torch_layouts.image_size(config) if config else None
             if loads:
                 checkpoint.load_arrays(backbone, arrays, source)
-            known = head_classes is not None
+                backbone.weights_resolution = resolution
             return backbone, PresetWeights(
                 checkpoint.head_arrays(arrays) if loads else None, head_classes,
                 torch_layouts.class_names(config, head_classes) if known else None,
-                torch_layouts.image_size(config) if known else None)
+                resolution if known else None)
         preset = presets.get_preset(name)
         if weights == "default":
             weights = "auto" if preset.has_weights else None
         config = _configured(preset.config, changes, weights is not None, preset.name)
         backbone = cls.from_resnet_config(config, **kwargs)
         head = _load_weights(backbone, preset, weights)
+        if weights is not None:
+            backbone.weights_resolution = preset.resolution
         return backbone, PresetWeights(head, None if head is None else len(head[1]),
                                        preset.class_names, preset.resolution)
 

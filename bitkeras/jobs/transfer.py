@@ -132,7 +132,8 @@ def _run(args, out):
         ("base_learning_rate", args.learning_rate), ("resize_size", args.resize_size),
         ("crop_size", args.crop_size), ("flip", args.flip if args.flip is not None else data.flip),
     ) if value is not None}
-    rule = fit_rule(data.train.num_examples, data.train.image_size, budget, overrides)
+    rule = fit_rule(data.train.num_examples, data.train.image_size, budget, overrides,
+                    resolution=models.resolution)
     print(f"Data: {data.description}: {data.train.num_examples} training and "
           f"{data.test.num_examples} test images, {data.train.num_classes} classes")
     print(f"Models: {models.description} vs the same architecture from scratch")
@@ -211,8 +212,10 @@ def cpu_budget_note():
             f"{BUDGET_LEARNING_RATE}; the same for the pretrained and the scratch model")
 
 
-def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None):
-    """The HyperRule for the data, on the CPU budget if asked, then overridden.
+def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None,
+             resolution=None):
+    """The HyperRule for the data (for a model whose weights were trained at `resolution`),
+    on the CPU budget if asked, then overridden.
 
     The budget keeps the rule's shape (warm-up and decays in proportion) but
     trains at a quarter of its resolution, a batch of at most
@@ -224,7 +227,7 @@ def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None)
     batch_size = overrides.pop("batch_size", None)
     if budget:
         batch_size = batch_size or min(BUDGET_BATCH_SIZE, num_examples)
-    rule = HyperRule.for_dataset(num_examples, image_size, batch_size)
+    rule = HyperRule.for_dataset(num_examples, image_size, batch_size, resolution=resolution)
     if budget:
         resize, crop = BUDGET_RESOLUTION
         rule = dataclasses.replace(rule.with_steps(steps or BUDGET_STEPS), resize_size=resize,
@@ -244,6 +247,7 @@ class ModelPair:
         backbone, self.description = _pretrained_backbone(model)
         self.config = backbone.get_config()
         self.weights = backbone.get_weights()
+        self.resolution = backbone.weights_resolution  # sizes the rule of both sides
 
     def build(self, side, class_names):
         keras.utils.set_random_seed(self.seed)
@@ -394,7 +398,8 @@ def few_shot_table(models, data, test_set, shots, seeds, budget, overrides, step
         shot_overrides = dict(overrides)
         if "batch_size" in shot_overrides:
             shot_overrides["batch_size"] = min(shot_overrides["batch_size"], examples)
-        few_rule = fit_rule(examples, data.train.image_size, budget, shot_overrides, steps=steps)
+        few_rule = fit_rule(examples, data.train.image_size, budget, shot_overrides, steps=steps,
+                            resolution=models.resolution)
         row = {}
         for side in SIDES:
             accuracies = []

@@ -59,7 +59,7 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
     ['P0', 'P1', 'P2']
     """
 
-    def __init__(self, dtype=None, **kwargs):
+    def __init__(self, dtype=None, weights_resolution=None, **kwargs):
         fields = {field: kwargs.pop(field) for field in CONFIG_FIELDS if field in kwargs}
         config = ResNetConfig(**fields)
         builder = _Builder(config, dtype)
@@ -67,6 +67,9 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
         features = builder.network(images)
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
         self.resnet_config = config
+        # The image side the weights were trained at (a preset's), or None: it sizes the
+        # HyperRule of a fine-tuning (`HyperRule.for_dataset(resolution=...)`).
+        self.weights_resolution = weights_resolution
         self.pyramid_outputs = builder.pyramid
         self._stage_layers = builder.stage_layers
 
@@ -97,7 +100,7 @@ class ResNetFamilyBackbone(ImageModel, keras_hub.models.FeaturePyramidBackbone):
 
     def get_config(self):
         config = super().get_config()  # keras-hub's: name, trainable, dtype
-        config.update(self.resnet_config.get_config())
+        config.update(self.resnet_config.get_config(), weights_resolution=self.weights_resolution)
         return config
 
 
