@@ -75,6 +75,12 @@ setup(
             # tests run on bitkeras's backbones as keras-hub runs it on its own, imports it.
             "grain",
         ],
+        "docs": [
+            # The documentation site (mkdocs.yml): MkDocs reads the guide's Markdown as it
+            # is, and mkdocstrings builds the API reference from the docstrings.
+            "mkdocs>=1.6",
+            "mkdocstrings[python]>=0.26",
+        ],
     },
     entry_points={"console_scripts": ["bitkeras = bitkeras.jobs.cli:main"]},
 )

@@ -116,7 +116,7 @@ def test_a_classifier_built_in_a_scope_trains_under_that_strategy_only():
 @pytest.mark.parametrize("precision, tolerance", [("mixed_bfloat16", 0.05),
                                                   ("mixed_float16", 0.01)])
 def test_mixed_precision_forward_matches_float32(precision, tolerance):
-    # Documented in README: max |logit difference| within 5% (bfloat16) or 1%
+    # Documented in docs/guide/scale-out.md: max |logit difference| within 5% (bfloat16) or 1%
     # (float16) of the largest logit; measured 2.6% and 0.33% here.
     classifier = tiny_classifier()
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ def test_default_finetune_job_shows_transfer_and_writes_a_valid_report(tmp_path,
     # The default job shortened (60 steps, one K, 40 steps a few-shot fit): the
     # transfer it shows must still clear the job's own bars. The full default
     # job measured +14 points of mean few-shot gain against a bar of 5, and +65
-    # at the first evaluation against 20 (README.md).
+    # at the first evaluation against 20 (docs/guide/jobs.md).
     pytest.importorskip("sklearn")
     report = cli.run(["finetune", "--out", str(tmp_path), "--steps", "60", "--few-shot", "1",
                        "--few-shot-steps", "40", "--seeds", "2", "--evaluations", "2",

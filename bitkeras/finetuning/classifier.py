@@ -61,7 +61,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         "auto": SGD with momentum 0.9 at BiT's base learning rate 0.003, sparse
         softmax cross-entropy on the logits, accuracy; XLA on GPUs and TPUs
         and off on CPUs, where it made the R50x1 training step slower and
-        inference faster (figures in README.md, from benchmarks/throughput.py).
+        inference faster (figures in benchmarks/README.md, from benchmarks/throughput.py).
         `fit` then keeps whatever is not "auto" (the user's optimizer, loss,
         metrics and settings) and fills the "auto" ones from the HyperRule
         (SGD on the rule's warm-up and decays; one-hot cross-entropy, which

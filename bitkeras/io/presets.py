@@ -187,8 +187,9 @@ def list_presets(sources=False):
     (`Preset.sources`: the released or shipped file, timm's Hugging Face handle,
     the Kaggle Models handle, Keras's file of a keras.applications twin).
 
-    >>> list_presets(sources=True)["BiT-M-R50x1"]["hf"]
-    'hf://timm/resnetv2_50x1_bit.goog_in21k'
+    Examples:
+        >>> list_presets(sources=True)["BiT-M-R50x1"]["hf"]
+        'hf://timm/resnetv2_50x1_bit.goog_in21k'
     """
     if sources:
         return {name: preset.sources for name, preset in PRESETS.items()}

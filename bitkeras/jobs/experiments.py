@@ -10,7 +10,7 @@
 
 Each writes `report.json` and `report.png` (and `responses.png`) to its
 folder and returns the report. The defaults run in minutes on 2 CPU cores;
-the papers' settings are larger (see README.md, "The ResNet family").
+the papers' settings are larger (see docs/guide/resnet-family.md).
 """
 
 import json
