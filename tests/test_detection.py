@@ -83,6 +83,49 @@ def test_coco_json_boxes_are_converted_and_bad_ones_named(tmp_path):
     assert examples[1][1].shape == (0, 4)
 
 
+def _bomb_png(path, side=20000):
+    """A PNG whose header declares side x side pixels, with no pixel data to speak of."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_in_coco_data_is_refused_before_decoding(tmp_path):
+    _png(tmp_path / "a.png", 20, 20)
+    _bomb_png(tmp_path / "bomb.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20},
+                       {"id": 2, "file_name": "bomb.png", "height": 20000, "width": 20000}],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(BadAnnotationError, match="bomb.png.*DecompressionBomb"):
+        from_coco_json(tmp_path, on_bad="raise")
+    with pytest.warns(UserWarning, match="bomb.png"):
+        assert from_coco_json(tmp_path).num_images == 1
+
+
+def test_boxes_and_labels_given_as_arrays_are_checked_at_the_door():
+    images = [np.zeros((20, 30, 3), np.uint8)] * 2
+    good = DetectionData.from_arrays(images, [[[1, 2, 10, 12]], []], [[1], []], ("a", "b"))
+    assert good.num_images == 2
+    with pytest.raises(BadAnnotationError) as error:
+        DetectionData.from_arrays(
+            images, [[[1, 2, 10, 12], [5, 5, 40, 10]], [[10, 2, 4, 12], [0, 0, 5, 5]]],
+            [[2, 0], [1, 1.5]], ("a", "b"))
+    message = str(error.value)
+    for named in ("image 0, box 0: label 2 is not a class id in [0, 2)",
+                  "image 0, box 1: outside the 30x20 image",
+                  "image 1, box 0: zero area", "image 1, box 1: label 1.5"):
+        assert named in message, message
+
+
 def test_tfds_records_become_pixel_boxes():
     record = {"image": tf.zeros((50, 200, 3), tf.uint8),
               "objects": {"bbox": tf.constant([[0.1, 0.25, 0.5, 1.0]]),

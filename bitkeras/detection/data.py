@@ -55,12 +55,25 @@ class DetectionData:
                              f"{len(images)}, {len(boxes)} and {len(labels)}")
         images = [np.asarray(image) for image in images]
         boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
-        labels = [np.asarray(lab, np.int32).reshape(-1) for lab in labels]
+        labels = [np.asarray(lab).reshape(-1) for lab in labels]
+        problems = []
         for index, image in enumerate(images):
             check_image(image, f"images[{index}]")
             if len(boxes[index]) != len(labels[index]):
                 raise ValueError(f"image {index} has {len(boxes[index])} boxes and "
                                  f"{len(labels[index])} labels: give one label per box")
+            height, width = image.shape[:2]
+            for number, (box, label) in enumerate(zip(boxes[index], labels[index])):
+                problem = box_problem(box, label, len(class_names), width, height)
+                if problem:
+                    problems.append(f"image {index}, box {number}: {problem}")
+        if problems:
+            listed = "\n".join(f"  {problem}" for problem in problems[:WARN_NAMES])
+            raise BadAnnotationError(
+                f"{len(problems)} bad box(es) in {description}:\n{listed}\nBoxes are "
+                f"(left, top, right, bottom) pixels inside their image, labels class ids "
+                f"in [0, {len(class_names)})")
+        labels = [label.astype(np.int32) for label in labels]
 
         def examples():
             yield from zip(images, boxes, labels)
@@ -145,6 +158,13 @@ def from_coco_json(path, on_bad="warn"):
         files[image["id"]] = found
         sizes[image["id"]] = (image.get("height"), image.get("width"))
         boxes[image["id"]], labels[image["id"]] = [], []
+    # Headers first: a file that is no image, or a decompression bomb, is refused before
+    # anything is decoded.
+    for image_id, file in list(files.items()):
+        header = sources.read_header(file)
+        if isinstance(header, str):
+            problems.append(f"image {image_id} ({file}): {header}")
+            del files[image_id]
     # Decoded as stored (no EXIF turn): COCO boxes are in the file's own pixels.
     readable = sources.decodable([str(file) for file in files.values()],
                                 np.zeros(len(files), bool))
@@ -189,12 +209,32 @@ def _box_problem(annotation, size, class_of):
         x, y, width, height = (float(v) for v in annotation["bbox"])
     except (KeyError, TypeError, ValueError):
         return f"bbox must be [x, y, width, height]; got {annotation.get('bbox')!r}"
-    if not (width > 0 and height > 0):
-        return f"zero area (bbox {annotation['bbox']})"
     image_height, image_width = size
-    if image_height and image_width and (
-            x < 0 or y < 0 or x + width > image_width + 1 or y + height > image_height + 1):
-        return (f"outside the {image_width}x{image_height} image (bbox {annotation['bbox']})")
+    problem = box_problem((x, y, x + width, y + height), class_of[annotation["category_id"]],
+                          len(class_of), image_width, image_height)
+    return problem and f"{problem} (bbox {annotation['bbox']})"
+
+
+def box_problem(box, label, num_classes, image_width=None, image_height=None):
+    """Why an "xyxy" pixel box and its class id cannot be trained on, or None: a label
+    outside the classes, coordinates that are not finite, no area (right <= left or
+    bottom <= top), or a box reaching outside its image (by more than a pixel, where the
+    image's size is known)."""
+    if isinstance(label, np.generic):
+        label = label.item()
+    whole = isinstance(label, (int, np.integer)) or (
+        isinstance(label, (float, np.floating)) and float(label).is_integer())
+    if not (whole and 0 <= label < num_classes):
+        return f"label {label!r} is not a class id in [0, {num_classes})"
+    left, top, right, bottom = (float(value) for value in box)
+    if not all(np.isfinite((left, top, right, bottom))):
+        return f"coordinates that are not finite ({left}, {top}, {right}, {bottom})"
+    if not (right > left and bottom > top):
+        return f"zero area: (left, top, right, bottom) = ({left}, {top}, {right}, {bottom})"
+    if image_width and image_height and (
+            left < 0 or top < 0 or right > image_width + 1 or bottom > image_height + 1):
+        return (f"outside the {image_width}x{image_height} image: (left, top, right, bottom) "
+                f"= ({left}, {top}, {right}, {bottom})")
     return None
 
 

@@ -357,7 +357,7 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise", skip
         if not path.is_file():
             raise FileNotFoundError(f"no image file {str(path)!r}")
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        headers = list(pool.map(_read_header, files))
+        headers = list(pool.map(read_header, files))
     skipped = [*skipped, *((str(f), h) for f, h in zip(files, headers) if isinstance(h, str))]
     readable = np.array([i for i, h in enumerate(headers) if not isinstance(h, str)], np.int64)
     # The file system's bytes (os.fsencode): names that are not UTF-8 are read too.
@@ -386,8 +386,10 @@ def _from_files(files, labels=None, description=None, on_bad_image="raise", skip
     )
 
 
-def _read_header(path):
-    """(height, width, needs Pillow to decode) from the file's header, or why it can't be read."""
+def read_header(path):
+    """(height, width, needs Pillow to decode) from the file's header, or why it can't be read
+    (a damaged file, an empty image, or a decompression bomb: Pillow refuses a header that
+    declares more than twice its `MAX_IMAGE_PIXELS` before any pixel is decoded)."""
     from PIL import Image
 
     try:
