@@ -1,59 +1,69 @@
-"""bitkeras: Big Transfer (BiT) ResNet-v2 models for Keras 3."""
+"""bitkeras: Big Transfer (BiT) ResNet-v2 models for Keras 3.
 
-from bitkeras.detection import BiTDetector, DetectionRule
-from bitkeras.finetuning.classifier import BiTClassifier, load_model
-from bitkeras.finetuning.hyperrule import HyperRule
-from bitkeras.finetuning.pretraining import pretrain
-from bitkeras.finetuning.resnet_classifier import ResNetClassifier
-from bitkeras.finetuning.run_state import NonFiniteLossError
-from bitkeras.finetuning.schedules import WarmupStaircase
-from bitkeras.finetuning.sources import BadImageError, DataUnavailableError
-from bitkeras.finetuning.upstream import UpstreamRecipe
-from bitkeras.io.checkpoint import CheckpointMismatchError, load_npz, save_npz
-from bitkeras.io.hub import HubUnavailableError
-from bitkeras.io.presets import list_presets
-from bitkeras.io.pretrained import BiTBackbone
-from bitkeras.io.pretrained import ResNetBackbone
-from bitkeras.io.weights import CorruptWeightsError, WeightsUnavailableError
-from bitkeras.models.architecture import ARCHITECTURES, Architecture
-from bitkeras.models.backbone import ResNetV2Backbone
-from bitkeras.models.classifier import HeadClassifier
-from bitkeras.models.inference import Predictions
-from bitkeras.models.layers import PreActBottleneck, StandardizedConv2D, group_normalization
-from bitkeras.models.preprocessing import BiTImageClassifierPreprocessor, BiTImageConverter
+`import bitkeras` imports the whole package, so that Keras knows its classes
+(`keras.saving.load_model`, keras-hub's `from_preset`) as soon as it returns. The
+`bitkeras` command alone starts light: there, names are imported on first use (PEP 562),
+so `bitkeras --help` needs no TensorFlow.
+"""
+
+import importlib as _importlib
+import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "Architecture",
-    "BadImageError",
-    "BiTBackbone",
-    "BiTClassifier",
-    "BiTDetector",
-    "BiTImageClassifierPreprocessor",
-    "BiTImageConverter",
-    "CheckpointMismatchError",
-    "CorruptWeightsError",
-    "DataUnavailableError",
-    "DetectionRule",
-    "HeadClassifier",
-    "HubUnavailableError",
-    "HyperRule",
-    "NonFiniteLossError",
-    "PreActBottleneck",
-    "Predictions",
-    "ResNetBackbone",
-    "ResNetClassifier",
-    "ResNetV2Backbone",
-    "StandardizedConv2D",
-    "UpstreamRecipe",
-    "WarmupStaircase",
-    "WeightsUnavailableError",
-    "group_normalization",
-    "list_presets",
-    "load_model",
-    "load_npz",
-    "pretrain",
-    "save_npz",
-]
+_EXPORTS = {
+    "BiTDetector": "bitkeras.detection",
+    "DetectionRule": "bitkeras.detection",
+    "BiTClassifier": "bitkeras.finetuning.classifier",
+    "load_model": "bitkeras.finetuning.classifier",
+    "HyperRule": "bitkeras.finetuning.hyperrule",
+    "pretrain": "bitkeras.finetuning.pretraining",
+    "ResNetClassifier": "bitkeras.finetuning.resnet_classifier",
+    "NonFiniteLossError": "bitkeras.finetuning.run_state",
+    "WarmupStaircase": "bitkeras.finetuning.schedules",
+    "BadImageError": "bitkeras.finetuning.sources",
+    "DataUnavailableError": "bitkeras.finetuning.sources",
+    "UpstreamRecipe": "bitkeras.finetuning.upstream",
+    "CheckpointMismatchError": "bitkeras.io.checkpoint",
+    "load_npz": "bitkeras.io.checkpoint",
+    "save_npz": "bitkeras.io.checkpoint",
+    "HubUnavailableError": "bitkeras.io.hub",
+    "list_presets": "bitkeras.io.presets",
+    "BiTBackbone": "bitkeras.io.pretrained",
+    "ResNetBackbone": "bitkeras.io.pretrained",
+    "CorruptWeightsError": "bitkeras.io.weights",
+    "WeightsUnavailableError": "bitkeras.io.weights",
+    "ARCHITECTURES": "bitkeras.models.architecture",
+    "Architecture": "bitkeras.models.architecture",
+    "ResNetV2Backbone": "bitkeras.models.backbone",
+    "HeadClassifier": "bitkeras.models.classifier",
+    "Predictions": "bitkeras.models.inference",
+    "PreActBottleneck": "bitkeras.models.layers",
+    "StandardizedConv2D": "bitkeras.models.layers",
+    "group_normalization": "bitkeras.models.layers",
+    "BiTImageClassifierPreprocessor": "bitkeras.models.preprocessing",
+    "BiTImageConverter": "bitkeras.models.preprocessing",
+}
+"""Every public name and the module that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    """A public name, imported from its module on first use (the `bitkeras` command's start)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bitkeras' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def _is_the_command():
+    """Whether this process is the `bitkeras` console script (not a program importing us)."""
+    return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) == "bitkeras"
+
+
+if not _is_the_command():
+    for _name in __all__:
+        __getattr__(_name)

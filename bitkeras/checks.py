@@ -1,4 +1,10 @@
-"""Argument checks shared by the modules (pure Python)."""
+"""Argument checks shared by the modules (pure Python), and the names they accept."""
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+"""What `fit(precision=...)` and the CLI's --precision take."""
+
+STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+"""The strategies `fit(strategy=...)` and the CLI's --strategy take by name."""
 
 
 def check_positive_integer(value, name):

@@ -448,3 +448,38 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path):
     assert len(history.epoch) == 1
     paths = sorted((tmp_path / "red").iterdir())
     assert classifier.predict(paths, verbose=0).shape == (4, 2)
+
+
+_AS_THE_COMMAND = """
+import sys
+sys.argv[0] = "/usr/bin/bitkeras"  # what the console script's process has
+from bitkeras.jobs.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_:  # --help
+    code = exit_.code
+print("tensorflow loaded:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_the_command_answers_help_without_tensorflow_and_keeps_its_log_lines_quiet(tmp_path):
+    """As the `bitkeras` console script runs: the package starts light, --help loads no
+    TensorFlow, and a command that does prints none of its C++ start-up lines (a user
+    error is then the one line of standard error)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = tmp_path / "as_the_command.py"
+    script.write_text(_AS_THE_COMMAND)
+
+    def command(*arguments):
+        return subprocess.run([sys.executable, str(script), *arguments], env=env,
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    helped = command("finetune", "--help")
+    assert "--data DATA" in helped.stdout and "tensorflow loaded: False" in helped.stdout
+    assert helped.returncode == 0 and helped.stderr == ""
+    failed = command("finetune", "--data", str(tmp_path / "missing"), "--out",
+                     str(tmp_path / "out"))
+    assert failed.returncode == 2 and "tensorflow loaded: True" in failed.stdout
+    assert failed.stderr.startswith("bitkeras: error: ") and failed.stderr.count("\n") == 1, \
+        failed.stderr

@@ -25,9 +25,7 @@ import keras
 import tensorflow as tf
 
 from bitkeras import compat
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+from bitkeras.checks import PRECISIONS, STRATEGY_NAMES  # what this module's calls accept
 
 _made = {}
 

@@ -51,6 +51,30 @@ def main(argv=None):
             _remove_if_empty(out)
 
 
+def quiet_tensorflow():
+    """Loads TensorFlow and probes its devices without the C++ start-up lines it writes to
+    standard error (CUDA probes, CPU features, oneDNN): noise in a command's output.
+
+    Standard error is closed at the file-descriptor level for the while, since those
+    lines come from C++ logging that TF_CPP_MIN_LOG_LEVEL does not reach in TensorFlow
+    2.21. Where the user set TF_CPP_MIN_LOG_LEVEL, TensorFlow loads as usual, lines and
+    all; where it is already loaded, nothing happens.
+    """
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _option(argv, name):
     """The value of option `name` in `argv` (either spelling), or None."""
     for index, argument in enumerate(argv):
@@ -112,7 +136,7 @@ def run(argv):
     args = parser.parse_args(argv)
     if getattr(args, "out", None):
         files.check_output_folder(args.out)  # before any work that an unwritable --out would lose
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     args.command_line = shlex.join(["bitkeras", *argv])
     if args.command == "pretrain":
         from bitkeras.jobs import pretrain_job
@@ -177,7 +201,7 @@ def _pretrain_parser(parser):
 
 
 def _hardware_arguments(parser):
-    from bitkeras.finetuning.distribute import PRECISIONS, STRATEGY_NAMES
+    from bitkeras.checks import PRECISIONS, STRATEGY_NAMES
 
     parser.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES,
                         help="tf.distribute strategy; auto: TPU, several workers (TF_CONFIG), "
