@@ -1,6 +1,7 @@
 """Hostile but realistic input: image files, non-finite pixels, shared checkpoint folders."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -483,3 +484,65 @@ def test_the_command_answers_help_without_tensorflow_and_keeps_its_log_lines_qui
     assert failed.returncode == 2 and "tensorflow loaded: True" in failed.stdout
     assert failed.stderr.startswith("bitkeras: error: ") and failed.stderr.count("\n") == 1, \
         failed.stderr
+
+
+_HELD_IN_C = """
+import signal
+import time
+from bitkeras.jobs import cli
+with cli.interrupt_deadline(grace=0.5):
+    # A command Python cannot interrupt, as one in XLA's compiler is until it returns:
+    # here Python's own handler does nothing, so no KeyboardInterrupt ever comes.
+    signal.signal(signal.SIGINT, lambda number, frame: None)
+    print("ready", flush=True)
+    time.sleep(120)
+    print("finished", flush=True)
+"""
+
+
+def test_ctrl_c_ends_a_command_held_in_a_call_python_cannot_interrupt(tmp_path):
+    """Python acts on Ctrl-C only between bytecodes; a command in a long C++ call (XLA
+    compiling a step) still ends, with status 130, `grace` seconds after it."""
+    script = tmp_path / "held.py"
+    script.write_text(_HELD_IN_C)
+    held = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert held.stdout.readline() == "ready\n"
+    held.send_signal(signal.SIGINT)
+    out, err = held.communicate(timeout=120)
+    assert held.returncode == 130 and "finished" not in out
+    assert "bitkeras: interrupted (ended 0.5 s after Ctrl-C" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["BiT-HyperRule:", "Estimated: "])
+def test_ctrl_c_ends_the_finetune_command_at_each_phase(tmp_path, moment):
+    """Ctrl-C while the rule is being set up and XLA measured (the line after the rule's
+    block starts the calibration of a 500-step fit), and while it trains: exit 130."""
+    images, labels = _digit_folder(tmp_path / "data")
+    script = tmp_path / "as_the_command.py"
+    script.write_text(_AS_THE_COMMAND)
+    run = subprocess.Popen([sys.executable, str(script), "finetune", "--data",
+                            str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                            "--few-shot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=tmp_path)
+    for line in run.stdout:
+        if line.startswith(moment) or (moment == "BiT-HyperRule:" and "training examples" in
+                                       line):
+            break
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert "bitkeras: interrupted" in err
+
+
+def _digit_folder(root, classes=3, per_class=20):
+    from bitkeras.data import datasets
+
+    images, labels = datasets.digits("all")
+    for digit in range(classes):
+        folder = root / f"digit{digit}"
+        folder.mkdir(parents=True)
+        for index, image in enumerate(images[labels == digit][:per_class]):
+            Image.fromarray(image).save(folder / f"{index}.png")
+    return images, labels

@@ -10,11 +10,14 @@ Run `bitkeras COMMAND --help` for every option.
 """
 
 import argparse
+import contextlib
 import os
 from importlib import metadata
 import shlex
 import shutil
+import signal
 import sys
+import threading
 
 from bitkeras import files
 
@@ -36,7 +39,8 @@ def main(argv=None):
     out = _option(argv, "--out")
     existed = out is not None and os.path.exists(out)
     try:
-        run(argv)
+        with interrupt_deadline():
+            run(argv)
         return 0
     except KeyboardInterrupt:
         print(f"bitkeras: interrupted.{_resume_hint(argv, out)}", file=sys.stderr)
@@ -49,6 +53,49 @@ def main(argv=None):
     finally:
         if out is not None and not existed:
             _remove_if_empty(out)
+
+
+INTERRUPT_GRACE_SECONDS = 10
+"""How long a command has, after Ctrl-C, to stop as Python stops it before it is ended."""
+
+
+@contextlib.contextmanager
+def interrupt_deadline(grace=INTERRUPT_GRACE_SECONDS):
+    """Within the block, Ctrl-C ends the command within `grace` seconds, whatever it is doing.
+
+    Python raises KeyboardInterrupt only between bytecodes, so a long call into C++ (XLA
+    compiling a step, say) holds Ctrl-C back until it returns. Here the signal also
+    wakes a thread of its own at once (`signal.set_wakeup_fd`, written by the C-level
+    handler in whichever thread the signal reaches); if the command has not ended
+    `grace` seconds later, that thread says so and exits the process with status 130.
+    Outside the main thread Python's own handling stays.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    ended = threading.Event()
+
+    def watch():
+        while os.read(read, 1) and not ended.is_set():  # a signal's number, or the end
+            if not ended.wait(grace):
+                print(f"bitkeras: interrupted (ended {grace} s after Ctrl-C, in a call that "
+                      f"Python could not interrupt).", file=sys.stderr, flush=True)
+                os._exit(130)
+
+    watcher = threading.Thread(target=watch, name="bitkeras-interrupts", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        signal.set_wakeup_fd(previous)
+        os.write(write, b"\0")  # wakes the watcher, to end
+        watcher.join()
+        os.close(read)
+        os.close(write)
 
 
 def quiet_tensorflow():

@@ -77,6 +77,7 @@ def staged_run(out, names, produce, publish_here=True):
     the chief) publishes nothing.
     """
     files.check_output_folder(out)
+    files.sweep_partials(out.parent)  # what an interrupted run left beside `out`
     staging = out.parent / f".{out.name}{files.PARTIAL_MARK}{os.getpid()}"
     try:
         report = produce(staging)
