@@ -546,3 +546,18 @@ def _digit_folder(root, classes=3, per_class=20):
         for index, image in enumerate(images[labels == digit][:per_class]):
             Image.fromarray(image).save(folder / f"{index}.png")
     return images, labels
+
+
+def test_resuming_with_another_network_says_so_in_a_few_lines(tmp_path):
+    images, labels = worker_data()
+    arguments = dict(hyperrule=dict(steps=2, batch_size=16, crop_size=16, resize_size=20),
+                     checkpoint_dir=tmp_path, verbose=0)
+    tiny_classifier().fit((images, labels), **arguments)
+    wider = BiTClassifier(BiTBackbone((1, 1, 1, 1), 1), 4, name="wider")
+    before = [weight.copy() for weight in wider.get_weights()]
+    with pytest.raises(ValueError, match="holds the weights of another network") as caught:
+        wider.fit((images, labels), **arguments)
+    message = str(caught.value)
+    assert len(message) < 800 and "wider is unchanged" in message, message
+    for ours, theirs in zip(wider.get_weights(), before):
+        np.testing.assert_array_equal(ours, theirs)

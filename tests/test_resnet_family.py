@@ -60,7 +60,7 @@ def test_keras_application_twins_count_exactly(depth):
         expected = getattr(keras.applications, application)(weights=None).count_params()
         config = PRESETS[f"ResNet{depth}{suffix}"].config
         assert config.parameter_count(1000) == expected, application
-    backbone = ResNetBackbone.from_preset(f"ResNet{depth}")
+    backbone = ResNetBackbone.from_preset(f"ResNet{depth}", weights=None)
     assert backbone.count_params() == PRESETS[f"ResNet{depth}"].config.parameter_count(0)
 
 
