@@ -141,10 +141,9 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         that carries its labels: a folder with one sub-folder of images per
         class (JPEG, PNG, BMP, GIF, ...), "tfds:NAME" (its "train" split) or
         "tfds:NAME:SPLIT", a tuple `(images, labels)`, or a finite
-        tf.data.Dataset of `(image, label)`, batched or not. Labels as Keras's losses take them: class ids,
-        shaped (N,) or (N, 1), or one-hot rows (`keras.utils.to_categorical`).
-        A classifier without a head gets one sized (and named) from the data
-        (the one-hot width, where labels are one-hot).
+        tf.data.Dataset of `(image, label)`, batched or not. Labels as Keras's
+        losses take them: class ids, shaped (N,) or (N, 1), or one-hot rows. A
+        classifier without a head gets one sized (and named) from the data.
 
         The rule (`bitkeras.HyperRule`) is computed from the number of
         examples and their typical size. `hyperrule` changes it, as one

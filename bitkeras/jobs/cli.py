@@ -116,7 +116,9 @@ def quiet_tensorflow():
             os.dup2(null.fileno(), 2)
             import tensorflow as tf
 
-            tf.config.list_logical_devices()
+            # Physical devices only: the CUDA probe, without starting TensorFlow's runtime,
+            # which a multi-worker or TPU strategy must be made before.
+            tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -154,7 +156,8 @@ def run(argv):
     argv = list(argv)
     parser = argparse.ArgumentParser(
         prog="bitkeras", description="Big Transfer (BiT) for Keras: pre-train and fine-tune.")
-    parser.add_argument("--version", action="version", version=f"bitkeras {metadata.version('bitkeras')}")
+    parser.add_argument("--version", action="version",
+                        version=f"bitkeras {metadata.version('bitkeras')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _pretrain_parser(commands.add_parser(
         "pretrain", help="pre-train a BiT model upstream with BiT's recipe",
