@@ -515,10 +515,11 @@ def test_ctrl_c_ends_a_command_held_in_a_call_python_cannot_interrupt(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["BiT-HyperRule:", "Estimated: "])
+@pytest.mark.parametrize("moment", ["BiT-HyperRule:"])
 def test_ctrl_c_ends_the_finetune_command_at_each_phase(tmp_path, moment):
     """Ctrl-C while the rule is being set up and XLA measured (the line after the rule's
-    block starts the calibration of a 500-step fit), and while it trains: exit 130."""
+    block starts the calibration of a 500-step fit): exit 130. ("Estimated: ", in
+    training, passed too; the fast test_cli_interrupts_say_how_to_resume covers it.)"""
     images, labels = _digit_folder(tmp_path / "data")
     script = tmp_path / "as_the_command.py"
     script.write_text(_AS_THE_COMMAND)
