@@ -2,8 +2,9 @@
 
 `import bitkeras` imports the whole package, so that Keras knows its classes
 (`keras.saving.load_model`, keras-hub's `from_preset`) as soon as it returns. The
-`bitkeras` command alone starts light: there, names are imported on first use (PEP 562),
-so `bitkeras --help` needs no TensorFlow.
+`bitkeras` command alone (its console script, or `python -m bitkeras`) starts light:
+there, names are imported on first use (PEP 562), so `bitkeras --help` needs no
+TensorFlow.
 """
 
 import importlib as _importlib
@@ -60,8 +61,12 @@ def __getattr__(name):
 
 
 def _is_the_command():
-    """Whether this process is the `bitkeras` console script (not a program importing us)."""
-    return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) == "bitkeras"
+    """Whether this process is the `bitkeras` command, as its console script or as
+    `python -m bitkeras` (not a program importing us)."""
+    if _sys.argv and _os.path.basename(_sys.argv[0]) == "bitkeras":
+        return True
+    started = getattr(_sys, "orig_argv", [])
+    return "-m" in started and started[started.index("-m") + 1:][:1] == ["bitkeras"]
 
 
 if not _is_the_command():

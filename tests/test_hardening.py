@@ -479,6 +479,11 @@ def test_the_command_answers_help_without_tensorflow_and_keeps_its_log_lines_qui
     helped = command("finetune", "--help")
     assert "--data DATA" in helped.stdout and "tensorflow loaded: False" in helped.stdout
     assert helped.returncode == 0 and helped.stderr == ""
+    # `python -m bitkeras` as well: Python's own import log names no TensorFlow module.
+    module = subprocess.run([sys.executable, "-X", "importtime", "-m", "bitkeras", "--help"],
+                            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert module.returncode == 0 and "COMMAND" in module.stdout
+    assert "bitkeras.jobs.cli" in module.stderr and "tensorflow" not in module.stderr
     failed = command("finetune", "--data", str(tmp_path / "missing"), "--out",
                      str(tmp_path / "out"))
     assert failed.returncode == 2 and "tensorflow loaded: True" in failed.stdout
