@@ -68,11 +68,9 @@ class DetectionData:
                 if problem:
                     problems.append(f"image {index}, box {number}: {problem}")
         if problems:
-            listed = "\n".join(f"  {problem}" for problem in problems[:WARN_NAMES])
             raise BadAnnotationError(
-                f"{len(problems)} bad box(es) in {description}:\n{listed}\nBoxes are "
-                f"(left, top, right, bottom) pixels inside their image, labels class ids "
-                f"in [0, {len(class_names)})")
+                f"{_listed(problems, description)}\nBoxes are (left, top, right, bottom) "
+                f"pixels inside their image, labels class ids in [0, {len(class_names)})")
         labels = [label.astype(np.int32) for label in labels]
 
         def examples():
@@ -244,12 +242,17 @@ def _coco_to_xyxy(boxes):
         boxes, source="xywh", target="xyxy"), np.float32).reshape(-1, 4)
 
 
+def _listed(problems, description):
+    """The count of `problems` in `description` and the first `WARN_NAMES` of them, a line each."""
+    listed = "\n".join(f"  {problem}" for problem in problems[:WARN_NAMES])
+    more = f"\n  ... and {len(problems) - WARN_NAMES} more" if len(problems) > WARN_NAMES else ""
+    return f"{len(problems)} bad annotation(s) or image(s) in {description}:\n{listed}{more}"
+
+
 def _report(problems, description, on_bad):
     if not problems:
         return
-    listed = "\n".join(f"  {problem}" for problem in problems[:WARN_NAMES])
-    more = f"\n  ... and {len(problems) - WARN_NAMES} more" if len(problems) > WARN_NAMES else ""
-    message = f"{len(problems)} bad annotation(s) or image(s) in {description}:\n{listed}{more}"
+    message = _listed(problems, description)
     if on_bad == "raise":
         raise BadAnnotationError(message + "\nFix or remove them, or pass on_bad='warn' to "
                                            "skip them.")
