@@ -74,6 +74,9 @@ setup(
             # keras-hub's published test harness (keras_hub.src.tests.test_case), which the
             # tests run on bitkeras's backbones as keras-hub runs it on its own, imports it.
             "grain",
+            # Drives a headless Chromium (Debian's; playwright's own download is not used) to
+            # check that every page of the built site renders, offline (tests/test_docs.py).
+            "playwright>=1.40",
         ],
         "docs": [
             # The documentation site (mkdocs.yml): MkDocs reads the guide's Markdown as it
