@@ -321,3 +321,27 @@ def test_the_duration_estimate_comes_from_the_first_steps_and_warns_of_hours_on_
             quick.on_train_batch_end(batch)
             now[0] += 4.0
     assert lines[-1].startswith("Estimated: 67 min")
+
+
+def test_the_count_down_adds_validation_and_keeps_it_out_of_the_steps_pace():
+    now = [0.0]
+    lines = []
+    estimate = training.DurationEstimate(1000, validates=True, clock=lambda: now[0],
+                                         say=lines.append)
+    estimate.set_params({"epochs": 10, "steps": 100})
+    estimate.on_train_batch_end(0)
+    for batch in range(1, 6):
+        now[0] += 1.0  # 1 s a step after the first
+        estimate.on_train_batch_end(batch)
+    assert lines == ["Estimated: 17 min for the other 994 of 1000 steps on this machine "
+                     "(1.00 s a step over steps 2-6, validation not included)"]
+    for epoch in range(2):  # 100 steps an epoch, then a 30-s validation pass
+        while estimate.steps < 100 * (epoch + 1):
+            now[0] += 1.0
+            estimate.on_train_batch_end(estimate.steps)
+        estimate.on_test_begin()
+        now[0] += 30.0
+        estimate.on_test_end()
+        estimate.on_epoch_end(epoch)
+    # 800 steps at 1 s (validation kept out of the pace), and 8 passes of 30 s.
+    assert lines[-1] == f"Step 200 of 1000: about {(800 + 8 * 30) / 60:.0f} min left"

@@ -275,7 +275,7 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
                         epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                         shuffle=False,
                         callbacks=[*run_callbacks, StopAfterSteps(remaining),
-                                   *_estimate(model, remaining, verbose), *(callbacks or [])],
+                                   *_estimate(model, remaining, verbose, validation_data), *(callbacks or [])],
                         **keras_arguments)
             except run_state.NonFiniteLossError as error:
                 restored = run_state.restore_last_good(model, checkpoint_dir, before)
@@ -283,12 +283,12 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
     return history, start_step
 
 
-def _estimate(model, steps, verbose):
+def _estimate(model, steps, verbose, validation_data):
     """The `DurationEstimate` of a run that prints (`verbose`), as a list of callbacks."""
     if not verbose:
         return []
     return [DurationEstimate(steps, on_cpu=not distribute.on_accelerator(
-        model.distribute_strategy))]
+        model.distribute_strategy), validates=validation_data is not None)]
 
 
 GRAPH_REWRITES_OFF = ("constant_folding", "layout_optimizer", "remapping")
@@ -326,8 +326,11 @@ class DurationEstimate(keras.callbacks.Callback):
     prints the estimate for the rest of the `total_steps`; a run estimated
     over `LONG_SECONDS` on a CPU is warned about, with the number of steps that
     would take about `SHORT_SECONDS` instead. At each Keras epoch's end it
-    prints the time left at the pace so far, while a minute or more is left.
-    Validation passes are not counted.
+    prints the time left at the pace so far, while a minute or more is left: the
+    steps' own pace (validation excluded) for the steps left, plus, once a
+    validation pass has run, the mean pass for the passes left at the pace of
+    one every so many epochs seen so far. The first estimate, before any
+    validation, says that validation will add to it (`validates`).
     `clock`: seconds, monotonic (tests pass their own); `say`: where lines go.
     """
 
@@ -335,13 +338,17 @@ class DurationEstimate(keras.callbacks.Callback):
     LONG_SECONDS = 3600
     SHORT_SECONDS = 600
 
-    def __init__(self, total_steps, on_cpu=True, clock=time.monotonic, say=print):
+    def __init__(self, total_steps, on_cpu=True, validates=False, clock=time.monotonic,
+                 say=print):
         super().__init__()
         self.total_steps = total_steps
-        self.on_cpu = on_cpu
+        self.on_cpu, self.validates = on_cpu, validates
         self.clock, self.say = clock, say
         self.steps = 0
         self.start = None  # when the first step had ended
+        self.validating = 0.0  # seconds in validation passes since then, and their count
+        self.validations = 0
+        self._validation_start = None
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
@@ -350,9 +357,11 @@ class DurationEstimate(keras.callbacks.Callback):
         elif self.steps == 1 + self.MEASURED_STEPS and self.total_steps > self.steps:
             per_step = (self.clock() - self.start) / self.MEASURED_STEPS
             left = per_step * (self.total_steps - self.steps)
+            validation = ", validation not included" if self.validates else ""
             self.say(f"Estimated: {_duration(left)} for the other "
                      f"{self.total_steps - self.steps} of {self.total_steps} steps on this "
-                     f"machine ({per_step:.2f} s a step over steps 2-{self.steps})")
+                     f"machine ({per_step:.2f} s a step over steps 2-{self.steps}"
+                     f"{validation})")
             if self.on_cpu and left > self.LONG_SECONDS:
                 short = max(1, int(self.SHORT_SECONDS / per_step))
                 warnings.warn(
@@ -361,10 +370,24 @@ class DurationEstimate(keras.callbacks.Callback):
                     f"fit (--steps {short} to the CLI), or a smaller crop_size", UserWarning,
                     stacklevel=2)
 
+    def on_test_begin(self, logs=None):  # Keras's fit runs validation as a test loop
+        if self.start is not None:
+            self._validation_start = self.clock()
+
+    def on_test_end(self, logs=None):
+        if self._validation_start is not None:
+            self.validating += self.clock() - self._validation_start
+            self.validations += 1
+            self._validation_start = None
+
     def on_epoch_end(self, epoch, logs=None):
         if self.steps > 1 + self.MEASURED_STEPS and self.steps < self.total_steps:
-            per_step = (self.clock() - self.start) / (self.steps - 1)
+            per_step = (self.clock() - self.start - self.validating) / (self.steps - 1)
             left = per_step * (self.total_steps - self.steps)
+            epochs_left = max(0, (self.params or {}).get("epochs", epoch + 1) - epoch - 1)
+            if self.validations:
+                passes_left = self.validations / (epoch + 1) * epochs_left
+                left += self.validating / self.validations * passes_left
             if left >= 60:  # the last minute needs no count-down
                 self.say(f"Step {self.steps} of {self.total_steps}: about {_duration(left)} "
                          f"left")
