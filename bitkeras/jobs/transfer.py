@@ -27,9 +27,8 @@ import numpy as np
 from bitkeras import files
 from bitkeras.checks import check_positive_integer
 from bitkeras.data import datasets
-from bitkeras.finetuning import distribute, pipeline, sources
+from bitkeras.finetuning import distribute, pipeline, sources, training
 from bitkeras.finetuning.classifier import BiTClassifier, load_model
-from bitkeras.finetuning.hyperrule import HyperRule
 from bitkeras.io import checkpoint, hub, presets
 from bitkeras.io.pretrained import BiTBackbone
 from bitkeras.models.backbone import ResNetV2Backbone
@@ -216,7 +215,8 @@ def cpu_budget_note():
 def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None,
              resolution=None):
     """The HyperRule for the data (for a model whose weights were trained at `resolution`),
-    on the CPU budget if asked, then overridden.
+    on the CPU budget if asked, with the job's `overrides` (a dict of rule fields, as
+    `fit(hyperrule=...)` takes them) applied last.
 
     The budget keeps the rule's shape (warm-up and decays in proportion) but
     trains at a quarter of its resolution, a batch of at most
@@ -224,20 +224,16 @@ def fit_rule(num_examples, image_size, budget=False, overrides=None, steps=None,
     learning rate (the rule's 0.003 x batch / 512 is meant for its 500
     steps x 512 images, not a few hundred small batches).
     """
-    overrides = dict(overrides or {})
-    batch_size = overrides.pop("batch_size", None)
-    if budget:
-        batch_size = batch_size or min(BUDGET_BATCH_SIZE, num_examples)
-    rule = HyperRule.for_dataset(num_examples, image_size, batch_size, resolution=resolution)
+    changes = {}
     if budget:
         resize, crop = BUDGET_RESOLUTION
-        rule = dataclasses.replace(rule.with_steps(steps or BUDGET_STEPS), resize_size=resize,
-                                   crop_size=crop, base_learning_rate=BUDGET_LEARNING_RATE)
+        changes = dict(batch_size=min(BUDGET_BATCH_SIZE, num_examples), resize_size=resize,
+                       crop_size=crop, base_learning_rate=BUDGET_LEARNING_RATE,
+                       steps=steps or BUDGET_STEPS)
     elif steps is not None:
-        rule = rule.with_steps(steps)
-    if "steps" in overrides:
-        rule = rule.with_steps(overrides.pop("steps"))
-    return dataclasses.replace(rule, **overrides)
+        changes["steps"] = steps
+    return training.resolve_rule(num_examples, image_size, {**changes, **(overrides or {})},
+                                 resolution=resolution)
 
 
 class ModelPair:
