@@ -1,3 +1,8 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -8,6 +13,8 @@ import tensorflow as tf
 
 from bitkeras import BiTBackbone, BiTClassifier, HeadClassifier, load_npz
 from tests.helpers import TINY, reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("num_classes, parameters", [(1000, 25_549_352), (21843, 68_256_659)])
@@ -470,3 +477,22 @@ def test_load_model_reads_classifiers_saved_before_they_were_functional(tmp_path
     assert loaded.class_names == ("dark", "bright")
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
     assert int(loaded.optimizer.iterations) == 2  # the optimizer's state came too
+
+
+@pytest.mark.parametrize("native_ops", ["1", "0"])
+def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(native_ops,
+                                                                              tmp_path):
+    # In a process of its own: XLA reads where to dump its programs once per process.
+    dump = tmp_path / "xla"
+    environment = {**os.environ, "XLA_FLAGS": f"--xla_dump_to={dump}",
+                   "BITKERAS_NATIVE": native_ops, "BITKERAS_JIT_COMPILE": "0"}
+    ran = subprocess.run([sys.executable, "-m", "tests.helpers.predict_shapes", str(dump)],
+                         cwd=ROOT, env=environment, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    counts = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert counts["first_traces"] == 1 and counts["new_traces"] == 0, counts
+    assert counts["new_programs"] == 0, counts
+    assert counts["rows"] == {"16": 16, "20": 20, "7": 7, "33": 33}, counts
+    # Each image's logits whatever else is in its batch, filling rows included.
+    assert counts["difference"] < 1e-5, counts

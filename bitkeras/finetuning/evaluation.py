@@ -57,12 +57,75 @@ def weights_resolution(classifier):
 
 def predict(classifier, x, batch_size, verbose, steps, callbacks, image_size,
             test_time_augmentation):
-    """Keras's `predict` of `classifier` on images `x` (see `FineTuningClassifier.predict`)."""
-    model, dataset = inference(classifier, sources.open_images(x), test_time_augmentation,
-                               image_size, batch_size)
+    """Keras's `predict` of `classifier` on images `x` (see `FineTuningClassifier.predict`).
+
+    No call after the first traces or compiles again for another number of
+    images: see `any_batch_size`, and `padded` where XLA compiles per shape.
+    """
+    source = sources.open_images(x)
+    model, dataset = inference(classifier, source, test_time_augmentation, image_size,
+                               batch_size)
+    images = dataset.map(lambda images, labels: images)
+    pad = steps is None and test_time_augmentation != "multi_scale" and (
+        kernels.compiled_per_shape() or getattr(model, "jit_compile", False) is True)
+    if pad:
+        images = padded(images, batch_size_of(batch_size, test_time_augmentation))
     with standardized_once(classifier, model, dataset, steps):
-        return keras.Model.predict(model, dataset.map(lambda images, labels: images),
-                                   verbose=verbose, steps=steps, callbacks=callbacks)
+        any_batch_size(model, images)
+        outputs = keras.Model.predict(model, images, verbose=verbose, steps=steps,
+                                      callbacks=callbacks)
+    return outputs[:source.num_examples] if pad else outputs
+
+
+def any_batch_size(model, batches):
+    """Traces `model`'s predict function, before its first call, for `batches` of any size.
+
+    Keras's `predict` hands its function each batch as a tensor of that
+    batch's shape, so a first trace fits one batch size only, and the first
+    call that meets another (a partial last batch, a call with another number
+    of images) traces the whole model again. Traced here with the batch size
+    unknown, the function serves every size from then on; images of another
+    size still trace once per size. Only under the TensorFlow backend, one step
+    an execution and no distribution strategy; elsewhere Keras's own tracing.
+    """
+    if (keras.backend.backend() != "tensorflow" or model.run_eagerly
+            or model.steps_per_execution != 1
+            or not distribute.is_default(model.distribute_strategy)):
+        return
+    import tensorflow as tf
+
+    function = model.make_predict_function() or model.predict_function
+    if function.experimental_get_tracing_count() == 0:
+        spec = tf.nest.map_structure(lambda spec: tf.TensorSpec([None, *spec.shape[1:]],
+                                                                spec.dtype),
+                                     batches.element_spec)
+        function.get_concrete_function([spec])
+
+
+def padded(batches, batch_size):
+    """`batches` each filled up to `batch_size` rows with zeros (after the real ones).
+
+    Where XLA compiles a program per shape (the inference clusters without
+    bitkeras's C++ ops, or `jit_compile=True`), a partial last batch would
+    compile anew; filled up, every batch has one shape. Every row is computed
+    on its own at inference (GroupNorm per image, BatchNorm from its moving
+    statistics), so the filling changes no real row; the caller drops its rows.
+    """
+    import tensorflow as tf
+
+    def fill(images):
+        missing = batch_size - tf.shape(images)[0]
+        filled = tf.pad(images, [[0, missing]] + [[0, 0]] * (images.shape.rank - 1))
+        return tf.ensure_shape(filled, [batch_size, *images.shape[1:]])
+
+    return batches.map(fill)
+
+
+def batch_size_of(batch_size, test_time_augmentation):
+    """Images a batch of `predict`/`evaluate`: `batch_size` views (default `EVAL_BATCH_SIZE`),
+    ten to an image with ten-crop."""
+    views = 10 if test_time_augmentation == "ten_crop" else 1
+    return max(1, (batch_size or EVAL_BATCH_SIZE) // views)
 
 
 @contextlib.contextmanager
@@ -111,13 +174,12 @@ def inference(classifier, source, test_time_augmentation, image_size, batch_size
             one_hot_classes=one_hot_classes)
         return MultiScaleAverage(classifier), dataset
     ten_crop = test_time_augmentation == "ten_crop"
-    views = 10 if ten_crop else 1
     resize_size = crop_size
     if ten_crop:
         # Resized as the rule resizes for its crops (160 for 128, 448 for 384, ...).
         resize_size = max(crop_size, round(crop_size * rule.resize_size / rule.crop_size))
     dataset = pipeline.eval_dataset(
-        source, max(1, (batch_size or EVAL_BATCH_SIZE) // views),
+        source, batch_size_of(batch_size, test_time_augmentation),
         converter(classifier, resize_size),
         one_hot_classes=one_hot_classes,
         views=(lambda image: ten_crop_views(image, crop_size)) if ten_crop else None)

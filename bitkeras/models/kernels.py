@@ -97,6 +97,12 @@ def fused():
     return _tensorflow() and not _TRAINING.get()
 
 
+def compiled_per_shape():
+    """Whether inference graphs traced now hold XLA clusters (`fused` without the C++ ops),
+    whose programs XLA compiles once for each batch shape they meet."""
+    return fused() and not native.usable()
+
+
 def pointwise_products():
     """Whether 1x1 convolutions run as matrix products now: TensorFlow backend, not `portable()`."""
     return _tensorflow()

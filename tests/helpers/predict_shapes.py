@@ -1,0 +1,56 @@
+"""Counts what `predict` traces and compiles when the number of images changes.
+
+    python -m tests.helpers.predict_shapes DUMP_DIR     # prints one JSON line
+
+Run with XLA_FLAGS=--xla_dump_to=DUMP_DIR, set before TensorFlow starts (XLA
+reads its flags once per process), so that every program XLA compiles leaves a
+file there; BITKERAS_NATIVE=0 runs the inference's XLA clusters instead of
+bitkeras's C++ ops. After a first call, predicts of 16, 20, 7 and 33 images
+(partial batches, new counts) are counted: traces of the predict function and
+XLA programs compiled.
+"""
+
+import json
+import pathlib
+import sys
+
+import keras
+import numpy as np
+
+from bitkeras import BiTBackbone, BiTClassifier
+from tests.helpers import TINY
+
+
+def compiled(folder):
+    return len(list(pathlib.Path(folder).glob("*before_optimizations.txt")))
+
+
+def main(folder):
+    keras.utils.set_random_seed(0)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=3)
+    head = classifier.head.kernel
+    head.assign(np.random.default_rng(1).normal(0, 0.1, head.shape).astype("float32"))
+    images = np.random.default_rng(0).uniform(0, 255, (33, 32, 32, 3)).astype("uint8")
+
+    def predict(batch):
+        return classifier.predict(batch, verbose=0, image_size=32)
+
+    first = predict(images[:16])
+    traces, programs = classifier.predict_function.experimental_get_tracing_count(), compiled(
+        folder)
+    outputs = {count: predict(images[:count]) for count in (16, 20, 7, 33)}
+    counted = classifier.predict_function.experimental_get_tracing_count(), compiled(folder)
+    one_by_one = np.concatenate([predict(images[k:k + 1]) for k in range(33)])
+    scale = np.abs(one_by_one).max()
+    print(json.dumps({
+        "first_traces": traces,
+        "new_traces": counted[0] - traces,
+        "new_programs": counted[1] - programs,
+        "rows": {count: len(output) for count, output in outputs.items()},
+        "difference": max(float(np.abs(output - one_by_one[:len(output)]).max() / scale)
+                          for output in [first, *outputs.values()]),
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
