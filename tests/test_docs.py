@@ -186,7 +186,7 @@ def _example_folder(root):
     from tests.helpers import make_image_folder
 
     for split, seed in (("train", 0), ("test", 1)):
-        make_image_folder(root / "photos" / split, per_class=4, seed=seed, extras=False)
+        make_image_folder(root / "photos" / split, per_class=2, seed=seed, extras=False)
     Image.fromarray(np.full((40, 40, 3), (200, 30, 40), np.uint8)).save(root / "rose.jpg")
     return root
 
