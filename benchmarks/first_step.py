@@ -2,7 +2,12 @@
 
 R50x1 (1000 classes) at 128x128, batch 16, float32: what every `fit` waits for
 before it trains (tracing the train step, Grappler, instantiating the graph,
-the first step itself), and the median of its 4th to 6th steps (the speed after). Each line runs in a fresh Python process, and the
+the first step itself), and the median of its 4th to 6th steps (the speed after).
+For bitkeras as it is, the wait is broken down: from the call to the start of
+the trace (data, rule, pipeline, compile), tracing `train_step`'s Python, and from
+the end of the trace to the end of the first step less one later step (Grappler,
+building the graph's kernels, and what a first run costs more than a later one).
+A 6-step fit runs no XLA calibration (only runs of 500 steps or more measure). Each line runs in a fresh Python process, and the
 lines take turns for `--rounds` rounds, so a slow spell of the machine falls on
 all of them alike:
 
@@ -45,17 +50,35 @@ class Steps(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
 
+traced = []  # (start, end) of each run of train_step's Python: only while Keras traces it
+train_step = bitkeras.BiTClassifier.train_step
+
+def timed_train_step(self, data):
+    start = time.perf_counter()
+    result = train_step(self, data)
+    traced.append((start, time.perf_counter()))
+    return result
+
+bitkeras.BiTClassifier.train_step = timed_train_step
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (96, 128, 128, 3)).astype(np.uint8)
 labels = rng.integers(0, 1000, 96)
 keras.utils.set_random_seed(0)
 classifier = bitkeras.BiTClassifier(bitkeras.BiTBackbone(), num_classes=1000)
 steps = Steps()
+rule = dict(steps=6, crop_size=128, resize_size=128, mixup_alpha=0.0, flip=False)
 start = time.perf_counter()
-classifier.fit(images, labels, steps=6, batch_size=16, crop_size=128, resize_size=128,
-               mixup_alpha=0.0, flip=False, verbose=0, callbacks=[steps])
-print(json.dumps({"seconds": steps.ends[0] - start,
-                  "later": float(np.median(np.diff(steps.ends)[2:]))}))
+try:
+    classifier.fit(images, labels, batch_size=16, verbose=0, callbacks=[steps], hyperrule=rule)
+except TypeError:  # a checkout from before fit took the rule as one object
+    classifier.fit(images, labels, batch_size=16, verbose=0, callbacks=[steps], **rule)
+later = float(np.median(np.diff(steps.ends)[2:]))
+print(json.dumps({"seconds": steps.ends[0] - start, "later": later,
+                  "phases": {"until the trace": traced[0][0] - start,
+                             "tracing train_step": traced[-1][1] - traced[0][0],
+                             "graph to the step's end, less a later step":
+                                 steps.ends[0] - traced[-1][1] - later,
+                             "one later step": later}}))
 """
 
 TORCH_FIRST_STEP = """
@@ -118,11 +141,14 @@ def main():
             TORCH_FIRST_STEP, HERE, path=[ROOT])
     seconds = {name: [] for name in lines}
     later = {name: [] for name in lines}
+    breakdowns = []
     for _ in range(args.rounds):
         for name, run in lines.items():
             measured = run()
             seconds[name].append(measured["seconds"])
             later[name].append(measured["later"])
+            if name == "bitkeras":
+                breakdowns.append(measured.get("phases"))
 
     sys.path.insert(0, str(ROOT))
     from bitkeras.finetuning.xla import cpu_name
@@ -138,6 +164,11 @@ def main():
                  f"; later steps {float(np.median(later[name])):.3f} s")
         print(f"  {name:<32} {median:6.2f} s (x{median / reference:.2f} of bitkeras; "
               f"{runs}){steps}")
+    phases = [measured for measured in breakdowns if measured]
+    if phases:
+        print("  where bitkeras's first step goes (medians): "
+              + "; ".join(f"{name} {np.median([p[name] for p in phases]):.2f} s"
+                          for name in phases[0]))
 
 
 if __name__ == "__main__":
