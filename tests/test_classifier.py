@@ -496,3 +496,19 @@ def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(na
     assert counts["rows"] == {"16": 16, "20": 20, "7": 7, "33": 33}, counts
     # Each image's logits whatever else is in its batch, filling rows included.
     assert counts["difference"] < 1e-5, counts
+
+
+@pytest.mark.slow
+def test_the_hyperrule_fit_runs_under_keras_jax_backend(tmp_path):
+    pytest.importorskip("jax")
+    ran = subprocess.run([sys.executable, "-m", "tests.helpers.jax_fit", str(tmp_path / "ck")],
+                         cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax"},
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert results["backend"] == "jax" and results["jit_compile"] is True, results
+    # Interrupted after its checkpoint at step 10, the same call resumed there and finished.
+    assert (results["start_step"], results["iterations"]) == (10, 20), results
+    assert results["accuracy"] >= 0.9 and results["finite"], results  # bright vs dark
+    assert results["nan_stop_restored"] is True, results
+    assert "batch_split=2" in results["batch_split"], results

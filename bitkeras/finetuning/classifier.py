@@ -207,15 +207,22 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             self.preprocessor.image_converter.image_size = (rule.crop_size, rule.crop_size)
         return fitting.annotated(history, rule, start_step)
 
-    def train_step(self, data):
+    def train_step(self, *arguments):
+        if keras.backend.backend() != "tensorflow":  # JAX's steps are (state, data) -> ...
+            training.check_batch_split(self.batch_split)
+            return super().train_step(*arguments)
+        (data,) = arguments
         if self.batch_split == 1:
             logs = super().train_step(data)
         else:
             logs = training.accumulated_train_step(self, data, self.batch_split)
         return distribute.reducible_logs(logs, distribute.model_strategy(self))
 
-    def test_step(self, data):
-        return distribute.reducible_logs(super().test_step(data), distribute.model_strategy(self))
+    def test_step(self, *arguments):
+        if keras.backend.backend() != "tensorflow":
+            return super().test_step(*arguments)
+        return distribute.reducible_logs(super().test_step(*arguments),
+                                         distribute.model_strategy(self))
 
     def compile_for_rule(self, rule, batch_split=1, jit_compile=False, request=None):
         """Compiles for training on `rule`: a fresh optimizer, the fit's loss and metrics.

@@ -189,6 +189,14 @@ def replicate(model, strategy, precision):
     return replica
 
 
+def strategy_of(model):
+    """The tf.distribute strategy `model` runs under: Keras's `distribute_strategy` under
+    the TensorFlow backend; under another backend, which has no such strategy, the
+    default one (this process, one device, as far as tf.data and bitkeras are concerned)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
 def model_strategy(model):
     """The strategy `model`'s variables were made under, or None for plain variables."""
     return compat.model_strategy(model)

@@ -90,7 +90,7 @@ def any_batch_size(model, batches):
     """
     if (keras.backend.backend() != "tensorflow" or model.run_eagerly
             or model.steps_per_execution != 1
-            or not distribute.is_default(model.distribute_strategy)):
+            or not distribute.is_default(distribute.strategy_of(model))):
         return
     import tensorflow as tf
 
@@ -142,7 +142,7 @@ def standardized_once(classifier, model, dataset, steps):
     if steps is not None:
         batches = steps if batches < 0 else min(batches, steps)
     if (0 <= batches < STANDARDIZE_ONCE_MIN_BATCHES
-            or not distribute.is_default(classifier.distribute_strategy)):
+            or not distribute.is_default(distribute.strategy_of(classifier))):
         yield
         return
     convolutions = [layer for layer in compat.all_layers(classifier)

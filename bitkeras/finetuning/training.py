@@ -85,6 +85,15 @@ def rule_changes(hyperrule):
     return dict(hyperrule)
 
 
+def check_batch_split(batch_split):
+    """Raises where micro-batches cannot run: their accumulated step is TensorFlow's."""
+    if batch_split != 1 and keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            f"compile(batch_split={batch_split}) accumulates micro-batches in TensorFlow's "
+            f"train step; under Keras's {keras.backend.backend()} backend use batch_split=1 "
+            f"(and a smaller batch_size, or the TensorFlow backend)")
+
+
 def check_batching(rule, num_examples, batch_split, replicas=1):
     """Raises unless `rule.batch_size` examples exist and split evenly into micro-batches.
 
@@ -269,7 +278,7 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
             epochs, steps_per_epoch = schedule.keras_epochs(remaining)
             before = model.get_weights()
             try:
-                with without_graph_rewrites(model.distribute_strategy):
+                with without_graph_rewrites(distribute.strategy_of(model)):
                     history = keras.Model.fit(
                         model, batches(start_step), validation_data=validation_data,
                         epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
@@ -288,7 +297,7 @@ def _estimate(model, steps, verbose, validation_data):
     if not verbose:
         return []
     return [DurationEstimate(steps, on_cpu=not distribute.on_accelerator(
-        model.distribute_strategy), validates=validation_data is not None)]
+        distribute.strategy_of(model)), validates=validation_data is not None)]
 
 
 GRAPH_REWRITES_OFF = ("constant_folding", "layout_optimizer", "remapping")
