@@ -77,6 +77,7 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         them (with a warning), a loss object on probabilities is refused
         (`bitkeras.models.classifier.logits_loss`).
         """
+        training.check_batch_split(batch_split)
         loss = logits_loss(loss, self.name)
         self._compile_request = types.MappingProxyType(dict(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
@@ -207,20 +208,14 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             self.preprocessor.image_converter.image_size = (rule.crop_size, rule.crop_size)
         return fitting.annotated(history, rule, start_step)
 
-    def train_step(self, *arguments):
-        if keras.backend.backend() != "tensorflow":  # JAX's steps are (state, data) -> ...
-            training.check_batch_split(self.batch_split)
-            return super().train_step(*arguments)
-        (data,) = arguments
+    def train_step(self, *arguments):  # (data), or JAX's (state, data)
         if self.batch_split == 1:
-            logs = super().train_step(data)
+            logs = super().train_step(*arguments)
         else:
-            logs = training.accumulated_train_step(self, data, self.batch_split)
+            logs = training.accumulated_train_step(self, *arguments, self.batch_split)
         return distribute.reducible_logs(logs, distribute.model_strategy(self))
 
     def test_step(self, *arguments):
-        if keras.backend.backend() != "tensorflow":
-            return super().test_step(*arguments)
         return distribute.reducible_logs(super().test_step(*arguments),
                                          distribute.model_strategy(self))
 

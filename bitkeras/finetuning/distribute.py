@@ -116,11 +116,12 @@ def jit_compile_for(jit_compile, strategy):
 
     On a CPU "auto" gives False here: whether XLA is faster there depends on
     the CPU and the model, which `fit` and `pretrain` measure
-    (`bitkeras.finetuning.xla.resolve`).
+    (`bitkeras.finetuning.xla.resolve`). Under Keras's JAX backend "auto" is
+    always XLA: without its jit, JAX runs a step op by op.
     """
     if jit_compile != "auto":
         return bool(jit_compile)
-    return on_accelerator(strategy)
+    return keras.backend.backend() == "jax" or on_accelerator(strategy)
 
 
 def on_accelerator(strategy):

@@ -284,7 +284,8 @@ def train(model, rule, batches, schedule, run, *, checkpoint_dir=None, checkpoin
                         epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
                         shuffle=False,
                         callbacks=[*run_callbacks, StopAfterSteps(remaining),
-                                   *_estimate(model, remaining, verbose, validation_data), *(callbacks or [])],
+                                   *_estimate(model, remaining, verbose, validation_data),
+                                   *(callbacks or [])],
                         **keras_arguments)
             except run_state.NonFiniteLossError as error:
                 restored = run_state.restore_last_good(model, checkpoint_dir, before)
