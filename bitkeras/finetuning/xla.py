@@ -58,15 +58,12 @@ CACHE_FILE = "xla.json"
 
 
 def resolve(jit_compile, strategy, model, rule, batch_size, precision, verbose=0):
-    """True or False for a fit: as given, `distribute.jit_compile_for` off CPUs, else measured.
+    """True or False for a fit: as given, `distribute.jit_compile_for` under JAX or off CPUs,
+    else measured.
 
     `batch_size`: the batch one replica's step sees.
     """
     jit_compile = _overridden(jit_compile)
-    if keras.backend.backend() == "jax" and jit_compile == "auto":
-        # JAX runs a step op by op without its jit: XLA is how JAX is fast, on any device.
-        _say(verbose, "jit_compile=True: Keras's JAX backend compiles its steps with XLA")
-        return True
     chosen = distribute.jit_compile_for(jit_compile, strategy)
     if jit_compile != "auto" or chosen or getattr(model.backbone, "architecture", None) is None:
         return chosen
