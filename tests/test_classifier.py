@@ -496,6 +496,8 @@ def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(na
     assert counts["rows"] == {"16": 16, "20": 20, "7": 7, "33": 33}, counts
     # Each image's logits whatever else is in its batch, filling rows included.
     assert counts["difference"] < 1e-5, counts
+    # The export serves any count without compiling either, and computes the same logits.
+    assert counts["serving_new_programs"] == 0 and counts["serving_difference"] < 1e-5, counts
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ reads its flags once per process), so that every program XLA compiles leaves a
 file there; BITKERAS_NATIVE=0 runs the inference's XLA clusters instead of
 bitkeras's C++ ops. After a first call, predicts of 16, 20, 7 and 33 images
 (partial batches, new counts) are counted: traces of the predict function and
-XLA programs compiled.
+XLA programs compiled. Then the same for the exported SavedModel's
+`serving_default` signature (images of any count and size, as TF Serving
+sends them): its first call, then 20, 7 and 33 images.
 """
 
 import json
@@ -16,6 +18,7 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from bitkeras import BiTBackbone, BiTClassifier
 from tests.helpers import TINY
@@ -42,7 +45,17 @@ def main(folder):
     counted = classifier.predict_function.experimental_get_tracing_count(), compiled(folder)
     one_by_one = np.concatenate([predict(images[k:k + 1]) for k in range(33)])
     scale = np.abs(one_by_one).max()
+    classifier.export(f"{folder}-export")
+    serving = tf.saved_model.load(f"{folder}-export").signatures["serving_default"]
+    pixels = tf.image.resize(images.astype("float32") / 255, (32, 32))
+    served = {16: serving(images=pixels[:16])["logits"].numpy()}
+    serving_programs = compiled(folder)
+    served.update({count: serving(images=pixels[:count])["logits"].numpy()
+                   for count in (20, 7, 33)})
     print(json.dumps({
+        "serving_new_programs": compiled(folder) - serving_programs,
+        "serving_difference": max(float(np.abs(logits - one_by_one[:len(logits)]).max() / scale)
+                                  for logits in served.values()),
         "first_traces": traces,
         "new_traces": counted[0] - traces,
         "new_programs": counted[1] - programs,
