@@ -94,7 +94,8 @@ def any_batch_size(model, batches):
         return
     import tensorflow as tf
 
-    function = model.make_predict_function() or model.predict_function
+    model.make_predict_function()  # Keras's, kept as `predict_function` (made if missing)
+    function = model.predict_function
     if function.experimental_get_tracing_count() == 0:
         spec = tf.nest.map_structure(lambda spec: tf.TensorSpec([None, *spec.shape[1:]],
                                                                 spec.dtype),
