@@ -22,6 +22,7 @@ from bitkeras.detection import (
 )
 from bitkeras.detection import data as detection_data
 from bitkeras.detection.detector import PreActivationPyramid
+from bitkeras.models import kernels
 from bitkeras.models.backbone import ResNetV2Backbone
 
 TINY_DETECTOR = dict(block_units=(1, 1, 1, 1), width_factor=0.5)
@@ -216,27 +217,44 @@ def test_retinanet_on_a_bit_backbone_trains_scores_and_serves_bytes(tmp_path):
     assert np.all(found["boxes"] >= 0) and np.all(found["boxes"][:, [0, 2]] <= 100)
     assert set(found["class_names"]) <= set(train.class_names)
 
+    # The export computes in the plain form (kernels.portable), `detect` in the faster
+    # one. The two agree on the network's outputs within float error...
+    boxed, scale = detection_data.letterbox(image, detector.image_size)
+    x = detector.preprocessor(boxed[None])
+    faster = detector(x, training=False)
+    with kernels.portable():
+        plain = detector(x, training=False)
+    for name in ("cls_logits", "bbox_regression"):
+        scale_of = float(np.max(np.abs(plain[name])))
+        np.testing.assert_allclose(faster[name], plain[name], rtol=0, atol=1e-4 * scale_of)
+    # ...but among this barely trained detector's 100 low, close scores, an error that
+    # small may flip which of two boxes non-max suppression keeps, and that choice
+    # changes those it suppresses next. So the served detections are compared with
+    # `detect`'s own function traced in the plain form, on the same letterboxed image.
+    with kernels.portable():
+        boxes, scores, labels, counts = tf.function(detector.detections_in_image_pixels)(
+            boxed[None], scale[None], tf.constant([image.shape[:2]], tf.float32))
+    count = int(counts[0])
+    expected = list(zip(boxes[0, :count].numpy(), scores[0, :count].numpy(),
+                        [detector.class_names[label] for label in labels[0, :count]]))
     served = tf.saved_model.load(str(detector.export_serving(tmp_path / "serving")))
     answer = served.signatures["serving_default"](images=tf.constant([_png_bytes(image)]))
-    count = int(answer["num_detections"][0])
-    assert count == len(found["scores"])
+    assert int(answer["num_detections"][0]) == count
     served = [(box, score, name.decode()) for box, score, name in zip(
         answer["boxes"][0, :count].numpy(), answer["scores"][0, :count].numpy(),
         answer["class_names"][0, :count].numpy())]
-    assert_same_detections(served, list(zip(found["boxes"], found["scores"],
-                                            found["class_names"])))
+    assert_same_detections(served, expected)
     assert set(answer["class_names"][0, count:].numpy()) <= {b""}
 
 
 def assert_same_detections(served, found):
     """Each served (box, score, class name) matches its own found one, within float error.
 
-    The served graph computes in the plain form, `detect` with bitkeras's faster
-    kernels: two scores that agree within float error may sort either way, so the
-    detections are paired one to one, not by position. For the same reason, of two
-    boxes of a class whose scores tie within float error and that overlap as much as
-    non-max suppression's threshold (IoU 0.5: anchors shifted by a stride over a flat
-    region of a rendered scene), either may be the one kept; such a pair is paired too.
+    Both sides compute in the same form, yet in two graphs: two scores that agree
+    within float error may sort either way, so the detections are paired one to
+    one, not by position; and of two boxes of a class whose scores tie within
+    float error and that overlap as much as non-max suppression's threshold,
+    either may be the one kept, so such a pair is paired too.
     """
     unmatched = list(found)
     for box, score, name in served:
