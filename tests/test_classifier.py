@@ -407,8 +407,11 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
     classifier.fit(images, labels, epochs=1, batch_size=16, verbose=0, hyperrule=SMALL_RULE)
     weight_count = len(classifier.weights)
-    classifier.predict(images, verbose=0)  # one batch: standardized in its graph, no copies
-    assert not any(_conv_copies(classifier))
+    # A first predict, if only of one batch, makes the copies (so that no later call
+    # traces its graph again to read them); they are current only within a call.
+    classifier.predict(images, verbose=0)
+    assert all(pair is not None for pair in _conv_copies(classifier))
+    assert not any(bool(current.numpy()) for _, current in _conv_copies(classifier))
 
     def direct():  # the classifier called outside predict: kernels standardized in its graph
         return keras.ops.convert_to_numpy(classifier(images))
@@ -441,6 +444,7 @@ def test_predict_standardizes_kernels_once_and_never_reads_a_stale_copy():
     after = direct()
     assert np.abs(after - before).max() > 1e-3
     close(classifier.predict_on_batch(images), after)
+    close(classifier.predict(images[:8], verbose=0), after[:8])  # one batch: copies stale
     close(classifier.predict(images, batch_size=8, verbose=0), after)
     close(classifier.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)["loss"],
           loss(after))
@@ -493,7 +497,7 @@ def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(na
     counts = json.loads(ran.stdout.strip().splitlines()[-1])
     assert counts["first_traces"] == 1 and counts["new_traces"] == 0, counts
     assert counts["new_programs"] == 0, counts
-    assert counts["rows"] == {"16": 16, "20": 20, "7": 7, "33": 33}, counts
+    assert counts["rows"] == {"16": 16, "20": 20, "7": 7, "33": 33, "165": 165}, counts
     # Each image's logits whatever else is in its batch, filling rows included.
     assert counts["difference"] < 1e-5, counts
     # The export serves any count without compiling either, and computes the same logits.

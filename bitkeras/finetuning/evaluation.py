@@ -29,7 +29,9 @@ STANDARDIZE_ONCE_MIN_BATCHES = 4
 
 Standardizing R50x1's kernels outside the graph took about 0.1 s on a 2-core
 Xeon, and saved about 0.025 s in each batch after (128x128, batch 16); both
-scale with the kernels, not the images.
+scale with the kernels, not the images. A shorter call standardizes them
+once only if no call has before, so that every call's graph is traced with
+the copies and none is traced again for them.
 """
 
 
@@ -135,20 +137,21 @@ def standardized_once(classifier, model, dataset, steps):
     each kernel once, not per batch.
 
     See `kernels.standardized_once`: the weights must not change within
-    the block. Only for calls of at least `STANDARDIZE_ONCE_MIN_BATCHES`
-    batches (or of unknown length), and not under a distribution strategy
-    (the copies would be one device's variables).
+    the block. Calls shorter than `STANDARDIZE_ONCE_MIN_BATCHES` batches
+    standardize in the graph, unless no copies exist yet: then they make
+    them, so that no later call traces its function again to read them. Not
+    under a distribution strategy (the copies would be one device's variables).
     """
     batches = int(dataset.cardinality())  # negative: unknown or endless
     if steps is not None:
         batches = steps if batches < 0 else min(batches, steps)
-    if (0 <= batches < STANDARDIZE_ONCE_MIN_BATCHES
-            or not distribute.is_default(distribute.strategy_of(classifier))):
+    if not distribute.is_default(distribute.strategy_of(classifier)):
         yield
         return
     convolutions = [layer for layer in compat.all_layers(classifier)
                     if isinstance(layer, StandardizedConv2D)]
-    with kernels.standardized_once(convolutions) as new:
+    refresh = not 0 <= batches < STANDARDIZE_ONCE_MIN_BATCHES
+    with kernels.standardized_once(convolutions, refresh=refresh) as new:
         if new:  # functions traced before the copies existed do not read them
             model.predict_function = model.test_function = None
         yield

@@ -256,7 +256,7 @@ _ONCE = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
-def standardized_once(layers):
+def standardized_once(layers, refresh=True):
     """Within the block, inference graphs of `layers` read kernels standardized here, once.
 
     `layers`: weight-standardized convolutions (`kernel` and
@@ -280,10 +280,15 @@ def standardized_once(layers):
     limited to AVX2, 2% of the ops' time, writing 56 MB per batch).
 
     Yields whether a layer got its copy only now: graphs traced before lack
-    it, so a caller retraces them to benefit. Only under the TensorFlow
-    backend; elsewhere the block does nothing and yields False.
+    it, so a caller retraces them to benefit. With `refresh=False`, layers
+    that already have a copy of their current form keep it, stale, and the
+    block leaves the flag unset (their graphs standardize in the batch, as
+    outside the block); only where a copy is missing is one made, and then all
+    are refreshed and read. Only under the TensorFlow backend; elsewhere the
+    block does nothing and yields False.
     """
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow" or not (refresh or any(
+            not _has_copy(layer) for layer in layers)):
         yield False
         return
     import tensorflow as tf
@@ -317,6 +322,13 @@ def standardized_once(layers):
             _ONCE[layer][1].assign(False)
 
 
+def _has_copy(layer):
+    """Whether `layer` has a standardized copy of the form its graphs would read now."""
+    once = _ONCE.get(layer)
+    return (once is not None and (len(once[0].shape) == 3) == winograd(layer)
+            and once[0].dtype == layer.compute_dtype)
+
+
 def standardized_kernel(layer, kernel, epsilon, winograd=False):
     """`standardize(kernel)` for `layer`, read from its copy within `standardized_once`.
 
@@ -324,8 +336,10 @@ def standardized_kernel(layer, kernel, epsilon, winograd=False):
     (`native.winograd_kernel`, float32). Only inference graphs (those using
     the fused clusters) look for a copy; where there is one of that form, the
     result has the copy's dtype (the layer's compute dtype), else float32.
+    Such a graph, run where the copy is not current, standardizes as the
+    copies are made (`standardized_once`): nothing there for XLA to compile.
     """
-    def computed():
+    def computed(standardize=standardize):
         standardized = standardize(kernel, epsilon)
         return native.winograd_kernel(standardized) if winograd else standardized
 
@@ -333,8 +347,13 @@ def standardized_kernel(layer, kernel, epsilon, winograd=False):
     if once is None or (len(once[0].shape) == 3) != winograd:  # no copy of this form
         return computed()
     copy, current = once
+    def as_copies_are(kernel, epsilon):  # TensorFlow's own ops, where not bitkeras's
+        if _native():
+            return standardize(kernel, epsilon)
+        return _standardize(ops, ops.cast(kernel, "float32"), epsilon)
+
     return ops.cond(current, lambda: ops.convert_to_tensor(copy),
-                    lambda: ops.cast(computed(), copy.dtype))
+                    lambda: ops.cast(computed(as_copies_are), copy.dtype))
 
 
 def _standardize(ops, kernel, epsilon):
