@@ -380,6 +380,16 @@ def test_batch_split_given_to_compile_is_kept_saved_and_used_by_fit(tmp_path):
         classifier.compile(batch_split=0)
 
 
+def test_a_classifier_is_built_whole_preprocessor_included():
+    """Keras builds a model again while any of its layers is unbuilt (under JAX, an
+    op-by-op pass on a batch in every predict); the preprocessor, which runs in tf.data
+    and holds no weights, is built as it is made."""
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    again = BiTClassifier.from_config(classifier.get_config())
+    for model in (classifier, again):
+        assert [layer.name for layer in model._flatten_layers() if not layer.built] == []
+
+
 def _conv_copies(classifier):
     """The standardized copies kept for the classifier's convolutions: (copy, current) pairs."""
     from bitkeras.models import kernels
