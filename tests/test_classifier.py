@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from bitkeras import BiTBackbone, BiTClassifier, HeadClassifier, load_npz
+from bitkeras.finetuning import xla
 from tests.helpers import TINY, reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -517,8 +518,10 @@ def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(na
 @pytest.mark.slow
 def test_the_hyperrule_fit_runs_under_keras_jax_backend(tmp_path):
     pytest.importorskip("jax")
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    environment.pop(xla.OVERRIDE_ENV, None)  # "auto": XLA under JAX (the session sets "0")
     ran = subprocess.run([sys.executable, "-m", "tests.helpers.jax_fit", str(tmp_path / "ck")],
-                         cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax"},
+                         cwd=ROOT, env=environment,
                          capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     results = json.loads(ran.stdout.strip().splitlines()[-1])
@@ -529,3 +532,9 @@ def test_the_hyperrule_fit_runs_under_keras_jax_backend(tmp_path):
     assert results["nan_stop_restored"] is True, results
     assert "batch_split=2" in results["batch_split"], results
     assert results["compile_jit"] is True, results  # JAX op by op would crawl
+    # keras.distribution's DataParallel over two host devices: the weights on both, the
+    # one-device update, and evaluate and predict on the distributed model.
+    assert results["devices"] == 2 and results["kernel_devices"] == 2, results
+    assert results["data_parallel_difference"] < 1e-4, results
+    assert 0 <= results["data_parallel_accuracy"] <= 1, results
+    assert results["data_parallel_predicted"] == [64, 2], results
