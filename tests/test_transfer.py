@@ -63,20 +63,20 @@ def test_default_finetune_job_shows_transfer_and_writes_a_valid_report(tmp_path,
 
 @pytest.mark.slow
 def test_finetune_on_a_small_folder_with_the_rules_defaults_trains_in_minutes(tmp_path, capsys):
-    """The HyperRule as it is on 3 classes x 12 PNGs of digits (the few-shot table left
-    out): one batch of the 27 training images, the rule's 500 steps, at the shipped
+    """The HyperRule as it is on 3 classes x 8 PNGs of digits (the few-shot table left
+    out): one batch of the 18 training images, the rule's 500 steps, at the shipped
     model's 32 pixels; the plan and its duration are printed before it runs."""
     images, labels = datasets.digits("all")
     for digit in range(3):
         folder = tmp_path / "data" / f"digit{digit}"
         folder.mkdir(parents=True)
-        for index, image in enumerate(images[labels == digit][:12]):
+        for index, image in enumerate(images[labels == digit][:8]):
             Image.fromarray(image).save(folder / f"{index}.png")
     report = cli.run(["finetune", "--data", str(tmp_path / "data"), "--out",
                       str(tmp_path / "out"), "--few-shot"])
     printed = capsys.readouterr().out
     assert "BiT-HyperRule:" in printed and "Estimated: " in printed
-    assert report["rule"]["steps"] == 500 and report["rule"]["batch_size"] == 27
+    assert report["rule"]["steps"] == 500 and report["rule"]["batch_size"] == 18
     assert report["rule"]["crop_size"] == 32
     assert report["pretrained_accuracy"] > 0.6 and report["scratch_accuracy"] > 0.6  # of 1/3
 
