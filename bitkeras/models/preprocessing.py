@@ -12,6 +12,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from bitkeras import compat
 from bitkeras.models.backbone import ResNetV2Backbone
 
 
@@ -89,7 +90,7 @@ class BiTImageClassifierPreprocessor(keras_hub.models.ImageClassifierPreprocesso
         # unbuilt, it made Keras take the classifier for unbuilt: under JAX, every
         # predict first ran the model on a batch op by op to build it (16 s of a first
         # 17-s predict of a tiny BiT on a 2-core Xeon, 0.5 s of each later 1-s one).
-        for layer in self._flatten_layers():
+        for layer in compat.all_layers(self):
             if not layer.weights:
                 layer.built = True
 
