@@ -302,7 +302,7 @@ def standardized_once(layers, refresh=True):
         if use_op:
             standardized = native.standardize(kernel, epsilon)
         else:
-            standardized = _standardize(ops, kernel, epsilon)
+            standardized = _standardize_in_tensorflow(kernel, epsilon)
         if winograd(layer):
             # Transformed too, as the layer's Winograd products read it.
             standardized = native.winograd_kernel(standardized)
@@ -339,21 +339,22 @@ def standardized_kernel(layer, kernel, epsilon, winograd=False):
     Such a graph, run where the copy is not current, standardizes as the
     copies are made (`standardized_once`): nothing there for XLA to compile.
     """
-    def computed(standardize=standardize):
-        standardized = standardize(kernel, epsilon)
+    def computed(function=standardize):
+        standardized = function(kernel, epsilon)
         return native.winograd_kernel(standardized) if winograd else standardized
 
     once = _ONCE.get(layer) if fused() else None
     if once is None or (len(once[0].shape) == 3) != winograd:  # no copy of this form
         return computed()
     copy, current = once
-    def as_copies_are(kernel, epsilon):  # TensorFlow's own ops, where not bitkeras's
-        if _native():
-            return standardize(kernel, epsilon)
-        return _standardize(ops, ops.cast(kernel, "float32"), epsilon)
-
+    as_copies_are = standardize if _native() else _standardize_in_tensorflow
     return ops.cond(current, lambda: ops.convert_to_tensor(copy),
                     lambda: ops.cast(computed(as_copies_are), copy.dtype))
+
+
+def _standardize_in_tensorflow(kernel, epsilon):
+    """`standardize` by TensorFlow's own ops (no XLA cluster)."""
+    return _standardize(ops, ops.cast(kernel, "float32"), epsilon)
 
 
 def _standardize(ops, kernel, epsilon):
