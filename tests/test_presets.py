@@ -33,7 +33,9 @@ def test_the_table_records_each_models_training_resolution():
     assert get_preset("BiT-Glyphs-R14x0.5").resolution == 32
     assert get_preset("R50x1").resolution is None and get_preset("R50x1").url is None
     family = 4 + 2 * 3 + 2 * 6  # ResNet/Plain 18 and 34, 50..152 and V2, CIFAR and plain
-    assert len(list_presets()) == 6 + 3 * 6 + 2 + 1 + family
+    assert get_preset("BiT-M-R152x2-distill-teacher-384").resolution == 384
+    assert get_preset("BiT-M-R152x2-distill-teacher-pet-128").resolution == 128
+    assert len(list_presets()) == 6 + 3 * 6 + 2 + 6 + 1 + family
     assert list_presets()[-family:][:2] == ["ResNet18", "Plain18"]  # the family comes last
     assert get_preset("ResNet50").resolution == 224  # keras.applications' heads
     assert get_preset("ResNet50").architecture is None

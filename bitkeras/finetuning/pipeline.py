@@ -52,7 +52,8 @@ def dataset_options():
     return options
 
 
-def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle=True):
+def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle=True,
+                  view_seed=None):
     """Endless batches (images (B, crop, crop, 3) float32, targets (B, classes) float32).
 
     The one training pipeline of `fit` and `pretrain`. `targets`: the number
@@ -74,6 +75,11 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
     `SHUFFLE_BUFFER` records and replay it to `start_step`. `shuffle=False`
     keeps the source's order (augmentation stays random).
 
+    `view_seed` (default `seed`) keys the augmentation and MixUp alone: two
+    pipelines with one `seed` and two `view_seed`s give the same examples in
+    the same order, each with its own crops, flips and mixing (distillation's
+    independent noise).
+
     No record is skipped here: a folder's files were all decoded when it was
     opened (see `sources`), and a record that fails later raises rather than
     being dropped, so the stream can never spin over records that all fail.
@@ -89,8 +95,10 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
         num_classes = target_rows.shape[1]
     labels = _lookup(source.labels) if target_rows is None else _lookup(target_rows)
 
+    view_seed = seed if view_seed is None else view_seed
+
     def view(example, record, label):
-        example_seed = tf.stack([tf.cast(seed, tf.int64), example])
+        example_seed = tf.stack([tf.cast(view_seed, tf.int64), example])
         if target_rows is None:
             label = tf.one_hot(label, num_classes, dtype=tf.float32)
         return augment(source.decode_record(record), rule, example_seed), label
@@ -125,7 +133,7 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
     if rule.mixup_alpha > 0:
         dataset = dataset.enumerate(start=start_step).map(
             plain(lambda index, batch: mixup(*batch, rule.mixup_alpha,
-                                             tf.stack([tf.cast(seed, tf.int64) + 2, index]))),
+                                             tf.stack([tf.cast(view_seed, tf.int64) + 2, index]))),
             num_parallel_calls=AUTOTUNE,
         )
     return dataset.prefetch(AUTOTUNE).with_options(dataset_options())

@@ -1,4 +1,7 @@
-"""BiT's fine-tuning learning-rate schedule as a Keras LearningRateSchedule."""
+"""Learning-rate schedules as Keras LearningRateSchedules: BiT's fine-tuning staircase, and the
+cosine of distillation."""
+
+import math
 
 import keras
 from keras import ops
@@ -59,3 +62,42 @@ class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
             "decay_factor": self.decay_factor,
             "accumulation_steps": self.accumulation_steps,
         }
+
+
+@keras.saving.register_keras_serializable(package="bitkeras")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then a cosine from `base_learning_rate` down to 0 at `steps`.
+
+    The schedule of big_vision's distillation runs. At optimizer step `s`:
+    `base_learning_rate * s / warmup_steps` while `s < warmup_steps`, else
+    `base_learning_rate * (1 + cos(pi * t)) / 2` with `t = (s - warmup_steps)
+    / (steps - warmup_steps)`, held at 0 after `steps`.
+
+    Example:
+
+    >>> schedule = WarmupCosine(0.01, warmup_steps=10, steps=110)
+    >>> tuple(round(float(schedule(step)), 6) for step in (5, 10, 60, 110))
+    (0.005, 0.01, 0.005, 0.0)
+    """
+
+    def __init__(self, base_learning_rate, warmup_steps, steps):
+        if not base_learning_rate > 0:
+            raise ValueError(f"base_learning_rate must be positive; got {base_learning_rate!r}")
+        check_positive_integer(steps, "steps")
+        self.base_learning_rate = float(base_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        span = max(1, self.steps - self.warmup_steps)
+        progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+        rate = self.base_learning_rate * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        if self.warmup_steps > 0:
+            warmup = self.base_learning_rate * step / self.warmup_steps
+            rate = ops.where(step < self.warmup_steps, warmup, rate)
+        return rate
+
+    def get_config(self):
+        return {"base_learning_rate": self.base_learning_rate,
+                "warmup_steps": self.warmup_steps, "steps": self.steps}

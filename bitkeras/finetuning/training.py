@@ -18,9 +18,10 @@ import keras
 from bitkeras import compat
 from bitkeras.checks import check_positive_integer
 from bitkeras.finetuning import distribute, run_state
+from bitkeras.finetuning.distill_recipes import DistillationRule
 from bitkeras.finetuning.hyperrule import RESOLUTIONS, HyperRule
 from bitkeras.finetuning.optimizers import SGD
-from bitkeras.finetuning.schedules import WarmupStaircase
+from bitkeras.finetuning.schedules import WarmupCosine, WarmupStaircase
 from bitkeras.finetuning.upstream import UpstreamRecipe
 
 MAX_KERAS_EPOCHS = 20
@@ -123,12 +124,38 @@ NOT_DECAYED = ("gamma", "beta", "bias")
 def make_optimizer(rule):
     """SGD, momentum 0.9, on the rule's schedule; with an UpstreamRecipe's decay on kernels.
 
-    A HyperRule has no weight decay (BiT fine-tunes without it).
+    A HyperRule has no weight decay (BiT fine-tunes without it); a
+    DistillationRule names its own optimizer and schedule (`distillation_optimizer`).
     """
+    if isinstance(rule, DistillationRule):
+        return distillation_optimizer(rule)
     weight_decay = rule.weight_decay if isinstance(rule, UpstreamRecipe) else None
     optimizer = SGD(learning_rate=WarmupStaircase.from_hyperrule(rule), momentum=0.9,
                     weight_decay=weight_decay or None)
     if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
+    return optimizer
+
+
+def distillation_optimizer(rule):
+    """The optimizer a `DistillationRule` names, on its schedule, decay and clipping.
+
+    Adam is Keras's AdamW, whose decay is `learning_rate * weight_decay`:
+    big_vision's decay (`weight_decay` times the schedule's factor) is that
+    with `weight_decay / base_learning_rate`.
+    """
+    if rule.decay == "cosine":
+        schedule = WarmupCosine(rule.base_learning_rate, rule.warmup_steps, rule.steps)
+    else:
+        schedule = WarmupStaircase.from_hyperrule(rule)
+    decay = rule.weight_decay / rule.base_learning_rate or None
+    clipping = {"global_clipnorm": rule.clip_norm} if rule.clip_norm else {}
+    if rule.optimizer == "adam":
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decay or 0.0,
+                                           **clipping)
+    else:
+        optimizer = SGD(learning_rate=schedule, momentum=0.9, weight_decay=decay, **clipping)
+    if decay:
         optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     return optimizer
 

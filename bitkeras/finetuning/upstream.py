@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 from bitkeras.checks import check_positive_integer
+from bitkeras.finetuning.distill_recipes import DistillationRule
 from bitkeras.finetuning.hyperrule import HyperRule, TrainingRule
 
 UPSTREAM_LEARNING_RATE = 0.03
@@ -79,5 +80,8 @@ class UpstreamRecipe(TrainingRule):
 
 
 def rule_from_config(config):
-    """The HyperRule or UpstreamRecipe a `get_config()` dict describes (only recipes decay)."""
+    """The HyperRule, UpstreamRecipe or DistillationRule a `get_config()` dict describes
+    (only recipes decay, only distillation has a mode)."""
+    if "mode" in config:
+        return DistillationRule(**config)
     return (UpstreamRecipe if "weight_decay" in config else HyperRule)(**config)

@@ -2,7 +2,7 @@
 
 Pure data. BiT's architecture names ("R50x1", ...) have no weights; the
 released models ("BiT-S-R50x1", "BiT-M-R50x1", "BiT-M-R50x1-ILSVRC2012", the
-distilled R50x1 students) name their file in the public bucket; the family's
+distilled R50x1 students and their R152x2 teachers) name their file in the public bucket; the family's
 networks ("ResNet50", "ResNet50V2", "ResNet20-CIFAR", "Plain56-CIFAR", ...)
 name their keras.applications twin where they have one. A file's head size is
 always read from the file itself.
@@ -155,6 +155,14 @@ def _family():
             for name, config, description, twin in table}
 
 
+DISTILLATION_TEACHERS = (
+    ("224", "224", "ILSVRC-2012", 224), ("384", "384", "ILSVRC-2012", 384),
+    ("flowers-128", "flowers128", "Oxford Flowers-102", 128),
+    ("pet-128", "pet128", "Oxford-IIIT Pet", 128), ("food-128", "food128", "Food-101", 128),
+    ("sun-128", "sun128", "SUN397", 128))
+"""(preset name tail, file tail, data, side) of the released teachers, in the bucket's
+distill/ folder beside the students."""
+
 PRESETS = {
     **{name: Preset(name, architecture.config, None, f"BiT {name}, random initialisation")
        for name, architecture in ARCHITECTURES.items()},
@@ -166,6 +174,12 @@ PRESETS = {
         f"R50x1 student distilled from BiT-M-R152x2 on ILSVRC-2012 at {side}px", side,
         hf_handle=HF_TIMM.format("50x1", "goog_distilled_in1k") if side == 224 else None)
        for side in (224, 160)},
+    **{f"BiT-M-R152x2-distill-teacher-{tail}": Preset(
+        f"BiT-M-R152x2-distill-teacher-{tail}", ARCHITECTURES["R152x2"].config,
+        f"distill/R152x2_T_{file}.npz",
+        f"BiT-M-R152x2 fine-tuned on {data} at {side}px: a teacher of \"A good teacher is "
+        f"patient and consistent\"", side)
+       for tail, file, data, side in DISTILLATION_TEACHERS},
     "BiT-Glyphs-R14x0.5": Preset(
         "BiT-Glyphs-R14x0.5", Architecture((1, 1, 1, 1), 0.5).config,
         "BiT-Glyphs-R14x0.5/model.npz",
