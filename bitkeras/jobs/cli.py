@@ -1,10 +1,12 @@
-"""The `bitkeras` command: `bitkeras pretrain ...`, `bitkeras finetune ...`, `bitkeras detect ...`.
+"""The `bitkeras` command: `bitkeras pretrain ...`, `bitkeras finetune ...`, `bitkeras detect ...`,
+`bitkeras distill ...`.
 
     bitkeras finetune                 # the shipped model on the bundled digits
     bitkeras finetune --data flowers/ --model BiT-M-R50x1 --out runs/flowers
     bitkeras pretrain --out runs/glyphs --examples 60000 --epochs 16
     bitkeras pretrain --model BiT-M-R50x1 --data photos/ --out runs/photos --image-size 128
     bitkeras detect                   # RetinaNet on the shipped model, rendered scenes
+    bitkeras distill                  # the shipped model, fine-tuned, into a small student
 
 Run `bitkeras COMMAND --help` for every option.
 """
@@ -176,6 +178,14 @@ def run(argv):
                     "same detector from scratch, scores both with COCO AP (pycocotools), and "
                     "writes report.json, report.png, detector.keras and a bytes-serving "
                     "SavedModel. Default: rendered scenes, a CPU budget of a few minutes."))
+    _distill_parser(commands.add_parser(
+        "distill", help="distil a BiT teacher into a small student and write a report",
+        description="Distils a teacher (default: the shipped model fine-tuned on the bundled "
+                    "digits) into a small student from scratch, next to the same student "
+                    "trained on the labels alone: the four teaching modes of \"A good teacher "
+                    "is patient and consistent\" at one budget, and function matching at "
+                    "several schedule lengths. Writes distilled.keras, report.json and "
+                    "report.png. --recipe runs one of the paper's recipes on its data."))
     _experiment_parser(commands.add_parser(
         "experiment", help="rerun a ResNet or BiT paper experiment offline",
         description="degradation: plain vs residual CIFAR networks of two depths on the "
@@ -196,6 +206,10 @@ def run(argv):
         from bitkeras.jobs import detection_job
 
         return detection_job.run(args)
+    if args.command == "distill":
+        from bitkeras.jobs import distill_job
+
+        return distill_job.run(args)
     if args.command == "experiment":
         from bitkeras.jobs import experiments
 
@@ -300,6 +314,47 @@ def _finetune_parser(parser):
     parser.add_argument("--seed", type=int, default=0)
     _hardware_arguments(parser)
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+def _distill_parser(parser):
+    from bitkeras.finetuning.distill_recipes import MODES, PAPER_RECIPES
+
+    parser.add_argument("--data", default=None,
+                        help="a folder of class sub-folders, or 'tfds:NAME' (default: the UCI "
+                             "handwritten digits scikit-learn bundles)")
+    parser.add_argument("--teacher", default=None,
+                        help="the teacher: a .keras file, a TF-Hub module or a preset with a "
+                             "head for the data's classes (default: the shipped "
+                             "BiT-Glyphs-R14x0.5 fine-tuned on the data in the job)")
+    parser.add_argument("--student", default="R14x0.25",
+                        help="the student's network, from scratch: a preset of the ResNet family "
+                             "(ResNet20-CIFAR, R50x1, ...) or a BiT layout RDEPTHxWIDTH with a "
+                             "width BiT's releases lack, e.g. R14x0.25 (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: saved_models/distilled-<data>)")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="the budget: steps of each student run and of the teacher's "
+                             "fine-tuning (default: the HyperRule's; 300 for the bundled digits)")
+    parser.add_argument("--patience", type=_positive_int, nargs="*", default=None,
+                        metavar="STEPS", help="schedule lengths of the patience curve, function "
+                        "matching (default: 100 300 900; the budget's is added)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="teaching modes compared at the budget (default: all four)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=_positive_int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="base learning rate (default: the HyperRule's for the batch size)")
+    parser.add_argument("--resize-size", type=_positive_int, default=None)
+    parser.add_argument("--crop-size", type=_positive_int, default=None)
+    parser.add_argument("--test-fraction", type=float, default=0.25,
+                        help="held-out share of a dataset with no test split (default: "
+                             "%(default)s)")
+    parser.add_argument("--evaluations", type=_positive_int, default=6,
+                        help="points on each learning curve (default: %(default)s)")
+    parser.add_argument("--recipe", choices=list(PAPER_RECIPES), default=None, metavar="NAME",
+                        help="run one of the paper's recipes on its data instead: "
+                             + ", ".join(PAPER_RECIPES))
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _experiment_parser(parser):

@@ -59,7 +59,7 @@ OUTPUTS = ("finetuned.keras", "report.json", "report.png")
 def run(args):
     """The finetune job; its outputs appear in --out together, when it has finished."""
     out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
-        "finetuned-" + _slug(args.data or "digits"))
+        "finetuned-" + slug(args.data or "digits"))
     if any((out / name).exists() for name in OUTPUTS):
         # The job has no checkpoints: a rerun starts over, and says so.
         print(f"Starting over: the results of an earlier run in {out} stay until this run "
@@ -494,5 +494,6 @@ def _speed_text(benefits):
             f"{shown['scratch']}")
 
 
-def _slug(text):
+def slug(text):
+    """`text` as a folder name: letters and digits, the rest as hyphens, lower case."""
     return "".join(c if c.isalnum() else "-" for c in str(text)).strip("-").lower() or "data"
