@@ -532,6 +532,8 @@ def test_the_hyperrule_fit_runs_under_keras_jax_backend(tmp_path):
     assert results["nan_stop_restored"] is True, results
     assert "batch_split=2" in results["batch_split"], results
     assert results["compile_jit"] is True, results  # JAX op by op would crawl
+    # Distillation (the teacher run in the loss, under JAX's stateless train step).
+    assert results["distill_agreement"] >= 0.9 and results["distill_loss"] >= 0, results
     # keras.distribution's DataParallel over two host devices: the weights on both, the
     # one-device update, and evaluate and predict on the distributed model.
     assert results["devices"] == 2 and results["kernel_devices"] == 2, results

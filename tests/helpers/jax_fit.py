@@ -4,7 +4,8 @@
 
 A fit with MixUp and checkpoints, interrupted after its first checkpoint and
 resumed by the same call; a fit whose loss turns NaN; micro-batches, refused by
-`compile`; `compile()` alone, which takes XLA there as `fit` does; and a fit with
+`compile`; `compile()` alone, which takes XLA there as `fit` does; a student distilled
+from the trained classifier; and a fit with
 `keras.distribution.DataParallel` over two host devices against the same fit on one.
 """
 
@@ -19,7 +20,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 import keras  # noqa: E402 (after XLA_FLAGS)
 import numpy as np
 
-from bitkeras import BiTBackbone, BiTClassifier  # noqa: E402
+from bitkeras import BiTBackbone, BiTClassifier, distill  # noqa: E402
 from bitkeras.finetuning import run_state  # noqa: E402
 from tests.helpers import TINY  # noqa: E402
 
@@ -72,8 +73,20 @@ def main(checkpoints):
     compiled = classifier()
     compiled.compile()
     results["compile_jit"] = compiled.jit_compile
+    results.update(distilled(resumed, images))
     results.update(data_parallel(images, labels))
     print(json.dumps(results))
+
+
+def distilled(teacher, images):
+    """A fresh tiny BiT distilled from the trained one, images alone, consistent teaching."""
+    student = classifier()
+    history = distill(teacher, student, images, mode="consistent", batch_size=16, verbose=0,
+                      hyperrule=dict(RULE, steps=30, mixup_alpha=0.0))
+    agree = np.argmax(student.predict(images, verbose=0), -1) == np.argmax(
+        teacher.predict(images, verbose=0), -1)
+    return {"distill_loss": history.history["loss"][-1],
+            "distill_agreement": float(np.mean(agree))}
 
 
 def data_parallel(images, labels):
