@@ -75,24 +75,15 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
     `SHUFFLE_BUFFER` records and replay it to `start_step`. `shuffle=False`
     keeps the source's order (augmentation stays random).
 
-    `view_seed` (default `seed`) keys the augmentation and MixUp alone: two
-    pipelines with one `seed` and two `view_seed`s give the same examples in
-    the same order, each with its own crops, flips and mixing (distillation's
-    independent noise).
+    `view_seed` (default `seed`) keys augmentation and MixUp alone: another
+    gives the same examples, each with its own crops, flips and mixing.
 
     No record is skipped here: a folder's files were all decoded when it was
     opened (see `sources`), and a record that fails later raises rather than
     being dropped, so the stream can never spin over records that all fail.
     """
     num_examples = source.num_examples
-    if np.ndim(targets) == 0:
-        target_rows = None
-        num_classes = int(targets)
-    else:
-        target_rows = np.asarray(targets, np.float32)
-        if len(target_rows) != num_examples:
-            raise ValueError(f"{num_examples} examples but {len(target_rows)} target rows")
-        num_classes = target_rows.shape[1]
+    target_rows, num_classes = _target_rows(targets, num_examples)
     labels = _lookup(source.labels) if target_rows is None else _lookup(target_rows)
 
     view_seed = seed if view_seed is None else view_seed
@@ -137,6 +128,16 @@ def train_dataset(source, rule, targets, batch_size, seed, start_step=0, shuffle
             num_parallel_calls=AUTOTUNE,
         )
     return dataset.prefetch(AUTOTUNE).with_options(dataset_options())
+
+
+def _target_rows(targets, num_examples):
+    """(target rows or None, number of classes) of `train_dataset`'s `targets`."""
+    if np.ndim(targets) == 0:
+        return None, int(targets)
+    target_rows = np.asarray(targets, np.float32)
+    if len(target_rows) != num_examples:
+        raise ValueError(f"{num_examples} examples but {len(target_rows)} target rows")
+    return target_rows, target_rows.shape[1]
 
 
 def plain(function):
