@@ -291,16 +291,9 @@ def _finetune_parser(parser):
                              "working folder)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps "
                         "(default: the HyperRule's; the bundled-digits job uses a CPU budget)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="base learning rate (default: the HyperRule's for the batch size)")
-    parser.add_argument("--resize-size", type=int, default=None)
-    parser.add_argument("--crop-size", type=int, default=None)
+    _rule_arguments(parser)
     parser.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                         help="no random flips (for data mirroring would change)")
-    parser.add_argument("--test-fraction", type=float, default=0.25,
-                        help="held-out share of a dataset with no test split (default: "
-                             "%(default)s)")
     parser.add_argument("--few-shot", type=int, nargs="*", default=[1, 5, 10],
                         metavar="K", help="examples per class of the few-shot table "
                                           "(default: 1 5 10; none to skip)")
@@ -314,6 +307,18 @@ def _finetune_parser(parser):
     parser.add_argument("--seed", type=int, default=0)
     _hardware_arguments(parser)
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
+
+
+def _rule_arguments(parser):
+    """The HyperRule's sizes a job's options change, and the test split of data without one."""
+    parser.add_argument("--batch-size", type=_positive_int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="base learning rate (default: the HyperRule's for the batch size)")
+    parser.add_argument("--resize-size", type=_positive_int, default=None)
+    parser.add_argument("--crop-size", type=_positive_int, default=None)
+    parser.add_argument("--test-fraction", type=float, default=0.25,
+                        help="held-out share of a dataset with no test split (default: "
+                             "%(default)s)")
 
 
 def _distill_parser(parser):
@@ -341,14 +346,7 @@ def _distill_parser(parser):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="teaching modes compared at the budget (default: all four)")
     parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=_positive_int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="base learning rate (default: the HyperRule's for the batch size)")
-    parser.add_argument("--resize-size", type=_positive_int, default=None)
-    parser.add_argument("--crop-size", type=_positive_int, default=None)
-    parser.add_argument("--test-fraction", type=float, default=0.25,
-                        help="held-out share of a dataset with no test split (default: "
-                             "%(default)s)")
+    _rule_arguments(parser)
     parser.add_argument("--evaluations", type=_positive_int, default=6,
                         help="points on each learning curve (default: %(default)s)")
     parser.add_argument("--recipe", choices=list(PAPER_RECIPES), default=None, metavar="NAME",
