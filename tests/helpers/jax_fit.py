@@ -82,7 +82,7 @@ def distilled(teacher, images):
     """A fresh tiny BiT distilled from the trained one, images alone, consistent teaching."""
     student = classifier()
     history = distill(teacher, student, images, mode="consistent", batch_size=16, verbose=0,
-                      hyperrule=dict(RULE, steps=30, mixup_alpha=0.0))
+                      hyperrule=dict(RULE, steps=12, mixup_alpha=0.0))
     agree = np.argmax(student.predict(images, verbose=0), -1) == np.argmax(
         teacher.predict(images, verbose=0), -1)
     return {"distill_loss": history.history["loss"][-1],
