@@ -272,15 +272,19 @@ def test_distill_recipe_offline_says_what_to_download(tmp_path, monkeypatch):
     assert isinstance(raised.value, OSError)
 
 
-def test_distill_in_mixed_precision_trains_a_float32_student():
+def test_distill_in_mixed_precision_trains_a_float32_student_and_validates():
     images = np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     teacher = bitkeras.ResNetClassifier.from_preset("ResNet20-CIFAR", num_classes=3)
     student = bitkeras.ResNetClassifier.from_preset("ResNet20-CIFAR", num_classes=3)
     before = [weight.copy() for weight in student.get_weights()]
     history = bitkeras.distill(teacher, student, images, precision="mixed_bfloat16", verbose=0,
+                               validation_data=(images[:6], np.zeros(6, int)),
                                hyperrule={"steps": 2, "batch_size": 8, "resize_size": 18,
                                           "crop_size": 16})
     assert np.isfinite(history.history["loss"]).all()
+    # Validation runs the teacher too: the distillation loss and agreement, not labels'.
+    assert np.isfinite(history.history["val_loss"]).all()
+    assert 0 <= history.history["val_agreement"][-1] <= 1
     assert student.dtype_policy.name == "float32"
     changed = sum(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
     assert changed > len(before) // 2  # the replica's training came back into the student

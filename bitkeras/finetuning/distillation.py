@@ -122,15 +122,17 @@ def teacher_targets(teacher, source, crop_size, temperature, batch_size=256):
     The fixed teacher's targets: one teacher pass per image, the image
     resized to `crop_size` as evaluation does, in the source's order.
     """
-    dataset = pipeline.eval_dataset(source, batch_size, evaluation.converter(teacher, crop_size)
-                                    if hasattr(teacher, "preprocessor") else
-                                    _resizer(crop_size))
+    dataset = pipeline.eval_dataset(source, batch_size, _converter(teacher, crop_size))
     logits = keras.Model.predict(teacher, dataset.map(lambda images, labels: images), verbose=0)
     return keras.ops.convert_to_numpy(
         keras.ops.softmax(keras.ops.convert_to_tensor(logits, "float32") / temperature, -1))
 
 
-def _resizer(side):
+def _converter(model, side):
+    """How `model` takes an image at `side` pixels: a classifier's own image converter, else
+    a square resize, as evaluation does."""
+    if hasattr(model, "preprocessor"):
+        return evaluation.converter(model, side)
     return lambda image: pipeline.resize_square(pipeline.float_image(image), side)
 
 
@@ -145,12 +147,8 @@ def resolve_rule(num_examples, image_size, hyperrule=None, mode=None, batch_size
     if hyperrule is not None and not isinstance(hyperrule, dict):
         raise TypeError(f"distill's hyperrule must be a DistillationRule or a dict of its "
                         f"fields to change; got {type(hyperrule).__name__}")
-    changes = dict(hyperrule or {})
-    fields = [field.name for field in dataclasses.fields(DistillationRule)]
-    unknown = sorted(set(changes) - set(fields))
-    if unknown:
-        raise TypeError(f"hyperrule has unknown field(s) {unknown}; a DistillationRule's "
-                        f"fields are {fields}")
+    changes = training.rule_changes(hyperrule, DistillationRule)
+    variant = changes.pop("variant", "paper")
     if mode is not None and changes.setdefault("mode", mode) != mode:
         raise ValueError(f"distill got mode={mode!r} and hyperrule's mode="
                          f"{changes['mode']!r}; give one")
@@ -159,7 +157,7 @@ def resolve_rule(num_examples, image_size, hyperrule=None, mode=None, batch_size
                          f"{changes['batch_size']!r}; give one")
     rule = DistillationRule.for_dataset(num_examples, image_size,
                                         changes.pop("mode", "function_matching"),
-                                        changes.pop("batch_size", None), resolution)
+                                        changes.pop("batch_size", None), resolution, variant)
     if "steps" in changes and not {"warmup_steps", "decay_boundaries"} & set(changes):
         rule = rule.with_steps(changes.pop("steps"))
     return dataclasses.replace(rule, **changes)
@@ -215,7 +213,7 @@ def distill(teacher, student, x, y=None, *, hyperrule=None, mode=None, batch_siz
     validation = None if validation_data is None else pipeline.eval_dataset(
         sources.open_source(validation_data, on_bad_image=on_bad_image,
                             default_split="validation|test"),
-        rule.batch_size, _resizer(rule.crop_size), one_hot_classes=num_classes)
+        rule.batch_size, _converter(student, rule.crop_size), one_hot_classes=num_classes)
     run = {"rule": rule.get_config(), "seed": seed, "examples": source.num_examples,
            "teacher": [teacher.name, teacher.count_params()], "student": student.name,
            "precision": precision, **({"shuffle": False} if not shuffle else {})}
@@ -243,7 +241,6 @@ def _adopt_teacher_classes(teacher, student):
     num_classes = int(teacher.output_shape[-1])
     if getattr(student, "head", True) is None:
         student.add_head(num_classes)
-        student.class_names = getattr(teacher, "class_names", None)
     elif int(student.output_shape[-1]) != num_classes:
         raise ValueError(
             f"the student {student.name} predicts {student.output_shape[-1]} classes and the "

@@ -64,8 +64,9 @@ def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, reso
     return dataclasses.replace(rule, **changes)
 
 
-def rule_changes(hyperrule):
-    """`fit`'s `hyperrule` that is not a whole rule, as a dict of fields (and "variant")."""
+def rule_changes(hyperrule, kind=HyperRule):
+    """`fit`'s `hyperrule` that is not a whole rule, as a dict of fields of `kind` (a rule
+    class whose `for_dataset` takes a variant) and "variant"."""
     if hyperrule is None:
         return {}
     if isinstance(hyperrule, str):
@@ -75,11 +76,11 @@ def rule_changes(hyperrule):
             f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe, a variant name "
             f"({', '.join(map(repr, RESOLUTIONS))}) or a dict of HyperRule fields to change; "
             f"got {type(hyperrule).__name__}")
-    fields = [field.name for field in dataclasses.fields(HyperRule)]
+    fields = [field.name for field in dataclasses.fields(kind)]
     unknown = sorted(set(hyperrule) - {*fields, "variant"})
     if unknown:
-        raise TypeError(f"hyperrule has unknown field(s) {unknown}; a HyperRule's fields are "
-                        f"{fields} (and 'variant')")
+        raise TypeError(f"hyperrule has unknown field(s) {unknown}; a {kind.__name__}'s "
+                        f"fields are {fields} (and 'variant')")
     if hyperrule.get("variant", "paper") not in RESOLUTIONS:
         raise ValueError(f"hyperrule's variant must be one of {sorted(RESOLUTIONS)}; got "
                          f"{hyperrule['variant']!r}")
