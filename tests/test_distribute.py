@@ -28,6 +28,11 @@ def test_mirrored_over_two_logical_cpus_gives_the_one_device_update(tmp_path):
     for name in ("two_devices", "two_devices_split"):  # the latter: 2 micro-batches per replica
         difference = np.abs(results[name] - one).max()
         assert difference < 1e-3 * moved, (name, difference, moved)
+    # A student distilled from that classifier on two replicas: the one-device update too.
+    alone = results["distilled_one_device"]
+    moved = np.abs(alone - results["student_start"]).max()
+    difference = np.abs(results["distilled_two_devices"] - alone).max()
+    assert moved > 1e-3 and difference < 1e-3 * moved, (difference, moved)
 
 
 def tiny_weights():

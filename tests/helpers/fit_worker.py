@@ -63,6 +63,18 @@ def mirrored(out):
         model.fit(data(), hyperrule=RULE, strategy=strategy, verbose=0)
         results[name] = weights_of(model)
         results[name + "_replicas"] = distribute.strategy_for(strategy).num_replicas_in_sync
+        if name == "one_device":
+            teacher = model
+    # Distillation: the student replicated with its teacher (a copy in the strategy's scope).
+    from bitkeras import distill
+
+    for name, strategy in (("distilled_one_device", "default"), (
+            "distilled_two_devices", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        student = classifier(seed=1)
+        distill(teacher, student, data()[0], hyperrule=dict(RULE, steps=3), strategy=strategy,
+                verbose=0)
+        results[name] = weights_of(student)
+    results["student_start"] = weights_of(classifier(seed=1))
     np.savez(os.path.join(out, "mirrored.npz"), **results)
 
 
