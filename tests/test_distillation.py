@@ -301,3 +301,39 @@ def test_a_nan_loss_stops_distillation_with_the_student_as_it_was():
             "steps": 6, "batch_size": 8, "resize_size": 10, "crop_size": 8})
     for kept, weight in zip(before, student.get_weights()):
         np.testing.assert_array_equal(kept, weight)
+
+
+@pytest.mark.slow
+def test_a_paper_recipe_runs_on_its_data_where_the_data_and_teacher_are_had(tmp_path,
+                                                                           monkeypatch):
+    # The recipe path end to end, on a recipe shaped as the paper's (Adam, cosine, clipping,
+    # MixUp 1, its teacher and data named) but sized for a tiny TFDS dataset in the official
+    # format: the real ones need batches of 512.
+    pytest.importorskip("importlib_resources")  # what TFDS needs to build datasets
+    from bitkeras.jobs import cli
+    from tests.helpers.tiny_tfds import BitkerasTinyColours, prepare
+
+    prepare(BitkerasTinyColours, tmp_path / "tfds", monkeypatch)
+    teacher = bitkeras.ResNetClassifier.from_preset("ResNet20-CIFAR", num_classes=2,
+                                                     class_names=("blue", "red"))
+    teacher.save(tmp_path / "teacher.keras")
+    paper = distill_recipes.paper_recipe("oxford_iiit_pet-fast")
+    recipe = dataclasses.replace(
+        paper, data="tfds:bitkeras_tiny_colours:train", student="R14x0.25", epochs=2,
+        warmup_steps=1, rule_fields={**paper.rule_fields, "batch_size": 6, "resize_size": 18,
+                                     "crop_size": 16})
+    monkeypatch.setitem(distill_recipes.PAPER_RECIPES, "tiny_colours-fast", recipe)
+    out = tmp_path / "run"
+    report = cli.run(["distill", "--recipe", "tiny_colours-fast", "--teacher",
+                      str(tmp_path / "teacher.keras"), "--out", str(out)])
+    assert report["rule"]["steps"] == 2 and report["rule"]["optimizer"] == "adam"
+    assert report["rule"]["temperature"] == paper.rule_fields["temperature"]
+    assert set(report["models"]) == {"teacher", "function_matching"}
+    assert 0 <= report["models"]["function_matching"]["test_accuracy"] <= 1
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    with Image.open(out / "report.png") as png:
+        png.load()
+        assert png.format == "PNG"
+    student = bitkeras.load_model(out / "distilled.keras")
+    assert student.class_names == ("blue", "red") and student.hyperrule.steps == 2
+    assert (tmp_path / "run-checkpoints" / "latest.weights.h5").exists()  # rerun resumes

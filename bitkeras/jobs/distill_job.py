@@ -48,13 +48,15 @@ def run(args):
     """The distill job; its outputs appear in --out together, when it has finished."""
     out = pathlib.Path(args.out) if args.out else pathlib.Path("saved_models") / (
         "distilled-" + transfer.slug(args.recipe or args.data or "digits"))
-    return transfer.staged_run(out, OUTPUTS, lambda staging: _run(args, staging))
+    return transfer.staged_run(out, OUTPUTS, lambda staging: _run(args, staging, out))
 
 
-def _run(args, out):
+def _run(args, out, published):
+    """The job, writing into `out` (a staging folder that becomes `published`)."""
     started = time.perf_counter()
     if args.recipe:
-        return _recipe_run(args, out, started)
+        checkpoints = published.parent / f"{published.name}-checkpoints"
+        return _recipe_run(args, out, started, checkpoints)
     data = transfer.load_data(args.data, args.test_fraction, args.seed)
     budget = args.data is None
     overrides = {name: value for name, value in (
@@ -373,9 +375,10 @@ def _draw_table(table_axis, report):
                          fontsize=9)
 
 
-def _recipe_run(args, out, started):
+def _recipe_run(args, out, started, checkpoints):
     """One of the paper's recipes: its teacher into its student on its data, by function
-    matching, on the recipe's schedule, checkpointed beside --out (rerun to resume)."""
+    matching, on the recipe's schedule, checkpointed in `checkpoints` (beside --out: the
+    same command resumes there)."""
     recipe = distill_recipes.paper_recipe(args.recipe)
     teacher = load_teacher(args.teacher or recipe.teacher)  # a missing download says so first
     train = sources.open_source(recipe.data)
@@ -385,7 +388,7 @@ def _recipe_run(args, out, started):
     rule = recipe.rule(train.num_examples)
     student = ResNetClassifier(student_backbone(recipe.student), class_names=train.class_names)
     distillation.distill(teacher, student, train, hyperrule=rule, seed=args.seed,
-                         checkpoint_dir=out.parent / f"{out.name}-checkpoints")
+                         checkpoint_dir=checkpoints)
     student.save(out / "distilled.keras")
     test_set = transfer.TestSet(test, rule.crop_size)
     teacher_logits = _logits(teacher, test_set)
