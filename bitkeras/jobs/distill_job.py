@@ -7,8 +7,9 @@ student on the labels alone and distils it in each of the paper's four modes,
 then distils it by function matching for longer and shorter schedules
 (patience). It measures every model's test accuracy, agreement with the
 teacher, parameters, multiply-adds and images/s on this machine, and writes
-`distilled.keras` (the function-matching student of the budget), `report.json`
-and `report.png` into the output folder.
+`distilled.keras` (the function-matching student of the budget; without that
+mode in --modes, the last mode's), `report.json` and `report.png` into the output
+folder.
 
 `--recipe NAME` runs one of the paper's recipes (`bitkeras.PAPER_RECIPES`) on
 its data, teacher and student instead, where they can be had.
@@ -65,8 +66,8 @@ def _run(args, out, published):
         ("resize_size", args.resize_size), ("flip", data.flip)) if value is not None}
     rule = transfer.fit_rule(data.train.num_examples, data.train.image_size, budget, overrides,
                              resolution=32 if budget else None)
-    patience = sorted({*(args.patience if args.patience is not None else [
-        steps for steps in DEFAULT_PATIENCE]), rule.steps})
+    patience = sorted({*(DEFAULT_PATIENCE if args.patience is None else args.patience),
+                       rule.steps})
     print(f"Data: {data.description}: {data.train.num_examples} training and "
           f"{data.test.num_examples} test images, {data.train.num_classes} classes")
     print(rule.describe(data.train.num_examples))
