@@ -45,6 +45,13 @@ def loss_tracker(model):
     return model._loss_tracker
 
 
+def stateless_metrics_update(model, metrics_variables, loss, x, y, y_pred, sample_weight):
+    """(logs, new metrics variables) after the loss tracker and compiled metrics see one
+    batch, statelessly (JAX's `Trainer._update_metrics_variables`, its train step's own)."""
+    return model._update_metrics_variables(metrics_variables, loss, x, y, y_pred,
+                                           sample_weight)
+
+
 def variable_index(optimizer, variable):
     """`variable`'s index among `optimizer`'s slots (`Optimizer._get_variable_index`, which
     Keras's own optimizers use to find a variable's momentum)."""

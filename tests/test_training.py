@@ -72,7 +72,9 @@ def test_gradient_accumulation_equals_the_big_batch_update():
     for batch_split in (1, 4):
         classifier = _tiny_classifier(num_classes=2)
         classifier.compile(batch_split=batch_split)
-        classifier.fit((images, labels), hyperrule=rule, verbose=0)
+        # Class weights reach the loss as per-example weights: each micro-batch takes its own.
+        classifier.fit((images, labels), hyperrule=rule, verbose=0,
+                       class_weight={0: 1.0, 1: 3.0})
         trained.append(classifier)
     big, accumulated = trained
     assert int(accumulated.optimizer.iterations) == 2

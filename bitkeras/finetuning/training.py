@@ -88,12 +88,12 @@ def rule_changes(hyperrule, kind=HyperRule):
 
 
 def check_batch_split(batch_split):
-    """Raises where micro-batches cannot run: their accumulated step is TensorFlow's."""
-    if batch_split != 1 and keras.backend.backend() != "tensorflow":
+    """Raises where micro-batches cannot run: their accumulated step is TensorFlow's and JAX's."""
+    if batch_split != 1 and keras.backend.backend() not in ("tensorflow", "jax"):
         raise NotImplementedError(
-            f"compile(batch_split={batch_split}) accumulates micro-batches in TensorFlow's "
-            f"train step; under Keras's {keras.backend.backend()} backend use batch_split=1 "
-            f"(and a smaller batch_size, or the TensorFlow backend)")
+            f"compile(batch_split={batch_split}) accumulates micro-batches in TensorFlow's or "
+            f"JAX's train step; under Keras's {keras.backend.backend()} backend use "
+            f"batch_split=1 (and a smaller batch_size, or another backend)")
 
 
 def check_batching(rule, num_examples, batch_split, replicas=1):
@@ -161,41 +161,89 @@ def distillation_optimizer(rule):
     return optimizer
 
 
-def accumulated_train_step(model, data, micro_batches):
-    """One optimizer step on a replica's batch, cut into `micro_batches` (TensorFlow backend).
+def accumulated_train_step(model, *arguments):
+    """One optimizer step on a replica's batch, cut into equal micro-batches.
 
-    The gradients of the equal micro-batches are averaged and applied once:
-    the update of the whole batch, with the activations of one micro-batch
-    in memory at a time (each forward pass waits for the previous
-    gradients). It runs per replica, so under a strategy each replica
-    accumulates its share and the optimizer all-reduces once per step.
-    Keras's own `gradient_accumulation_steps` cannot do that (its all-reduce
-    sits inside a conditional, which tf.distribute rejects).
+    `arguments`: (data, micro_batches) under TensorFlow, (state, data,
+    micro_batches) under JAX (`_accumulated_jax_step`). The gradients of the
+    micro-batches are averaged and applied once: the update of the whole
+    batch, with the activations of one micro-batch in memory at a time (each
+    forward pass waits for the previous gradients). It runs per replica, so
+    under a strategy each replica accumulates its share and the optimizer
+    all-reduces once per step. Keras's own `gradient_accumulation_steps`
+    cannot do that (its all-reduce sits inside a conditional, which
+    tf.distribute rejects), and it spreads one update over several steps.
     """
+    if len(arguments) == 3:
+        return _accumulated_jax_step(model, *arguments)
+    data, micro_batches = arguments
     import tensorflow as tf
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    images, targets = data[0], data[1]
+    images, targets, weights = keras.utils.unpack_x_y_sample_weight(data)
     size = tf.shape(images)[0] // micro_batches
     variables = model.trainable_variables
     total = [tf.zeros(v.shape, v.dtype) for v in variables]
     for index in range(micro_batches):
         part = slice(index * size, (index + 1) * size)
         x, y = images[part], targets[part]
+        weight = None if weights is None else weights[part]
         with tf.control_dependencies(total):
             with tf.GradientTape() as tape:
                 predictions = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=predictions, sample_weight=weight,
+                                          training=True)
                 # As Keras's own train step: the logged loss, undoing the 1/replicas
                 # that compute_loss applies for the all-reduce (a sum).
                 compat.loss_tracker(model).update_state(loss * replicas, sample_weight=size)
                 scaled = model.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, variables)
         total = [sum_ + gradient for sum_, gradient in zip(total, gradients)]
-        results = model.compute_metrics(x, y, predictions)
+        results = model.compute_metrics(x, y, predictions, sample_weight=weight)
     model.optimizer.apply_gradients(
         zip([sum_ / micro_batches for sum_ in total], variables))
     return results
+
+
+def _accumulated_jax_step(model, state, data, micro_batches):
+    """`accumulated_train_step` under JAX: Keras's stateless step, its micro-batches in a
+    `jax.lax.scan` (one after the other, whatever XLA schedules). A micro-batch takes
+    every `micro_batches`-th example, so that where the batch is split across devices
+    (`keras.distribution.DataParallel`) each micro-batch is split across them too."""
+    import jax
+
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+
+    def micro(tensor):  # (batch, ...) -> (micro_batches, batch / micro_batches, ...)
+        if tensor is None:
+            return None
+        strided = tensor.reshape((-1, micro_batches, *tensor.shape[1:]))
+        return strided.swapaxes(0, 1)
+
+    gradient = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
+
+    def one(carry, part):
+        total, non_trainable, metrics_variables = carry
+        x, y, sample_weight = part
+        (_, (loss, predictions, non_trainable, metrics_variables)), gradients = gradient(
+            trainable, non_trainable, metrics_variables, x, y, sample_weight, training=True,
+            optimizer_variables=optimizer_variables)
+        _, metrics_variables = compat.stateless_metrics_update(
+            model, metrics_variables, loss, x, y, predictions, sample_weight)
+        total = jax.tree.map(lambda sum_, new: sum_ + new, total, gradients)
+        return (total, non_trainable, metrics_variables), None
+
+    zeros = jax.tree.map(keras.ops.zeros_like, trainable)
+    (total, non_trainable, metrics_variables), _ = jax.lax.scan(
+        one, (zeros, non_trainable, metrics_variables),
+        (micro(x), micro(y), micro(sample_weight)))
+    trainable, optimizer_variables = model.optimizer.stateless_apply(
+        optimizer_variables, [sum_ / micro_batches for sum_ in total], trainable)
+    with keras.StatelessScope(state_mapping=list(zip(model.metrics_variables,
+                                                     metrics_variables))):
+        logs = model.get_metrics_result()
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 
 @dataclasses.dataclass(frozen=True)

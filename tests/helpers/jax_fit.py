@@ -3,10 +3,10 @@
     KERAS_BACKEND=jax python -m tests.helpers.jax_fit CHECKPOINT_DIR
 
 A fit with MixUp and checkpoints, interrupted after its first checkpoint and
-resumed by the same call; a fit whose loss turns NaN; micro-batches, refused by
-`compile`; `compile()` alone, which takes XLA there as `fit` does; a student distilled
-from the trained classifier; and a fit with
-`keras.distribution.DataParallel` over two host devices against the same fit on one.
+resumed by the same call; a fit whose loss turns NaN; `compile()` alone, which takes
+XLA there as `fit` does; a student distilled from the trained classifier; and fits
+with `keras.distribution.DataParallel` over two host devices and with micro-batches
+(`compile(batch_split=...)`), each against the same fit on one device, whole.
 """
 
 import json
@@ -66,10 +66,6 @@ def main(checkpoints):
     except run_state.NonFiniteLossError:
         results["nan_stop_restored"] = all(np.array_equal(a, b) for a, b in zip(
             before, exploding.get_weights()))
-    try:
-        classifier().compile(batch_split=2)
-    except NotImplementedError as error:
-        results["batch_split"] = str(error)
     compiled = classifier()
     compiled.compile()
     results["compile_jit"] = compiled.jit_compile
@@ -99,27 +95,40 @@ def data_parallel(images, labels):
     import jax
 
     fit = dict(batch_size=16, verbose=0, hyperrule=dict(RULE, steps=2))
-    alone = classifier()
-    alone.fit(images, labels, **fit)
+
+    def trained(batch_split=1):
+        model = classifier()
+        model.compile(batch_split=batch_split)
+        model.fit(images, labels, **fit)
+        return model
+
+    alone, micro = trained(), trained(batch_split=4)
     keras.distribution.set_distribution(keras.distribution.DataParallel())
     try:
-        split = classifier()
-        split.fit(images, labels, **fit)
+        split, split_micro = trained(), trained(batch_split=2)
         kernel = split.head.kernel.value
         devices = len(kernel.sharding.device_set)
         accuracy = split.evaluate(images, labels, return_dict=True, verbose=0)["accuracy"]
         predicted = split.predict(images, verbose=0).shape
     finally:
         keras.distribution.set_distribution(None)
-    # The updates compared, relative to their scale (both start from the same weights).
+    # The updates compared, relative to their scale (all start from the same weights).
     start = classifier().get_weights()
-    one = [after - before for after, before in zip(alone.get_weights(), start)]
-    two = [after - before for after, before in zip(split.get_weights(), start)]
-    scale = max(float(np.abs(update).max()) for update in one)
+
+    def update(model):
+        return [after - before for after, before in zip(model.get_weights(), start)]
+
+    one = update(alone)
+    scale = max(float(np.abs(change).max()) for change in one)
+
+    def difference(model):
+        return max(float(np.abs(a - b).max()) for a, b in zip(one, update(model))) / scale
+
     return {"devices": len(jax.devices()), "kernel_devices": devices,
-            "update_scale": scale,
-            "data_parallel_difference": max(float(np.abs(a - b).max())
-                                            for a, b in zip(one, two)) / scale,
+            "update_scale": scale, "data_parallel_difference": difference(split),
+            "micro_batches_difference": difference(micro),
+            "micro_batches_iterations": int(micro.optimizer.iterations),
+            "data_parallel_micro_batches_difference": difference(split_micro),
             "data_parallel_accuracy": accuracy, "data_parallel_predicted": predicted}
 
 
