@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import bitkeras
 from bitkeras import BiTBackbone, BiTClassifier, HeadClassifier, load_npz
 from bitkeras.finetuning import xla
 from tests.helpers import TINY, reference
@@ -123,6 +124,38 @@ def test_keras_callbacks_and_validation_split_work_as_in_keras(tmp_path):
     assert len(history.epoch) == 2 and stop.stopped_epoch == 1  # no epoch improves by 1e9
     assert history.hyperrule.steps == 5 * 3   # 48 training examples: 3 batches an epoch
     assert "val_loss" in history.history and saved.is_file()
+
+
+def test_validation_under_xla_fills_its_last_batch_and_scores_only_real_rows(tmp_path):
+    # With XLA for the whole step, a partial last batch would compile a program of its
+    # own: fit's validation fills it up to the others' size and scores its real rows only.
+    images, labels = _bright_and_dark(64)
+    classifier = BiTClassifier(BiTBackbone(**TINY), num_classes=2)
+    classifier.compile(jit_compile=True)
+    shapes, call = [], classifier.call
+
+    def recorded(images, training=None, mask=None):
+        if not training:
+            shapes.append(tuple(images.shape))
+        return call(images, training=training, mask=mask)
+
+    classifier.call = recorded
+    history = classifier.fit(images[:44], labels[:44], epochs=2, batch_size=16, verbose=0,
+                             validation_data=(images[44:], labels[44:]),
+                             validation_batch_size=8, hyperrule=SMALL_RULE)
+    classifier.call = call
+    assert shapes and {shape[0] for shape in shapes} == {8}, shapes  # 20 images: 8, 8, 4
+    logits = classifier.predict(images[44:], verbose=0).astype("float64")
+    log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    loss = -log_probabilities[np.arange(20), labels[44:]].mean()
+    assert history.history["val_loss"][-1] == pytest.approx(loss, rel=1e-4)
+    assert history.history["val_accuracy"][-1] == pytest.approx(
+        np.mean(logits.argmax(-1) == labels[44:]))
+    classifier.save(tmp_path / "model.keras")  # what scored the rows is not saved with it
+    loaded = bitkeras.load_model(tmp_path / "model.keras")
+    assert len(loaded.weights) == len(classifier.weights)
+    np.testing.assert_allclose(loaded.predict(images[44:], verbose=0), logits,
+                               atol=1e-5 * np.abs(logits).max())
 
 
 def test_a_users_own_compile_is_respected():
@@ -513,6 +546,10 @@ def test_predict_traces_and_compiles_nothing_new_for_another_number_of_images(na
     assert counts["difference"] < 1e-5, counts
     # The export serves any count without compiling either, and computes the same logits.
     assert counts["serving_new_programs"] == 0 and counts["serving_difference"] < 1e-5, counts
+    # evaluate too, with XLA for the whole step or not; the filling scores nothing.
+    for name in ("evaluate", "evaluate_xla"):
+        assert counts[f"{name}_new_traces"] == 0 and counts[f"{name}_new_programs"] == 0, counts
+        assert counts[f"{name}_error"] < 1e-5, counts
 
 
 @pytest.mark.slow

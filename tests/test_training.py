@@ -51,8 +51,11 @@ def test_fine_tuning_a_folder_learns_reports_and_reloads(image_folder, tmp_path,
     np.testing.assert_array_equal(again.probabilities, predictions.probabilities)
     ten = restored.classify(files, test_time_augmentation="ten_crop", verbose=0)
     assert ten.class_names == ("red", "blue")
+    seen = []  # a view of the classifier runs the loop; callbacks see the classifier
+    watcher = keras.callbacks.LambdaCallback(on_test_end=lambda logs: seen.append(watcher.model))
     assert restored.evaluate(held_out, verbose=0, test_time_augmentation="ten_crop",
-                             return_dict=True)["accuracy"] >= 0.9
+                             return_dict=True, callbacks=[watcher])["accuracy"] >= 0.9
+    assert seen == [restored]
     scales = restored.classify(files, test_time_augmentation="multi_scale", verbose=0)
     np.testing.assert_allclose(scales.probabilities.sum(1), 1, rtol=1e-5)
     assert restored.evaluate(held_out, verbose=0, test_time_augmentation="multi_scale",

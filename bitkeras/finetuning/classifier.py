@@ -200,7 +200,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
             history, start_step = training.train(
                 model, rule, fitting.batches(self, source, plan, seed, shuffle), plan.passes,
                 run, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                callbacks=callbacks, verbose=verbose, validation_data=validation,
+                callbacks=callbacks, verbose=verbose,
+                validation_data=fitting.validation_batches(validation, strategy, jit_compile),
                 class_weight=class_weight, validation_steps=validation_steps,
                 validation_freq=validation_freq)
         self.hyperrule = rule
@@ -284,6 +285,8 @@ class FineTuningClassifier(compat.BuildFromDatasetSpec, HeadClassifier):
         `steps`, `callbacks` and `return_dict` keep their Keras meaning.
         """
         if kwargs.pop(compat.KERAS_FIT_VALIDATION, False):
+            if evaluation.holds_real_rows(x):  # batches filled up to one size
+                return evaluation.score_real_rows(self, x, steps, verbose, callbacks, return_dict)
             # Keras's own validation inside fit: its plain loop on our dataset.
             return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, steps=steps,

@@ -5,6 +5,7 @@
 """
 
 import contextlib
+import types
 
 import keras
 
@@ -45,11 +46,122 @@ def evaluate(classifier, x, y, batch_size, verbose, steps, callbacks, return_dic
     sparse_labels = training.wants_sparse_labels(classifier.loss)
     model, dataset = inference(classifier, source, test_time_augmentation, image_size,
                                batch_size, None if sparse_labels else classifier.num_classes)
+    if padding_needed(model, steps, test_time_augmentation, scoring=True):
+        return scored_padded(classifier, model, dataset,
+                             batch_size_of(batch_size, test_time_augmentation),
+                             verbose, callbacks, return_dict)
     if model is not classifier:
         model.compile(**training.loss_and_metrics(classifier))
+        callbacks = classifiers_callbacks(classifier, callbacks, verbose, steps, dataset)
     with standardized_once(classifier, model, dataset, steps):
         return keras.Model.evaluate(model, dataset, verbose=verbose, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict)
+
+
+def padding_needed(model, steps, test_time_augmentation=None, scoring=False):
+    """Whether `model`'s batches are filled up to one size (see `padded`): for whole
+    calls (no `steps`), not multi-scale (one image a batch), where XLA compiles a
+    program per batch shape; when `scoring` (`evaluate`), as `scores_filled` says."""
+    if steps is not None or test_time_augmentation == "multi_scale":
+        return False
+    jit_compile = getattr(model, "jit_compile", False)
+    if scoring:
+        return scores_filled(distribute.strategy_of(model), jit_compile)
+    return compiled_per_batch_shape(jit_compile)
+
+
+def compiled_per_batch_shape(jit_compile):
+    """Whether inference compiles a program per batch shape: in the XLA clusters
+    (`kernels.compiled_per_shape`), or with `jit_compile=True`."""
+    return kernels.compiled_per_shape() or jit_compile is True
+
+
+def scores_filled(strategy, jit_compile):
+    """Whether `evaluate` and fit's validation score batches filled up to one size
+    (see `RealRows`): where inference compiles per batch shape, under the TensorFlow
+    backend and no distribution strategy (elsewhere each new shape compiles once)."""
+    return (keras.backend.backend() == "tensorflow" and distribute.is_default(strategy)
+            and compiled_per_batch_shape(jit_compile))
+
+
+def scored_padded(classifier, model, dataset, batch_size, verbose, callbacks, return_dict):
+    """Keras's `evaluate` of `model` (`classifier` or a view of it) on `dataset`'s
+    (images, labels) batches, each filled up to `batch_size` images (`with_real_rows`)."""
+    view = real_rows(classifier, model)
+    with standardized_once(classifier, view, dataset, None):
+        return score_real_rows(classifier, with_real_rows(dataset, batch_size), None,
+                               verbose, callbacks, return_dict, view)
+
+
+def score_real_rows(classifier, batches, steps, verbose, callbacks, return_dict, view=None):
+    """Keras's `evaluate` of a `RealRows` `view` (default: of `classifier` itself,
+    `real_rows`) on ((rows, filled images), labels) `batches`."""
+    view = real_rows(classifier, classifier) if view is None else view
+    return keras.Model.evaluate(
+        view, batches, verbose=verbose, steps=steps, return_dict=return_dict,
+        callbacks=classifiers_callbacks(classifier, callbacks, verbose, steps, batches))
+
+
+def classifiers_callbacks(classifier, callbacks, verbose, steps, batches):
+    """`callbacks` as Keras's `evaluate` sets them up, but with `classifier` as their
+    model where a view of it runs the loop (a `CallbackList` stays as it is)."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    batch_count = int(batches.cardinality())
+    return keras.callbacks.CallbackList(
+        callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
+        steps=steps or (batch_count if batch_count >= 0 else None), model=classifier)
+
+
+def holds_real_rows(batches):
+    """Whether `batches` (fit's validation) are filled, their real rows marked (`with_real_rows`)."""
+    spec = getattr(batches, "element_spec", None)
+    return isinstance(spec, tuple) and isinstance(spec[0], tuple)
+
+
+class RealRows(keras.Model):
+    """Inputs (rows, batch) -> `model`'s outputs for the batch's first `len(rows)` rows.
+
+    Scores batches filled up to one size (see `with_real_rows`): `model` runs
+    on the whole batch, one shape for XLA, and the loss, the metrics and
+    Keras's count of examples (the length of the first input) see the real
+    rows alone. With `model.jit_compile`, the model's call is one XLA program;
+    the slicing after it, whose size changes, is not.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.scored = model
+        self.compiled_forward = None
+        if getattr(model, "jit_compile", False) is True:
+            import tensorflow as tf
+
+            self.compiled_forward = tf.function(
+                lambda batch: model(batch, training=False), jit_compile=True)
+
+    def call(self, inputs, training=False):
+        rows, batch = inputs
+        outputs = (self.compiled_forward(batch) if self.compiled_forward is not None
+                   else self.scored(batch, training=training))
+        return outputs[:keras.ops.shape(rows)[0]]
+
+
+def real_rows(classifier, model):
+    """A `RealRows` of `model`, compiled with `classifier`'s loss and metrics; kept on the
+    classifier for `model` itself while its compilation holds, so that later calls
+    trace nothing anew."""
+    compile_config = classifier.get_compile_config()
+    kept = getattr(classifier, "_bitkeras_real_rows", None)
+    key = (compile_config, getattr(model, "jit_compile", False))
+    if model is classifier and kept is not None and kept.key == key:
+        return kept.view
+    view = RealRows(model)
+    view.compile(**training.loss_and_metrics(classifier), jit_compile=False,
+                 run_eagerly=classifier.run_eagerly)
+    if model is classifier:
+        # A plain object: Keras tracks no layer inside it, so nothing is saved with it.
+        classifier._bitkeras_real_rows = types.SimpleNamespace(key=key, view=view)
+    return view
 
 
 
@@ -68,8 +180,7 @@ def predict(classifier, x, batch_size, verbose, steps, callbacks, image_size,
     model, dataset = inference(classifier, source, test_time_augmentation, image_size,
                                batch_size)
     images = dataset.map(lambda images, labels: images)
-    pad = steps is None and test_time_augmentation != "multi_scale" and (
-        kernels.compiled_per_shape() or getattr(model, "jit_compile", False) is True)
+    pad = padding_needed(model, steps, test_time_augmentation)
     if pad:
         images = padded(images, batch_size_of(batch_size, test_time_augmentation))
     with standardized_once(classifier, model, dataset, steps):
@@ -114,14 +225,24 @@ def padded(batches, batch_size):
     on its own at inference (GroupNorm per image, BatchNorm from its moving
     statistics), so the filling changes no real row; the caller drops its rows.
     """
+    return batches.map(lambda images: _filled(images, batch_size))
+
+
+def with_real_rows(batches, batch_size):
+    """(images, labels) `batches` -> ((rows, images filled up to `batch_size`), labels):
+    `rows` the real rows' indices, labels as they were (see `RealRows`)."""
     import tensorflow as tf
 
-    def fill(images):
-        missing = batch_size - tf.shape(images)[0]
-        filled = tf.pad(images, [[0, missing]] + [[0, 0]] * (images.shape.rank - 1))
-        return tf.ensure_shape(filled, [batch_size, *images.shape[1:]])
+    return batches.map(lambda images, labels: (
+        (tf.range(tf.shape(images)[0]), _filled(images, batch_size)), labels))
 
-    return batches.map(fill)
+
+def _filled(images, batch_size):
+    import tensorflow as tf
+
+    missing = batch_size - tf.shape(images)[0]
+    filled = tf.pad(images, [[0, missing]] + [[0, 0]] * (images.shape.rank - 1))
+    return tf.ensure_shape(filled, [batch_size, *images.shape[1:]])
 
 
 def batch_size_of(batch_size, test_time_augmentation):

@@ -38,6 +38,7 @@ less memory).
 """
 
 import dataclasses
+import types
 
 import keras
 
@@ -164,16 +165,31 @@ def jit_compile(classifier, strategy, fit_plan, precision, verbose):
 
 
 def validation_dataset(classifier, validation_data, fit_plan, on_bad_image, batch_size):
-    """Batches of `validation_data` for Keras's validation passes, or None."""
+    """`validation_data`'s batches and the size a batch holds (see `validation_batches`),
+    or None."""
     if validation_data is None:
         return None
     source = sources.open_source(validation_data, class_names=classifier.class_names,
                                  on_bad_image=on_bad_image, default_split="validation|test")
     source.check_labels(classifier.num_classes)
     rule = fit_plan.rule
-    return pipeline.eval_dataset(
-        source, batch_size or rule.batch_size, evaluation.converter(classifier, rule.crop_size),
+    batch_size = batch_size or rule.batch_size
+    batches = pipeline.eval_dataset(
+        source, batch_size, evaluation.converter(classifier, rule.crop_size),
         one_hot_classes=None if fit_plan.sparse_labels else classifier.num_classes)
+    return types.SimpleNamespace(batches=batches,
+                                 batch_size=min(batch_size, source.num_examples))
+
+
+def validation_batches(validation, strategy, jit_compile):
+    """The batches Keras's `fit` validates on (None without `validation`): as they come,
+    or, where XLA would compile a program for the last one's shape, filled up to one
+    size, the real rows marked (`evaluation.with_real_rows`, scored by `RealRows`)."""
+    if validation is None:
+        return None
+    if evaluation.scores_filled(strategy, jit_compile):
+        return evaluation.with_real_rows(validation.batches, validation.batch_size)
+    return validation.batches
 
 
 def run_record(classifier, source, fit_plan, seed, examples_per_class, trainable, precision,

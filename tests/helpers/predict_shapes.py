@@ -10,7 +10,8 @@ bitkeras's C++ ops. After a first call, predicts of 16, 20, 7 and 33 images
 XLA programs compiled, and then for 165 images (a call long enough to standardize
 the kernels once, outside the graph). Then the same for the exported SavedModel's
 `serving_default` signature (images of any count and size, as TF Serving
-sends them): its first call, then 20, 7 and 33 images.
+sends them): its first call, then 20, 7 and 33 images. Last, `evaluate`'s: see
+`evaluate_counts`.
 """
 
 import json
@@ -60,8 +61,11 @@ def main(folder):
     serving_programs = compiled(folder)
     served.update({count: serving(images=pixels[:count])["logits"].numpy()
                    for count in (20, 7, 33)})
+    serving_new_programs = compiled(folder) - serving_programs
+    evaluated = evaluate_counts(classifier, images, one_by_one[:33], folder)
     print(json.dumps({
-        "serving_new_programs": compiled(folder) - serving_programs,
+        **evaluated,
+        "serving_new_programs": serving_new_programs,
         "serving_difference": max(float(np.abs(logits - one_by_one[:len(logits)]).max() / scale)
                                   for logits in served.values()),
         "first_traces": traces,
@@ -71,6 +75,41 @@ def main(folder):
         "difference": max(float(np.abs(output - one_by_one[:len(output)]).max() / scale)
                           for output in [first, *outputs.values()]),
     }))
+
+
+def evaluate_counts(classifier, images, logits, folder):
+    """Traces of the classifier's call and XLA programs compiled over evaluates of 16, 20,
+    7 and 33 images after a first, compiled as fit leaves it and then with XLA for the
+    whole step (`jit_compile=True`), and how far each result is from the loss and
+    accuracy computed here from `logits`, the images' logits one by one."""
+    labels = np.arange(len(images)) % 3
+    log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    traced = [0]
+    call = classifier.call
+
+    def counted(*args, **kwargs):  # run once per trace in graphs, once per call eagerly
+        traced[0] += 1
+        return call(*args, **kwargs)
+
+    classifier.call = counted
+    counts = {}
+    for name, jit_compile in (("evaluate", False), ("evaluate_xla", True)):
+        classifier.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           metrics=["accuracy"], jit_compile=jit_compile)
+        classifier.evaluate(images[:16], labels[:16], verbose=0, image_size=32)
+        traces, programs = traced[0], compiled(folder)
+        errors = []
+        for count in (16, 20, 7, 33):
+            scores = classifier.evaluate(images[:count], labels[:count], verbose=0,
+                                         image_size=32, return_dict=True)
+            loss = -log_probabilities[np.arange(count), labels[:count]].mean()
+            accuracy = (logits[:count].argmax(-1) == labels[:count]).mean()
+            errors += [abs(scores["loss"] - loss) / loss, abs(scores["accuracy"] - accuracy)]
+        counts.update({f"{name}_new_traces": traced[0] - traces,
+                       f"{name}_new_programs": compiled(folder) - programs,
+                       f"{name}_error": float(max(errors))})
+    classifier.call = call
+    return counts
 
 
 if __name__ == "__main__":
