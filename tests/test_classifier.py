@@ -568,6 +568,16 @@ def test_the_hyperrule_fit_runs_under_keras_jax_backend(tmp_path):
     assert results["accuracy"] >= 0.9 and results["finite"], results  # bright vs dark
     assert results["nan_stop_restored"] is True, results
     assert results["compile_jit"] is True, results  # JAX op by op would crawl
+    # Half precision: computed in it, loss-scaled for float16, progress as in float32, and
+    # the classifier left in float32 (the TensorFlow backend's test asks the same).
+    for precision, compute, optimizer in (("mixed_bfloat16", "bfloat16", "SGD"),
+                                          ("mixed_float16", "float16", "LossScaleOptimizer")):
+        trained = results[precision]
+        assert (trained["compute_dtype"], trained["optimizer"]) == (compute, optimizer), results
+        assert trained["losses"][1] < 0.5 * trained["losses"][0], results
+        assert trained["accuracy"][1] > trained["accuracy"][0] + 0.2, results
+        assert trained["dtypes"] == ["float32"], results
+        assert trained["classifier_dtype"] == "float32", results
     # Distillation (the teacher run in the loss, under JAX's stateless train step).
     assert results["distill_agreement"] >= 0.9 and results["distill_loss"] >= 0, results
     # keras.distribution's DataParallel over two host devices: the weights on both, the

@@ -4,7 +4,7 @@
 
 A fit with MixUp and checkpoints, interrupted after its first checkpoint and
 resumed by the same call; a fit whose loss turns NaN; `compile()` alone, which takes
-XLA there as `fit` does; a student distilled from the trained classifier; and fits
+XLA there as `fit` does; fits in mixed bfloat16 and float16 (loss scaling); a student distilled from the trained classifier; and fits
 with `keras.distribution.DataParallel` over two host devices and with micro-batches
 (`compile(batch_split=...)`), each against the same fit on one device, whole.
 """
@@ -69,9 +69,35 @@ def main(checkpoints):
     compiled = classifier()
     compiled.compile()
     results["compile_jit"] = compiled.jit_compile
+    results.update(mixed_precision(images, labels))
     results.update(distilled(resumed, images))
     results.update(data_parallel(images, labels))
     print(json.dumps(results))
+
+
+def mixed_precision(images, labels):
+    """Fits in each half precision: the compute dtype and optimizer seen in training, the
+    first and last losses, the accuracy before and after, and the classifier's dtypes."""
+    results = {}
+    for precision in ("mixed_bfloat16", "mixed_float16"):
+        model, seen = classifier(), {}
+
+        class Seen(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                seen.update(optimizer=type(self.model.optimizer).__name__,
+                            compute_dtype=self.model.compute_dtype)
+
+        before = model.evaluate(images, labels, verbose=0, return_dict=True)["accuracy"]
+        history = model.fit(images, labels, batch_size=16, verbose=0, precision=precision,
+                            callbacks=[Seen()], hyperrule=dict(
+                                RULE, steps=30, mixup_alpha=0.0, base_learning_rate=0.003))
+        results[precision] = {
+            **seen, "losses": [history.history["loss"][0], history.history["loss"][-1]],
+            "accuracy": [before, model.evaluate(images, labels, verbose=0,
+                                                return_dict=True)["accuracy"]],
+            "dtypes": sorted({str(weight.dtype) for weight in model.weights}),
+            "classifier_dtype": model.compute_dtype}
+    return results
 
 
 def distilled(teacher, images):
