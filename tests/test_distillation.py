@@ -143,8 +143,9 @@ def test_rule_for_the_data_fields_and_errors():
         hyperrule.steps, hyperrule.base_learning_rate, hyperrule.crop_size)
     assert (rule.mode, rule.decay, rule.mixup_alpha) == ("consistent", "cosine", 0.0)
     assert rule_from_config(json.loads(json.dumps(rule.get_config()))) == rule
-    changed = distillation.resolve_rule(1000, 8, {"steps": 2000, "temperature": 3.0},
-                                        mode="function_matching")
+    # distill's rule goes through fit's resolve_rule, its mode a field given beside it.
+    changed = training.resolve_rule(1000, 8, {"steps": 2000, "temperature": 3.0},
+                                    kind=DistillationRule, mode="function_matching")
     assert (changed.steps, changed.warmup_steps, changed.temperature, changed.mixup_alpha) == (
         2000, 400, 3.0, 1.0)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -152,9 +153,14 @@ def test_rule_for_the_data_fields_and_errors():
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         dataclasses.replace(rule, temperature=0)
     with pytest.raises(TypeError, match="unknown field"):
-        distillation.resolve_rule(1000, 8, {"temprature": 2.0})
+        training.resolve_rule(1000, 8, {"temprature": 2.0}, kind=DistillationRule)
     with pytest.raises(ValueError, match="give one"):
-        distillation.resolve_rule(1000, 8, {"mode": "consistent"}, mode="fixed_teacher")
+        training.resolve_rule(1000, 8, {"mode": "consistent"}, kind=DistillationRule,
+                              mode="fixed_teacher")
+    assert training.resolve_rule(1000, 8, rule, 64, kind=DistillationRule) == dataclasses.replace(
+        rule, batch_size=64)  # a whole rule runs as it is, Keras's batch_size given
+    with pytest.raises(TypeError, match="DistillationRule"):  # not a HyperRule
+        training.resolve_rule(1000, 8, hyperrule, kind=DistillationRule)
 
 
 def test_paper_recipes_as_data():

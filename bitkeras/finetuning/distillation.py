@@ -21,7 +21,6 @@ How the two networks see the images is the rule's `mode`
 every backend. The student comes out an ordinary classifier.
 """
 
-import dataclasses
 
 import keras
 import numpy as np
@@ -136,33 +135,6 @@ def _converter(model, side):
     return lambda image: pipeline.resize_square(pipeline.float_image(image), side)
 
 
-def resolve_rule(num_examples, image_size, hyperrule=None, mode=None, batch_size=None,
-                 resolution=None):
-    """The `DistillationRule` of a `distill` call (`hyperrule` and `mode` as it takes them)."""
-    if isinstance(hyperrule, DistillationRule):
-        changes = {"mode": mode} if mode is not None else {}
-        if batch_size is not None:
-            changes["batch_size"] = batch_size
-        return dataclasses.replace(hyperrule, **changes)
-    if hyperrule is not None and not isinstance(hyperrule, dict):
-        raise TypeError(f"distill's hyperrule must be a DistillationRule or a dict of its "
-                        f"fields to change; got {type(hyperrule).__name__}")
-    changes = training.rule_changes(hyperrule, DistillationRule)
-    variant = changes.pop("variant", "paper")
-    if mode is not None and changes.setdefault("mode", mode) != mode:
-        raise ValueError(f"distill got mode={mode!r} and hyperrule's mode="
-                         f"{changes['mode']!r}; give one")
-    if batch_size is not None and changes.setdefault("batch_size", batch_size) != batch_size:
-        raise ValueError(f"distill got batch_size={batch_size!r} and hyperrule's batch_size="
-                         f"{changes['batch_size']!r}; give one")
-    rule = DistillationRule.for_dataset(num_examples, image_size,
-                                        changes.pop("mode", "function_matching"),
-                                        changes.pop("batch_size", None), resolution, variant)
-    if "steps" in changes and not {"warmup_steps", "decay_boundaries"} & set(changes):
-        rule = rule.with_steps(changes.pop("steps"))
-    return dataclasses.replace(rule, **changes)
-
-
 def distill(teacher, student, x, y=None, *, hyperrule=None, mode=None, batch_size=None,
             epochs=None, steps_per_epoch=None, seed=0, shuffle=True, class_names=None,
             on_bad_image="warn", validation_data=None, callbacks=None, verbose="auto",
@@ -200,9 +172,10 @@ def distill(teacher, student, x, y=None, *, hyperrule=None, mode=None, batch_siz
     source, validation_data = fitting.open_data(x, y, 0.0, validation_data, class_names,
                                                 on_bad_image, None, seed)
     num_classes = _adopt_teacher_classes(teacher, student)
-    rule = resolve_rule(source.num_examples, source.image_size, hyperrule, mode, batch_size,
-                        evaluation.weights_resolution(student) if hasattr(
-                            student, "backbone") else None)
+    rule = training.resolve_rule(
+        source.num_examples, source.image_size, hyperrule, batch_size,
+        evaluation.weights_resolution(student) if hasattr(student, "backbone") else None,
+        kind=DistillationRule, mode=mode)
     passes = training.keras_schedule(rule, source.num_examples, epochs, steps_per_epoch)
     rule = passes.rule
     strategy = distribute.training_strategy(student, strategy)

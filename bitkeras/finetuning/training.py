@@ -9,6 +9,7 @@ usable (and tested) alone.
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import time
 import warnings
@@ -32,7 +33,8 @@ TRAINABLE_CHOICES = ("all", "head", "block1", "block2", "block3", "block4")
 _SCHEDULE_FIELDS = ("warmup_steps", "decay_boundaries")
 
 
-def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, resolution=None):
+def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, resolution=None,
+                 kind=HyperRule, **given):
     """The rule a fit runs on `num_examples` images of typical `image_size`.
 
     `hyperrule` as `fit` takes it: None (the HyperRule for the data), a
@@ -46,19 +48,26 @@ def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, reso
     Changing `steps` alone keeps the shape of the schedule (warm-up and
     decays move in proportion); change `warmup_steps` and `decay_boundaries`
     too to set them yourself.
+    `kind`: the class of the rule for the data, `HyperRule` or `distill`'s
+    `DistillationRule` (whose whole rules are its own); `given`: more of its
+    fields given as a call's own arguments (`distill`'s `mode`), None leaving
+    them to the rule. `batch_size` or such an argument is refused where
+    `hyperrule` sets the same field to another value.
     """
-    if isinstance(hyperrule, (HyperRule, UpstreamRecipe)):
-        return hyperrule if batch_size is None else dataclasses.replace(
-            hyperrule, batch_size=batch_size)
-    changes = rule_changes(hyperrule)
+    given = {name: value for name, value in {"batch_size": batch_size, **given}.items()
+             if value is not None}
+    if isinstance(hyperrule, (HyperRule, UpstreamRecipe) if kind is HyperRule else kind):
+        return dataclasses.replace(hyperrule, **given) if given else hyperrule
+    changes = rule_changes(hyperrule, kind)
     variant = changes.pop("variant", "paper")
-    if batch_size is not None:
-        if "batch_size" in changes:
-            raise ValueError(f"fit got batch_size={batch_size!r} and hyperrule's batch_size="
-                             f"{changes['batch_size']!r}; give one")
-        changes["batch_size"] = batch_size
-    rule = HyperRule.for_dataset(num_examples, image_size, changes.pop("batch_size", None),
-                                 variant, resolution)
+    for name, value in given.items():
+        if changes.setdefault(name, value) != value:
+            raise ValueError(f"got {name}={value!r} and hyperrule's {name}="
+                             f"{changes[name]!r}; give one")
+    sizing = inspect.signature(kind.for_dataset).parameters  # fields the rule is sized by
+    rule = kind.for_dataset(num_examples, image_size, variant=variant, resolution=resolution,
+                            **{name: changes.pop(name) for name in list(changes)
+                               if name in sizing})
     if "steps" in changes and not any(name in changes for name in _SCHEDULE_FIELDS):
         rule = rule.with_steps(changes.pop("steps"))
     return dataclasses.replace(rule, **changes)
@@ -72,10 +81,11 @@ def rule_changes(hyperrule, kind=HyperRule):
     if isinstance(hyperrule, str):
         hyperrule = {"variant": hyperrule}
     if not isinstance(hyperrule, dict):
+        whole = "a bitkeras.HyperRule or UpstreamRecipe" if kind is HyperRule else (
+            f"a bitkeras.{kind.__name__}")
         raise TypeError(
-            f"hyperrule must be a bitkeras.HyperRule or UpstreamRecipe, a variant name "
-            f"({', '.join(map(repr, RESOLUTIONS))}) or a dict of HyperRule fields to change; "
-            f"got {type(hyperrule).__name__}")
+            f"hyperrule must be {whole}, a variant name ({', '.join(map(repr, RESOLUTIONS))}) "
+            f"or a dict of {kind.__name__} fields to change; got {type(hyperrule).__name__}")
     fields = [field.name for field in dataclasses.fields(kind)]
     unknown = sorted(set(hyperrule) - {*fields, "variant"})
     if unknown:
