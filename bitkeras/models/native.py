@@ -109,40 +109,28 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_i
     import tensorflow as tf
 
     operations = library()
+    if not return_inputs:  # the op's registered gradient (`_register_gradients`)
+        return operations.bitkeras_group_norm(
+            inputs, gamma, beta, groups=groups, epsilon=epsilon, relu=relu, pad=pad)[0]
 
     @tf.custom_gradient
     def normalize(inputs, gamma, beta):
         outputs, mean, inverse_std = operations.bitkeras_group_norm(
             inputs, gamma, beta, groups=groups, epsilon=epsilon, relu=relu, pad=pad)
 
-        def gradient(upstream, passed=None):  # TensorFlow passes zeros for an unused output
+        def gradient(upstream, passed):
             return operations.bitkeras_group_norm_grad(
-                upstream, inputs, gamma, beta, mean, inverse_std,
-                [] if passed is None else [passed], groups=groups, relu=relu, pad=pad)
+                upstream, inputs, gamma, beta, mean, inverse_std, [passed],
+                groups=groups, relu=relu, pad=pad)
 
-        if return_inputs:
-            return (outputs, tf.identity(inputs)), gradient
-        return outputs, gradient
+        return (outputs, tf.identity(inputs)), gradient
 
     return normalize(inputs, gamma, beta)
 
 
 def standardize(kernel, epsilon):
     """Weight standardization of a float32 HWIO `kernel` with its gradient, by the op."""
-    import tensorflow as tf
-
-    operations = library()
-
-    @tf.custom_gradient
-    def standardize(kernel):
-        standardized, inverse_std = operations.bitkeras_standardize(kernel, epsilon=epsilon)
-
-        def gradient(upstream):
-            return operations.bitkeras_standardize_grad(upstream, standardized, inverse_std)
-
-        return standardized, gradient
-
-    return standardize(kernel)
+    return library().bitkeras_standardize(kernel, epsilon=epsilon)[0]
 
 
 def winograd_convolution(inputs, kernel):
@@ -172,9 +160,7 @@ def winograd_convolution(inputs, kernel):
 
 def winograd_kernel(kernel):
     """A float32 (3, 3, in, out) kernel as `winograd_products` reads it: (16, in, out)."""
-    operations = library()
-    return _linear(operations.bitkeras_winograd_kernel,
-                   operations.bitkeras_winograd_kernel_grad)(kernel)
+    return library().bitkeras_winograd_kernel(kernel)
 
 
 def winograd_products(inputs, transformed_kernel):
@@ -182,26 +168,50 @@ def winograd_products(inputs, transformed_kernel):
     import tensorflow as tf
 
     operations = library()
-    image = tf.shape(inputs)[:3]
-    transform_inputs = _linear(
-        operations.bitkeras_winograd_input,
-        lambda upstream: operations.bitkeras_winograd_input_grad(upstream, image))
-    transform_outputs = _linear(
-        lambda products: operations.bitkeras_winograd_output(products, image),
-        operations.bitkeras_winograd_output_grad)
-    return transform_outputs(tf.matmul(transform_inputs(inputs), transformed_kernel))
+    products = tf.matmul(operations.bitkeras_winograd_input(inputs), transformed_kernel)
+    return operations.bitkeras_winograd_output(products, tf.shape(inputs)[:3])
 
 
-def _linear(forward, adjoint):
-    """`forward`, a linear map of one tensor, with `adjoint` (the same map's transpose) as
-    its gradient."""
+@functools.cache
+def _register_gradients():
+    """Registers the ops' gradients with TensorFlow, once per process.
+
+    Each forward op's gradient is its gradient op; a linear transform's (Winograd's)
+    is its adjoint. Registered, they cost nothing to trace per call, where a
+    `tf.custom_gradient` around each call cost about 1 ms of tracing (2-core Xeon),
+    142 times in R50x1's train step. GroupNorm that also hands its inputs on
+    (`group_norm(return_inputs=True)`) keeps its own gradient, which adds the
+    gradient arriving through them.
+    """
     import tensorflow as tf
 
-    @tf.custom_gradient
-    def apply(values):
-        return forward(values), adjoint
+    def registered(name):
+        def register(gradient):
+            tf.RegisterGradient(name)(gradient)
+            return gradient
+        return register
 
-    return apply
+    @registered("BitkerasGroupNorm")
+    def _group_norm(op, upstream, *unused):  # the mean and inverse std feed nothing else
+        return library().bitkeras_group_norm_grad(
+            upstream, *op.inputs, *op.outputs[1:], [], groups=op.get_attr("groups"),
+            relu=op.get_attr("relu"), pad=op.get_attr("pad"))
+
+    @registered("BitkerasStandardize")
+    def _standardize(op, upstream, unused):
+        return library().bitkeras_standardize_grad(upstream, *op.outputs)
+
+    @registered("BitkerasWinogradKernel")
+    def _winograd_kernel(op, upstream):
+        return library().bitkeras_winograd_kernel_grad(upstream)
+
+    @registered("BitkerasWinogradInput")
+    def _winograd_input(op, upstream):
+        return library().bitkeras_winograd_input_grad(upstream, tf.shape(op.inputs[0])[:3])
+
+    @registered("BitkerasWinogradOutput")
+    def _winograd_output(op, upstream):
+        return library().bitkeras_winograd_output_grad(upstream), None  # none for the shape
 
 
 @functools.cache
@@ -284,9 +294,11 @@ def _load():
 
     path = build()
     try:
-        return tf.load_op_library(str(path))
+        loaded = tf.load_op_library(str(path))
     except (tf.errors.NotFoundError, OSError) as error:
         raise NativeBuildError(f"TensorFlow could not load {path}: {error}")
+    _register_gradients()
+    return loaded
 
 
 def _compiler():
