@@ -21,7 +21,6 @@ How the two networks see the images is the rule's `mode`
 every backend. The student comes out an ordinary classifier.
 """
 
-
 import keras
 import numpy as np
 import tensorflow as tf

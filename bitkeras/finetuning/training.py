@@ -62,7 +62,8 @@ def resolve_rule(num_examples, image_size, hyperrule=None, batch_size=None, reso
     variant = changes.pop("variant", "paper")
     for name, value in given.items():
         if changes.setdefault(name, value) != value:
-            raise ValueError(f"got {name}={value!r} and hyperrule's {name}="
+            caller = "fit" if kind is HyperRule else "distill"
+            raise ValueError(f"{caller} got {name}={value!r} and hyperrule's {name}="
                              f"{changes[name]!r}; give one")
     sizing = inspect.signature(kind.for_dataset).parameters  # fields the rule is sized by
     rule = kind.for_dataset(num_examples, image_size, variant=variant, resolution=resolution,

@@ -118,10 +118,10 @@ def group_norm(inputs, gamma, beta, groups, epsilon, relu=False, pad=0, return_i
         outputs, mean, inverse_std = operations.bitkeras_group_norm(
             inputs, gamma, beta, groups=groups, epsilon=epsilon, relu=relu, pad=pad)
 
-        def gradient(upstream, passed):
+        def gradient(upstream, passed=None):  # TensorFlow passes zeros for an unused output
             return operations.bitkeras_group_norm_grad(
-                upstream, inputs, gamma, beta, mean, inverse_std, [passed],
-                groups=groups, relu=relu, pad=pad)
+                upstream, inputs, gamma, beta, mean, inverse_std,
+                [] if passed is None else [passed], groups=groups, relu=relu, pad=pad)
 
         return (outputs, tf.identity(inputs)), gradient
 
