@@ -4,9 +4,10 @@
 
 A fit with MixUp and checkpoints, interrupted after its first checkpoint and
 resumed by the same call; a fit whose loss turns NaN; `compile()` alone, which takes
-XLA there as `fit` does; fits in mixed bfloat16 and float16 (loss scaling); a student distilled from the trained classifier; and fits
-with `keras.distribution.DataParallel` over two host devices and with micro-batches
-(`compile(batch_split=...)`), each against the same fit on one device, whole.
+XLA there as `fit` does; fits in mixed bfloat16 and float16 (loss scaling); a student
+distilled from the trained classifier; and fits with `keras.distribution.DataParallel`
+over two host devices and with micro-batches (`compile(batch_split=...)`), each against
+the same fit on one device, whole.
 """
 
 import json

@@ -82,6 +82,14 @@ def group_norm(x, gamma, beta, groups=32, epsilon=1e-5):
     return ((grouped - mean) / np.sqrt(variance + epsilon)).reshape(x.shape) * gamma + beta
 
 
+def cross_entropy(logits, labels):
+    """Softmax cross-entropy of each row of `logits` (N, classes) at its class id, in float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -log_probabilities[np.arange(len(logits)), labels]
+
+
 def relu(x):
     return np.maximum(x, 0)
 
